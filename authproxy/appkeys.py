@@ -1,0 +1,28 @@
+"""Every typed application key in one place (aiohttp's AppKey, never string keys)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from authproxy.auth import Authenticator, CacheValue
+from authproxy.cache import VerifiedKeyCache
+from authproxy.config import Config
+from authproxy.keys import KeyHasher
+from authproxy.keyservice import KeyService
+from authproxy.state import Lifecycle
+from authproxy.store import Store
+from authproxy.upstream import UpstreamTransport
+from authproxy.usage import UsageRecorder
+
+CONFIG = web.AppKey("config", Config)
+HASHER = web.AppKey("hasher", KeyHasher)
+CACHE = web.AppKey("cache", VerifiedKeyCache[CacheValue])
+USAGE = web.AppKey("usage", UsageRecorder)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+STORE = web.AppKey("store", Store)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+KEYS = web.AppKey("keys", KeyService)
+TRANSPORT = web.AppKey("transport", UpstreamTransport)

@@ -1,0 +1,267 @@
+"""Typed, immutable configuration: YAML file (optional) overridden by AUTHPROXY_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from yarl import URL
+
+from authproxy.errors import ConfigError
+
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+# Environment variables from DESIGN.md and the setting each one overrides.
+ENV_OVERRIDES: Mapping[str, str] = {
+    "AUTHPROXY_DATABASE_URL": "db.url",
+    "AUTHPROXY_UPSTREAM_URL": "upstream.url",
+    "AUTHPROXY_LISTEN": "server.listen",
+    "AUTHPROXY_ADMIN_JWT_SECRET": "admin.jwt_secret",
+}
+CONFIG_PATH_ENV = "AUTHPROXY_CONFIG"
+
+_SECRET = {"secret": True}
+
+
+def _rule(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    return {"min": low, "max": high}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:8080"
+    shutdown_timeout: float = field(default=10.0, metadata=_rule(0, 3600))
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, slots=True)
+class DbConfig:
+    # None means: run the embedded PostgreSQL in embedded_dir.
+    url: str | None = field(default=None, metadata=_SECRET)
+    embedded_dir: str = "~/.local/share/authproxy/pgdata"
+    # None means: on for the embedded database, off for an external one.
+    auto_migrate: bool | None = None
+    max_pool: int = field(default=10, metadata=_rule(1, 1000))
+    connect_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
+    query_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.url is None
+
+    @property
+    def should_migrate_on_start(self) -> bool:
+        return self.is_embedded if self.auto_migrate is None else self.auto_migrate
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str = "http://127.0.0.1:8081"
+    connect_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
+    # Longest wait for the next byte of the upstream's response (headers or body).
+    # There is deliberately no total timeout: long downloads must not be cut.
+    read_timeout: float = field(default=60.0, metadata=_rule(0.1, 86400))
+    max_connections: int = field(default=100, metadata=_rule(1, 100000))
+
+
+@dataclass(frozen=True, slots=True)
+class HashingConfig:
+    """argon2id parameters for new keys; existing hashes carry their own."""
+
+    time_cost: int = field(default=2, metadata=_rule(1, 100))
+    memory_cost_kib: int = field(default=19456, metadata=_rule(8, 4194304))
+    parallelism: int = field(default=1, metadata=_rule(1, 64))
+    # Threads that may run argon2 at once; bounds CPU spent on cache misses.
+    max_concurrency: int = field(default=2, metadata=_rule(1, 256))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    max_entries: int = field(default=100_000, metadata=_rule(0, 10_000_000))
+    ttl: float = field(default=60.0, metadata=_rule(0, 86400))
+    negative_ttl: float = field(default=5.0, metadata=_rule(0, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class UsageConfig:
+    flush_interval: float = field(default=10.0, metadata=_rule(0.05, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    jwt_secret: str | None = field(default=None, metadata=_SECRET)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    db: DbConfig = DbConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    hashing: HashingConfig = HashingConfig()
+    cache: CacheConfig = CacheConfig()
+    usage: UsageConfig = UsageConfig()
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read the YAML file (if any), apply environment overrides, validate everything.
+
+    Raises:
+        ConfigError: with one ``setting: rule (got value)`` line per problem.
+    """
+    path = path or environ.get(CONFIG_PATH_ENV) or None
+    return build_config(_read_yaml(Path(path)) if path else {}, environ)
+
+
+def build_config(raw: dict[str, Any], environ: Mapping[str, str] = os.environ) -> Config:
+    """Validate a mapping shaped like the YAML file, after applying environment overrides.
+
+    Raises:
+        ConfigError: with one ``setting: rule (got value)`` line per problem.
+    """
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for var, dotted in ENV_OVERRIDES.items():
+        if var in environ:
+            section, name = dotted.split(".")
+            raw.setdefault(section, {})
+            if isinstance(raw[section], dict):
+                raw[section][name] = environ[var]
+    problems: list[str] = []
+    config: Config = _build(Config, raw, "", problems)
+    if not problems:
+        problems.extend(_cross_checks(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"config file: cannot be read ({path}: {exc.strerror})"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"config file: must be valid YAML ({path}: {exc})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config file: must be a mapping of sections (got {_show(data)})"])
+    return data
+
+
+def _build(cls: type[Any], raw: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.')}: must be a mapping (got {_show(raw)})")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for unknown in sorted(set(map(str, raw)) - names):
+        problems.append(f"{prefix}{unknown}: unknown setting (got {_show(raw[unknown])})")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        where = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = _build(hints[f.name], raw[f.name] or {}, where + ".", problems)
+            continue
+        ok, value, rule = _coerce(hints[f.name], raw[f.name])
+        if ok:
+            rule = _range_problem(f.metadata, value)
+        if rule:
+            shown = "<redacted>" if f.metadata.get("secret") else _show(raw[f.name])
+            problems.append(f"{where}: {rule} (got {shown})")
+        else:
+            values[f.name] = value
+    return None if problems else cls(**values)
+
+
+def _coerce(hint: Any, value: Any) -> tuple[bool, Any, str]:
+    """Return (ok, converted value, rule violated). Environment values arrive as strings."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        if value is None or value == "":
+            return True, None, ""
+        return _coerce(next(a for a in args if a is not type(None)), value)
+    if origin is Literal:
+        if value in args:
+            return True, value, ""
+        return False, None, "must be one of " + ", ".join(map(str, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return True, value, ""
+        lowered = str(value).lower()
+        if lowered in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return True, lowered in ("true", "1", "yes", "on"), ""
+        return False, None, "must be true or false"
+    if hint in (int, float):
+        if isinstance(value, bool):
+            return False, None, f"must be a number{'' if hint is float else ' (whole)'}"
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            return False, None, "must be a whole number" if hint is int else "must be a number"
+        if hint is int and isinstance(value, float) and value != number:
+            return False, None, "must be a whole number"
+        return True, number, ""
+    if hint is str:
+        if isinstance(value, str) and value:
+            return True, value, ""
+        return False, None, "must be a non-empty string"
+    raise TypeError(f"unsupported setting type {hint!r}")
+
+
+def _range_problem(metadata: Mapping[str, Any], value: Any) -> str:
+    low, high = metadata.get("min"), metadata.get("max")
+    if value is None or (low is None and high is None):
+        return ""
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"must be between {low} and {high}"
+    return ""
+
+
+def _cross_checks(config: Config) -> list[str]:
+    """Rules that look at a value's shape or at several settings together."""
+    problems = []
+    host, _, port = config.server.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        problems.append(f"server.listen: must be host:port with port 1-65535 "
+                        f"(got {_show(config.server.listen)})")
+    upstream = URL(config.upstream.url)
+    if upstream.scheme not in ("http", "https") or not upstream.host:
+        problems.append(f"upstream.url: must be an http(s) URL with a host "
+                        f"(got {_show(config.upstream.url)})")
+    elif upstream.query_string or upstream.fragment:
+        problems.append(f"upstream.url: must not have a query or fragment "
+                        f"(got {_show(config.upstream.url)})")
+    if config.db.url is not None and URL(config.db.url).scheme not in ("postgresql", "postgres"):
+        problems.append("db.url: must be a postgresql:// URL (got <redacted>)")
+    return problems
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

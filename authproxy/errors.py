@@ -1,0 +1,71 @@
+"""Domain errors of authproxy; HTTP mapping happens in one place (proxy.py / admin.py).
+
+    AuthProxyError
+    ├── ConfigError              bad settings; carries every problem found
+    ├── AuthError                a request's credential was refused (401 on the wire)
+    │   ├── MissingKey           no Authorization header, or not a Bearer credential
+    │   ├── InvalidKey           malformed, bad checksum, unknown id or wrong secret
+    │   ├── ExpiredKey           the key's expires_at has passed
+    │   └── RevokedKey           the key was revoked
+    ├── StoreUnavailable         PostgreSQL cannot be reached (503)
+    ├── NotFound                 no such key in that space (404)
+    ├── InvalidInput             a field of a request is unacceptable (400/422)
+    └── MigrationError           a migration failed or the schema is newer than the code
+"""
+
+from __future__ import annotations
+
+
+class AuthProxyError(Exception):
+    """Base of every error authproxy raises on purpose."""
+
+
+class ConfigError(AuthProxyError):
+    """Settings are invalid; ``problems`` lists one line per bad setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class AuthError(AuthProxyError):
+    """A credential was refused. ``reason`` is a short snake_case word for logs."""
+
+    reason = "auth_failed"
+
+
+class MissingKey(AuthError):
+    reason = "missing"
+
+
+class InvalidKey(AuthError):
+    reason = "invalid"
+
+
+class ExpiredKey(AuthError):
+    reason = "expired"
+
+
+class RevokedKey(AuthError):
+    reason = "revoked"
+
+
+class StoreUnavailable(AuthProxyError):
+    """The key store (PostgreSQL) could not answer."""
+
+
+class NotFound(AuthProxyError):
+    """The requested key does not exist in the requested space."""
+
+
+class InvalidInput(AuthProxyError):
+    """A request field broke a rule; ``field`` names it, the message says the rule."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class MigrationError(AuthProxyError):
+    """Applying migrations failed."""

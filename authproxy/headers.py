@@ -1,0 +1,94 @@
+"""Header rules of the proxy hop: hop-by-hop removal, identity stripping and injection. Pure."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from multidict import CIMultiDict
+
+# RFC 9110 §7.6.1 (plus the legacy names proxies still see): meaningful for one hop only.
+HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+})
+
+X_SPACE_ID: Final = "X-Space-Id"
+X_API_KEY_ID: Final = "X-Api-Key-Id"
+X_API_KEY_PREFIX: Final = "X-Api-Key-Prefix"
+X_REQUEST_ID: Final = "X-Request-Id"
+X_FORWARDED_FOR: Final = "X-Forwarded-For"
+X_FORWARDED_PROTO: Final = "X-Forwarded-Proto"
+X_FORWARDED_HOST: Final = "X-Forwarded-Host"
+
+# Names the upstream trusts because *we* set them. A client copy of any of them is
+# dropped, however it is spelled: nginx and many WSGI stacks fold "_" into "-".
+# "Forwarded" (RFC 7239) is dropped too: we do not set it, and a client must not.
+_OURS: Final = frozenset(n.lower() for n in (
+    X_SPACE_ID, X_API_KEY_ID, X_API_KEY_PREFIX, X_REQUEST_ID,
+    X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, "Forwarded",
+))
+# Never forwarded upstream: the credential itself, the client's Host (the upstream's own
+# goes out; the client's travels as X-Forwarded-Host) and Expect (answered by this hop).
+_REQUEST_ONLY: Final = frozenset({"authorization", "host", "expect"})
+
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def normalized(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def connection_tokens(values: Iterable[str]) -> set[str]:
+    """Header names a Connection header lists (RFC 9110 §7.6.1), lower-cased."""
+    return {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    space_id: str
+    key_id: str
+    key_prefix: str
+    request_id: str
+    client_ip: str
+    scheme: str
+    host: str
+
+
+def request_id_from(value: str | None) -> str:
+    """Keep a sane client-sent request id (for end-to-end tracing), else make one."""
+    if value is not None and _REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identity,
+                             connection: Iterable[str]) -> CIMultiDict[str]:
+    """The headers the upstream receives: the client's, minus what it must not see, plus ours."""
+    dropped = HOP_BY_HOP | _REQUEST_ONLY | connection_tokens(connection)
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in client:
+        lowered = name.lower()
+        if lowered in dropped or normalized(name) in _OURS:
+            continue
+        headers.add(name, value)
+    # Added last, so neither a client copy nor a Connection-listed name can remove them.
+    headers[X_SPACE_ID] = identity.space_id
+    headers[X_API_KEY_ID] = identity.key_id
+    headers[X_API_KEY_PREFIX] = identity.key_prefix
+    headers[X_REQUEST_ID] = identity.request_id
+    headers[X_FORWARDED_FOR] = identity.client_ip
+    headers[X_FORWARDED_PROTO] = identity.scheme
+    headers[X_FORWARDED_HOST] = identity.host
+    return headers
+
+
+def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's response headers minus hop-by-hop ones (and those Connection lists)."""
+    pairs = list(upstream)
+    listed = connection_tokens(v for n, v in pairs if n.lower() == "connection")
+    dropped = HOP_BY_HOP | listed
+    return [(n, v) for n, v in pairs if n.lower() not in dropped]

@@ -1,0 +1,33 @@
+"""Liveness and readiness: /_authproxy/healthz and /_authproxy/readyz."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from authproxy.appkeys import LIFECYCLE, STORE
+from authproxy.errors import StoreUnavailable
+from authproxy.httperrors import json_error
+
+DRAINING_MESSAGE = "This process is shutting down."
+DB_DOWN_MESSAGE = "PostgreSQL is not reachable."
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and its event loop answers; no dependency is checked."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: not draining, and PostgreSQL answers."""
+    if request.app[LIFECYCLE].draining:
+        return json_error(503, "draining", DRAINING_MESSAGE)
+    try:
+        await request.app[STORE].ping()
+    except StoreUnavailable:
+        return json_error(503, "key_store_unavailable", DB_DOWN_MESSAGE)
+    return web.json_response({"status": "ready"})
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    app.router.add_get(prefix + "healthz", healthz)
+    app.router.add_get(prefix + "readyz", readyz)

@@ -1,0 +1,55 @@
+"""The one place domain errors become HTTP answers: ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from aiohttp import web
+
+from authproxy.errors import (
+    AuthError,
+    InvalidInput,
+    MissingKey,
+    NotFound,
+    StoreUnavailable,
+)
+from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
+
+REALM: Final = 'Bearer realm="authproxy"'
+# One public answer for every refused key; the precise reason goes to the log only.
+INVALID_TOKEN_MESSAGE: Final = "The API key is invalid, expired or revoked."
+MISSING_TOKEN_MESSAGE: Final = "Send an API key as 'Authorization: Bearer <key>'."
+
+# exception type -> (status, code, public message); the most specific type first.
+_TABLE: Final[list[tuple[type[Exception], int, str, str]]] = [
+    (MissingKey, 401, "missing_token", MISSING_TOKEN_MESSAGE),
+    (AuthError, 401, "invalid_token", INVALID_TOKEN_MESSAGE),
+    (StoreUnavailable, 503, "key_store_unavailable",
+     "The key store is unavailable; try again shortly."),
+    (NotFound, 404, "not_found", "No such key in this space."),
+    (UpstreamTimeout, 504, "upstream_timeout", "The upstream service did not answer in time."),
+    (UpstreamUnavailable, 502, "upstream_unavailable",
+     "The upstream service could not be reached."),
+]
+
+
+def json_error(status: int, code: str, message: str,
+               headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}},
+                             status=status, headers=headers)
+
+
+def error_response(exc: Exception) -> web.Response | None:
+    """The HTTP answer for a domain error, or None when ``exc`` is not one we map."""
+    if isinstance(exc, InvalidInput):
+        return json_error(422, "invalid_" + exc.field, exc.message)
+    for kind, status, code, message in _TABLE:
+        if isinstance(exc, kind):
+            headers = None
+            if status == 401:
+                challenge = REALM if isinstance(exc, MissingKey) else (
+                    REALM + ', error="invalid_token"')
+                headers = {"WWW-Authenticate": challenge}
+            return json_error(status, code, message, headers)
+    return None

@@ -1,0 +1,126 @@
+"""Create, list and revoke keys: the operations behind the admin API and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from authproxy.cache import VerifiedKeyCache
+from authproxy.errors import InvalidInput
+from authproxy.keys import KeyHasher, generate_key
+from authproxy.store import KeyRecord, Store
+
+SPACE_ID_RULE = "must be 1-64 characters: letters, digits, '.', '_', '-', starting alphanumeric"
+NAME_RULE = "must be 1-100 printable characters after trimming"
+EXPIRES_RULE = "must be an RFC 3339 date-time with a time zone, in the future"
+_SPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MAX_NAME = 100
+_CREATE_ATTEMPTS = 3  # lookup id collisions are ~2^-59 per pair; retrying is enough
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    record: KeyRecord
+    key: str  # the full key: shown once, never stored
+
+
+def validate_space_id(space_id: str) -> str:
+    if not _SPACE_ID.fullmatch(space_id):
+        raise InvalidInput("space_id", SPACE_ID_RULE)
+    return str(space_id)
+
+
+def validate_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise InvalidInput("name", NAME_RULE)
+    trimmed: str = name.strip()
+    if not 1 <= len(trimmed) <= _MAX_NAME or not trimmed.isprintable():
+        raise InvalidInput("name", NAME_RULE)
+    return trimmed
+
+
+def parse_expires_at(value: Any, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or "T" not in value.upper():
+        raise InvalidInput("expires_at", EXPIRES_RULE)
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise InvalidInput("expires_at", EXPIRES_RULE) from None
+    if parsed.tzinfo is None or parsed <= now:
+        raise InvalidInput("expires_at", EXPIRES_RULE)
+    return parsed.astimezone(UTC)
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    text: str = moment.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def key_object(record: KeyRecord, now: datetime, *, key: str | None = None) -> dict[str, Any]:
+    """The key object of DESIGN.md; ``key`` only in the create response."""
+    body: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "space_id": record.space_id,
+        "created_at": rfc3339(record.created_at),
+        "last_used_at": rfc3339(record.last_used_at),
+        "expires_at": rfc3339(record.expires_at),
+        "revoked_at": rfc3339(record.revoked_at),
+        "status": record.status(now),
+    }
+    if key is not None:
+        body["key"] = key
+    return body
+
+
+class KeyService:
+    """Key lifecycle with the side effects that must go along: hashing, cache eviction."""
+
+    def __init__(self, *, store: Store, hasher: KeyHasher, executor: Executor,
+                 cache: VerifiedKeyCache[Any],
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._executor = executor
+        self._cache = cache
+        self.now = wall_clock
+
+    async def create(self, *, space_id: str, name: Any, expires_at: Any = None) -> CreatedKey:
+        space_id = validate_space_id(space_id)
+        name = validate_name(name)
+        expires = parse_expires_at(expires_at, self.now())
+        for attempt in range(_CREATE_ATTEMPTS):
+            new = generate_key()
+            secret_hash = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._hasher.hash, new.parsed.secret)
+            try:
+                record = await self._store.create_key(
+                    space_id=space_id, name=name, lookup_id=new.parsed.lookup_id,
+                    prefix=new.parsed.display_prefix, secret_hash=secret_hash, expires_at=expires)
+            except asyncpg.UniqueViolationError:
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                continue
+            return CreatedKey(record, new.full)
+        raise AssertionError("unreachable")
+
+    async def list(self, space_id: str) -> list[KeyRecord]:
+        return await self._store.list_keys(validate_space_id(space_id))
+
+    async def revoke(self, *, space_id: str, key_id: str) -> KeyRecord:
+        """Revoke in the database, then evict from this process's cache at once."""
+        record = await self._store.revoke_key(space_id=validate_space_id(space_id), key_id=key_id)
+        self._cache.invalidate_key(record.id)
+        return record

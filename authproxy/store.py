@@ -1,0 +1,157 @@
+"""PostgreSQL key store: every SQL statement of the key table, returning frozen dataclasses."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+
+from authproxy.errors import NotFound, StoreUnavailable
+
+KeyStatus = Literal["active", "revoked", "expired"]
+REVOCATION_CHANNEL = "authproxy_key_revoked"
+
+# Errors that mean "the database could not answer", as opposed to a bug in our SQL.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+_KEY_COLUMNS = ("id, space_id, name, lookup_id, prefix, secret_hash, created_at, "
+                "last_used_at, expires_at, revoked_at")
+
+_INSERT = f"""
+INSERT INTO api_keys (id, space_id, name, lookup_id, prefix, secret_hash, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING {_KEY_COLUMNS}"""
+_BY_LOOKUP_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE lookup_id = $1"
+_LIST = f"""
+SELECT {_KEY_COLUMNS} FROM api_keys WHERE space_id = $1
+ORDER BY created_at DESC, id DESC"""
+# COALESCE keeps the first revocation time: revoking twice changes nothing.
+_REVOKE = f"""
+UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+WHERE id = $1 AND space_id = $2
+RETURNING {_KEY_COLUMNS}"""
+# Sent inside the revoking transaction: listeners hear of it only once it committed.
+_NOTIFY = f"SELECT pg_notify('{REVOCATION_CHANNEL}', $1)"
+# Forward-only: a late or reordered flush never moves last_used_at back in time.
+_TOUCH = """
+UPDATE api_keys AS k SET last_used_at = u.used_at
+FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, used_at)
+WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.used_at)"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    space_id: str
+    name: str
+    lookup_id: str
+    prefix: str
+    secret_hash: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def status(self, now: datetime) -> KeyStatus:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+def _record(row: Any) -> KeyRecord:
+    return KeyRecord(
+        id=str(row["id"]), space_id=row["space_id"], name=row["name"],
+        lookup_id=row["lookup_id"], prefix=row["prefix"], secret_hash=row["secret_hash"],
+        created_at=row["created_at"], last_used_at=row["last_used_at"],
+        expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+    )
+
+
+def _as_uuid(key_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(key_id)
+    except ValueError:
+        raise NotFound(key_id) from None
+
+
+class Store:
+    """All reads and writes of API keys. Raises StoreUnavailable when PostgreSQL is away."""
+
+    def __init__(self, pool: asyncpg.Pool, *, query_timeout: float = 5.0) -> None:
+        self._pool = pool
+        self._timeout = query_timeout
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1", timeout=self._timeout)
+
+    async def create_key(self, *, space_id: str, name: str, lookup_id: str, prefix: str,
+                         secret_hash: str, expires_at: datetime | None) -> KeyRecord:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_INSERT, uuid.uuid4(), space_id, name, lookup_id, prefix,
+                                      secret_hash, expires_at, timeout=self._timeout)
+        return _record(row)
+
+    async def find_by_lookup_id(self, lookup_id: str) -> KeyRecord | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_BY_LOOKUP_ID, lookup_id, timeout=self._timeout)
+        return None if row is None else _record(row)
+
+    async def list_keys(self, space_id: str) -> list[KeyRecord]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_LIST, space_id, timeout=self._timeout)
+        return [_record(r) for r in rows]
+
+    async def revoke_key(self, *, space_id: str, key_id: str) -> KeyRecord:
+        """Revoke (idempotently) and notify every process, in one transaction.
+
+        Raises:
+            NotFound: no key with that id in that space.
+        """
+        key_uuid = _as_uuid(key_id)
+        async with self._connection() as conn, conn.transaction():
+            row = await conn.fetchrow(_REVOKE, key_uuid, space_id, timeout=self._timeout)
+            if row is None:
+                raise NotFound(key_id)
+            await conn.execute(_NOTIFY, key_id, timeout=self._timeout)
+        return _record(row)
+
+    async def record_usage(self, uses: Sequence[tuple[str, datetime]]) -> None:
+        """Advance last_used_at for many keys in one statement."""
+        if not uses:
+            return
+        ids = [uuid.UUID(key_id) for key_id, _ in uses]
+        times = [used_at for _, used_at in uses]
+        async with self._connection() as conn:
+            await conn.execute(_TOUCH, ids, times, timeout=self._timeout)
+
+    async def replace_hash(self, key_id: str, old_hash: str, new_hash: str) -> None:
+        """Swap in a hash with current argon2 parameters, unless it changed meanwhile."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET secret_hash = $3 WHERE id = $1 AND secret_hash = $2",
+                uuid.UUID(key_id), old_hash, new_hash, timeout=self._timeout)
