@@ -1,0 +1,161 @@
+"""Shared fixtures: a real PostgreSQL (fresh database per test), a real recording upstream,
+cheap argon2, and the daemon built by create_app or started as a process."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import argon2
+import asyncpg
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient, TestServer
+
+from authproxy.app import create_app
+from authproxy.appkeys import KEYS
+from authproxy.config import Config, LoggingConfig, build_config
+from authproxy.keys import KeyHasher
+from authproxy.keyservice import CreatedKey
+from authproxy.log import configure_logging
+from authproxy.migrations import migrate
+from tests.recording_upstream import RECORDER, Recorder, create_recording_upstream
+
+TEST_DATABASE_ENV = "AUTHPROXY_TEST_DATABASE_URL"
+CHEAP_HASHING = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, naming another database (works for socket-directory URLs too)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The PostgreSQL server the tests use: $AUTHPROXY_TEST_DATABASE_URL, else an embedded
+    one started once for the session. No database is a failure, never a skip."""
+    url = os.environ.get(TEST_DATABASE_ENV)
+    if url:
+        return url
+    from authproxy.embedded import start_embedded_postgres
+
+    return start_embedded_postgres(str(tmp_path_factory.mktemp("pg") / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    # cache=False: structlog.testing.capture_logs must see every logger's calls.
+    configure_logging(LoggingConfig(level="debug", format="json"), cache=False)
+
+
+@pytest.fixture(autouse=True)
+def _clear_log_context() -> Iterator[None]:
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.contextvars.clear_contextvars()
+
+
+async def _admin(pg_server_url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(pg_server_url)
+
+
+@pytest.fixture
+async def empty_database_url(pg_server_url: str) -> AsyncIterator[str]:
+    """A brand-new database with no tables, dropped after the test."""
+    name = "authproxy_test_" + secrets.token_hex(6)
+    admin = await _admin(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(pg_server_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(empty_database_url: str) -> str:
+    """A fresh database with every migration applied."""
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return empty_database_url
+
+
+@pytest.fixture
+def hasher() -> KeyHasher:
+    return KeyHasher(argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST))
+
+
+class Upstream:
+    """The recording upstream as the tests see it."""
+
+    def __init__(self, server: TestServer) -> None:
+        self.server = server
+        self.url = str(server.make_url("/")).rstrip("/")
+
+    @property
+    def recorder(self) -> Recorder:
+        return self.server.app[RECORDER]  # type: ignore[union-attr]
+
+    @property
+    def requests(self) -> list[Any]:
+        return self.recorder.requests
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
+    return Upstream(await aiohttp_server(create_recording_upstream()))
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def make_config(database_url: str, upstream: Upstream) -> MakeConfig:
+    """make_config(cache={"ttl": 0}, ...) -> Config for this test's database and upstream."""
+    def make(**sections: dict[str, Any]) -> Config:
+        base = {"db": {"url": database_url}, "upstream": {"url": upstream.url},
+                "hashing": CHEAP_HASHING, "usage": {"flush_interval": 0.1}}
+        return build_config(_merge(base, sections), environ={})
+    return make
+
+
+AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def app_client(make_config: MakeConfig, hasher: KeyHasher,
+               aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> AppClient:
+    # Parameter order matters: aiohttp_client is set up after the database and upstream,
+    # so the app (and its final last_used flush) is torn down before they are.
+    """app_client(cfg=None, **sections): the daemon's app on a real loopback server."""
+    async def start(cfg: Config | None = None, **sections: dict[str, Any]) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(cfg or make_config(**sections), hasher=hasher))
+    return start
+
+
+@pytest.fixture
+async def client(app_client: AppClient) -> TestClient[Any, Any]:
+    return await app_client()
+
+
+async def new_key(client: TestClient[Any, Any], space: str = "plant-7", name: str = "test key",
+                  expires_at: str | None = None) -> CreatedKey:
+    return await client.app[KEYS].create(space_id=space, name=name, expires_at=expires_at)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
