@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -104,7 +106,20 @@ class UsageConfig:
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
+    """Admin API tokens: JWTs minted by the SCADA dashboard.
+
+    Each algorithm is accepted only with its own kind of key (HS256 with jwt_secret,
+    RS256/ES256 with the PEM or JWKS), which rules out algorithm confusion.
+    """
+
     jwt_secret: str | None = field(default=None, metadata=_SECRET)
+    jwt_public_key_file: str | None = None  # PEM, RS256 or ES256
+    jwks_file: str | None = None  # JWKS (RFC 7517) file, keys chosen by "kid"
+    issuer: str | None = None  # required "iss" when set
+    audience: str | None = None  # required "aud" when set
+    clock_skew: float = field(default=30.0, metadata=_rule(0, 600))
+    manager_roles: tuple[str, ...] = ("owner", "admin")
+    max_body_bytes: int = field(default=16384, metadata=_rule(256, 1048576))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +165,7 @@ def build_config(raw: dict[str, Any], environ: Mapping[str, str] = os.environ) -
                 raw[section][name] = environ[var]
     problems: list[str] = []
     config: Config = _build(Config, raw, "", problems)
-    if not problems:
-        problems.extend(_cross_checks(config))
+    problems.extend(_cross_checks(config))
     if problems:
         raise ConfigError(problems)
     return config
@@ -172,20 +186,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _build(cls: type[Any], raw: Any, prefix: str, problems: list[str]) -> Any:
+    """Build ``cls`` from ``raw``, recording problems; bad fields keep their defaults so
+    that the shape checks still run and every problem is reported in one go."""
     if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.')}: must be a mapping (got {_show(raw)})")
-        return None
+        # Only the type: a misplaced value may be a secret (e.g. a URL with a password).
+        problems.append(f"{prefix.rstrip('.')}: must be a mapping (got {_kind(raw)})")
+        return cls()
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    for unknown in sorted(set(map(str, raw)) - names):
-        problems.append(f"{prefix}{unknown}: unknown setting (got {_show(raw[unknown])})")
+    for unknown in sorted((k for k in raw if k not in names), key=str):
+        problems.append(f"{prefix}{unknown}: unknown setting (got {_kind(raw[unknown])})")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
             continue
         where = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(hints[f.name]):
-            values[f.name] = _build(hints[f.name], raw[f.name] or {}, where + ".", problems)
+            section = {} if raw[f.name] is None else raw[f.name]
+            values[f.name] = _build(hints[f.name], section, where + ".", problems)
             continue
         ok, value, rule = _coerce(hints[f.name], raw[f.name])
         if ok:
@@ -195,7 +213,7 @@ def _build(cls: type[Any], raw: Any, prefix: str, problems: list[str]) -> Any:
             problems.append(f"{where}: {rule} (got {shown})")
         else:
             values[f.name] = value
-    return None if problems else cls(**values)
+    return cls(**values)
 
 
 def _coerce(hint: Any, value: Any) -> tuple[bool, Any, str]:
@@ -210,6 +228,12 @@ def _coerce(hint: Any, value: Any) -> tuple[bool, Any, str]:
         if value in args:
             return True, value, ""
         return False, None, "must be one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list) and items and all(
+                isinstance(i, str) and i.strip() for i in items):
+            return True, tuple(i.strip() for i in items), ""
+        return False, None, "must be a non-empty list of non-empty strings"
     if hint is bool:
         if isinstance(value, bool):
             return True, value, ""
@@ -226,6 +250,8 @@ def _coerce(hint: Any, value: Any) -> tuple[bool, Any, str]:
             return False, None, "must be a whole number" if hint is int else "must be a number"
         if hint is int and isinstance(value, float) and value != number:
             return False, None, "must be a whole number"
+        if not math.isfinite(number):
+            return False, None, "must be a finite number"
         return True, number, ""
     if hint is str:
         if isinstance(value, str) and value:
@@ -247,19 +273,39 @@ def _cross_checks(config: Config) -> list[str]:
     """Rules that look at a value's shape or at several settings together."""
     problems = []
     host, _, port = config.server.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         problems.append(f"server.listen: must be host:port with port 1-65535 "
                         f"(got {_show(config.server.listen)})")
-    upstream = URL(config.upstream.url)
-    if upstream.scheme not in ("http", "https") or not upstream.host:
+    upstream = _parse_url(config.upstream.url)
+    if upstream is None or upstream.scheme not in ("http", "https") or not upstream.host:
         problems.append(f"upstream.url: must be an http(s) URL with a host "
                         f"(got {_show(config.upstream.url)})")
     elif upstream.query_string or upstream.fragment:
         problems.append(f"upstream.url: must not have a query or fragment "
                         f"(got {_show(config.upstream.url)})")
-    if config.db.url is not None and URL(config.db.url).scheme not in ("postgresql", "postgres"):
+    db_url = None if config.db.url is None else _parse_url(config.db.url)
+    if config.db.url is not None and (
+            db_url is None or db_url.scheme not in ("postgresql", "postgres")):
         problems.append("db.url: must be a postgresql:// URL (got <redacted>)")
+    for setting in ("jwt_public_key_file", "jwks_file"):
+        path = getattr(config.admin, setting)
+        if path is not None and not os.path.isfile(os.path.expanduser(path)):
+            problems.append(f"admin.{setting}: must name a readable file (got {_show(path)})")
     return problems
+
+
+def _parse_url(text: str) -> URL | None:
+    try:
+        return URL(text)
+    except ValueError:
+        return None
+
+
+def _kind(value: Any) -> str:
+    """What a value is, without showing it (it may be a misplaced secret)."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+             list: "a list", dict: "a mapping"}
+    return kinds.get(type(value), "null" if value is None else "a value")
 
 
 def _show(value: Any) -> str:

@@ -71,8 +71,10 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identi
     dropped = HOP_BY_HOP | _REQUEST_ONLY | connection_tokens(connection)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in client:
-        lowered = name.lower()
-        if lowered in dropped or normalized(name) in _OURS:
+        # "_" read as "-" here too: an upstream that folds them must not see a
+        # Transfer_Encoding or Content_Length that this hop never interpreted.
+        folded = normalized(name)
+        if name.lower() in dropped or folded in dropped or folded in _OURS:
             continue
         headers.add(name, value)
     # Added last, so neither a client copy nor a Connection-listed name can remove them.
