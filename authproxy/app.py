@@ -13,8 +13,10 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from authproxy import health
+from authproxy import admin, health
+from authproxy.admintoken import AdminTokenVerifier
 from authproxy.appkeys import (
+    ADMIN_TOKENS,
     AUTHENTICATOR,
     CACHE,
     CONFIG,
@@ -72,8 +74,11 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     """
     if cfg.db.url is None:
         raise ValueError("create_app needs cfg.db.url; resolve the embedded database first")
-    app = web.Application(middlewares=[request_context, dispatch])
+    # client_max_size caps request.read(), used only by the admin API; proxied bodies stream.
+    app = web.Application(middlewares=[request_context, dispatch],
+                          client_max_size=cfg.admin.max_body_bytes)
     app[CONFIG] = cfg
+    app[ADMIN_TOKENS] = AdminTokenVerifier(cfg.admin)
     app[HASHER] = hasher or KeyHasher.from_config(cfg.hashing)
     app[CACHE] = VerifiedKeyCache[CacheValue](max_entries=cfg.cache.max_entries)
     app[USAGE] = UsageRecorder()
@@ -83,6 +88,7 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_start_draining)
     health.add_routes(app, RESERVED_PREFIX)
+    admin.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", proxy_handler, name=_PROXY_ROUTE)
     return app
 

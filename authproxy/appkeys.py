@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from authproxy.admintoken import AdminTokenVerifier
 from authproxy.auth import Authenticator, CacheValue
 from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
@@ -26,3 +27,4 @@ STORE = web.AppKey("store", Store)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 KEYS = web.AppKey("keys", KeyService)
 TRANSPORT = web.AppKey("transport", UpstreamTransport)
+ADMIN_TOKENS = web.AppKey("admin_tokens", AdminTokenVerifier)

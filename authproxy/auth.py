@@ -45,7 +45,7 @@ class Principal:
 CacheValue = Principal | type[AuthError]
 
 
-def bearer_token(authorizations: Sequence[str]) -> str:
+def bearer_token(authorizations: Sequence[str], max_len: int = _MAX_CREDENTIAL_LEN) -> str:
     """Extract the token of the ``Authorization: Bearer <token>`` header (RFC 6750 §2.1).
 
     The scheme is case-insensitive (RFC 9110 §11.1). Anything else is refused.
@@ -60,7 +60,7 @@ def bearer_token(authorizations: Sequence[str]) -> str:
     authorization = authorizations[0] if authorizations else ""
     if authorization.strip(" \t") == "":
         raise MissingKey("no credential")
-    if len(authorization) > _MAX_CREDENTIAL_LEN:
+    if len(authorization) > max_len:
         raise InvalidKey("credential too long")
     scheme, _, token = authorization.partition(" ")
     token = token.lstrip(" ")

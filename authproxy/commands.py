@@ -16,6 +16,7 @@ from yarl import URL
 
 from authproxy.app import create_app, create_pool
 from authproxy.appkeys import CONFIG, KEYS
+from authproxy.audit import AuditContext
 from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
 from authproxy.errors import StoreUnavailable
@@ -66,7 +67,8 @@ async def _sample_upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _announce_first_key(app: web.Application) -> None:
     cfg = app[CONFIG]
-    created = await app[KEYS].create(space_id=DEMO_SPACE, name="demo key")
+    created = await app[KEYS].create(space_id=DEMO_SPACE, name="demo key",
+                                     audit=AuditContext(actor="cli:demo"))
     base = f"http://{cfg.server.listen}"
     print(f"""
 authproxy demo: proxy on {base}, sample upstream on {cfg.upstream.url}
@@ -116,16 +118,18 @@ async def migrate(cfg: Config) -> dict[str, Any]:
 async def create_key(cfg: Config, space: str, name: str, expires_at: str | None
                      ) -> dict[str, Any]:
     async with _key_service(cfg) as keys:
-        created = await keys.create(space_id=space, name=name, expires_at=expires_at)
+        created = await keys.create(space_id=space, name=name, expires_at=expires_at,
+                                    audit=AuditContext.for_cli())
         return key_object(created.record, keys.now(), key=created.key)
 
 
 async def list_keys(cfg: Config, space: str) -> dict[str, Any]:
     async with _key_service(cfg) as keys:
         now = keys.now()
-        return {"keys": [key_object(r, now) for r in await keys.list(space)]}
+        return {"keys": [key_object(r, now) for r in await keys.list_keys(space)]}
 
 
 async def revoke_key(cfg: Config, space: str, key_id: str) -> dict[str, Any]:
     async with _key_service(cfg) as keys:
-        return key_object(await keys.revoke(space_id=space, key_id=key_id), keys.now())
+        revoked = await keys.revoke(space_id=space, key_id=key_id, audit=AuditContext.for_cli())
+        return key_object(revoked, keys.now())

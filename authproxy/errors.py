@@ -7,9 +7,15 @@
     │   ├── InvalidKey           malformed, bad checksum, unknown id or wrong secret
     │   ├── ExpiredKey           the key's expires_at has passed
     │   └── RevokedKey           the key was revoked
+    ├── AdminTokenInvalid        admin JWT unreadable, badly signed, expired... (401)
+    │   └── AdminTokenMissing    no admin credential sent (401, plain challenge)
+    ├── Forbidden                valid admin JWT, but no managing role in that space (403)
     ├── StoreUnavailable         PostgreSQL cannot be reached (503)
     ├── NotFound                 no such key in that space (404)
-    ├── InvalidInput             a field of a request is unacceptable (400/422)
+    ├── InvalidInput             a field of a request is unacceptable (422)
+    ├── MalformedBody            not JSON, or not a JSON object (400)
+    ├── BodyTooLarge             body over the configured cap (413)
+    ├── UnsupportedMediaType     body is not application/json (415)
     └── MigrationError           a migration failed or the schema is newer than the code
 """
 
@@ -48,6 +54,30 @@ class ExpiredKey(AuthError):
 
 class RevokedKey(AuthError):
     reason = "revoked"
+
+
+class AdminTokenInvalid(AuthProxyError):
+    """No valid admin token; the message is a reason for logs, never sent to the client."""
+
+
+class AdminTokenMissing(AdminTokenInvalid):
+    """No admin credential was sent at all."""
+
+
+class Forbidden(AuthProxyError):
+    """The caller is authenticated but may not do this in this space."""
+
+
+class MalformedBody(AuthProxyError):
+    """The request body is not valid JSON, or not a JSON object."""
+
+
+class BodyTooLarge(AuthProxyError):
+    """The request body is larger than allowed."""
+
+
+class UnsupportedMediaType(AuthProxyError):
+    """The request body is not declared as application/json."""
 
 
 class StoreUnavailable(AuthProxyError):

@@ -8,15 +8,23 @@ from typing import Final
 from aiohttp import web
 
 from authproxy.errors import (
+    AdminTokenInvalid,
+    AdminTokenMissing,
     AuthError,
+    BodyTooLarge,
+    Forbidden,
     InvalidInput,
+    MalformedBody,
     MissingKey,
     NotFound,
     StoreUnavailable,
+    UnsupportedMediaType,
 )
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
 
 REALM: Final = 'Bearer realm="authproxy"'
+ADMIN_REALM: Final = 'Bearer realm="authproxy-admin"'
+INVALID_TOKEN: Final = ', error="invalid_token"'
 # One public answer for every refused key; the precise reason goes to the log only.
 INVALID_TOKEN_MESSAGE: Final = "The API key is invalid, expired or revoked."
 MISSING_TOKEN_MESSAGE: Final = "Send an API key as 'Authorization: Bearer <key>'."
@@ -25,6 +33,15 @@ MISSING_TOKEN_MESSAGE: Final = "Send an API key as 'Authorization: Bearer <key>'
 _TABLE: Final[list[tuple[type[Exception], int, str, str]]] = [
     (MissingKey, 401, "missing_token", MISSING_TOKEN_MESSAGE),
     (AuthError, 401, "invalid_token", INVALID_TOKEN_MESSAGE),
+    (AdminTokenMissing, 401, "missing_token",
+     "Send an admin token as 'Authorization: Bearer <JWT>'."),
+    (AdminTokenInvalid, 401, "invalid_token",
+     "The admin token is invalid or expired; API keys are not admin tokens."),
+    (Forbidden, 403, "forbidden", "Only owners and admins of this space may manage its keys."),
+    (MalformedBody, 400, "malformed_json", "The body must be a JSON object."),
+    (BodyTooLarge, 413, "body_too_large", "The request body is too large."),
+    (UnsupportedMediaType, 415, "unsupported_media_type",
+     "Send the body as 'Content-Type: application/json'."),
     (StoreUnavailable, 503, "key_store_unavailable",
      "The key store is unavailable; try again shortly."),
     (NotFound, 404, "not_found", "No such key in this space."),
@@ -46,10 +63,13 @@ def error_response(exc: Exception) -> web.Response | None:
         return json_error(422, "invalid_" + exc.field, exc.message)
     for kind, status, code, message in _TABLE:
         if isinstance(exc, kind):
-            headers = None
-            if status == 401:
-                challenge = REALM if isinstance(exc, MissingKey) else (
-                    REALM + ', error="invalid_token"')
-                headers = {"WWW-Authenticate": challenge}
+            headers = {"WWW-Authenticate": _challenge(exc)} if status == 401 else None
             return json_error(status, code, message, headers)
     return None
+
+
+def _challenge(exc: Exception) -> str:
+    """RFC 6750 §3: no error code when no credential was sent at all."""
+    realm = ADMIN_REALM if isinstance(exc, AdminTokenInvalid) else REALM
+    missing = isinstance(exc, MissingKey | AdminTokenMissing)
+    return realm if missing else realm + INVALID_TOKEN

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from authproxy.audit import AuditContext, AuditEvent
 from authproxy.cache import VerifiedKeyCache
 from authproxy.errors import InvalidInput
 from authproxy.keys import KeyHasher, generate_key
@@ -67,6 +68,19 @@ def rfc3339(moment: datetime | None) -> str | None:
     return text.replace("+00:00", "Z")
 
 
+def audit_object(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "occurred_at": rfc3339(event.occurred_at),
+        "action": event.action,
+        "space_id": event.space_id,
+        "key_id": event.key_id,
+        "actor": event.actor,
+        "client_address": event.client_address,
+        "request_id": event.request_id,
+    }
+
+
 def key_object(record: KeyRecord, now: datetime, *, key: str | None = None) -> dict[str, Any]:
     """The key object of DESIGN.md; ``key`` only in the create response."""
     body: dict[str, Any] = {
@@ -97,7 +111,8 @@ class KeyService:
         self._cache = cache
         self.now = wall_clock
 
-    async def create(self, *, space_id: str, name: Any, expires_at: Any = None) -> CreatedKey:
+    async def create(self, *, space_id: str, name: Any, audit: AuditContext,
+                     expires_at: Any = None) -> CreatedKey:
         space_id = validate_space_id(space_id)
         name = validate_name(name)
         expires = parse_expires_at(expires_at, self.now())
@@ -108,7 +123,8 @@ class KeyService:
             try:
                 record = await self._store.create_key(
                     space_id=space_id, name=name, lookup_id=new.parsed.lookup_id,
-                    prefix=new.parsed.display_prefix, secret_hash=secret_hash, expires_at=expires)
+                    prefix=new.parsed.display_prefix, secret_hash=secret_hash, expires_at=expires,
+                    audit=audit)
             except asyncpg.UniqueViolationError:
                 if attempt == _CREATE_ATTEMPTS - 1:
                     raise
@@ -116,11 +132,17 @@ class KeyService:
             return CreatedKey(record, new.full)
         raise AssertionError("unreachable")
 
-    async def list(self, space_id: str) -> list[KeyRecord]:
+    async def list_keys(self, space_id: str) -> list[KeyRecord]:
         return await self._store.list_keys(validate_space_id(space_id))
 
-    async def revoke(self, *, space_id: str, key_id: str) -> KeyRecord:
+    async def revoke(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
         """Revoke in the database, then evict from this process's cache at once."""
-        record = await self._store.revoke_key(space_id=validate_space_id(space_id), key_id=key_id)
+        record = await self._store.revoke_key(
+            space_id=validate_space_id(space_id), key_id=key_id, audit=audit)
         self._cache.invalidate_key(record.id)
         return record
+
+    async def audit_trail(self, space_id: str, *, limit: int,
+                          before: int | None) -> list[AuditEvent]:
+        return await self._store.list_audit(validate_space_id(space_id), limit=limit,
+                                            before=before)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from authproxy.audit import LIST_AUDIT, AuditContext, AuditEvent, audit_event, write_audit
 from authproxy.errors import NotFound, StoreUnavailable
 
 KeyStatus = Literal["active", "revoked", "expired"]
@@ -39,11 +40,12 @@ _BY_LOOKUP_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE lookup_id = $1"
 _LIST = f"""
 SELECT {_KEY_COLUMNS} FROM api_keys WHERE space_id = $1
 ORDER BY created_at DESC, id DESC"""
-# COALESCE keeps the first revocation time: revoking twice changes nothing.
+# Only an active key changes: revoking twice keeps the first revocation time.
 _REVOKE = f"""
-UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
-WHERE id = $1 AND space_id = $2
+UPDATE api_keys SET revoked_at = now()
+WHERE id = $1 AND space_id = $2 AND revoked_at IS NULL
 RETURNING {_KEY_COLUMNS}"""
+_BY_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1 AND space_id = $2"
 # Sent inside the revoking transaction: listeners hear of it only once it committed.
 _NOTIFY = f"SELECT pg_notify('{REVOCATION_CHANNEL}', $1)"
 # Forward-only: a late or reordered flush never moves last_used_at back in time.
@@ -110,10 +112,13 @@ class Store:
             await conn.fetchval("SELECT 1", timeout=self._timeout)
 
     async def create_key(self, *, space_id: str, name: str, lookup_id: str, prefix: str,
-                         secret_hash: str, expires_at: datetime | None) -> KeyRecord:
-        async with self._connection() as conn:
+                         secret_hash: str, expires_at: datetime | None,
+                         audit: AuditContext) -> KeyRecord:
+        """Insert the key and its key.created audit event in one transaction."""
+        async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(_INSERT, uuid.uuid4(), space_id, name, lookup_id, prefix,
                                       secret_hash, expires_at, timeout=self._timeout)
+            await write_audit(conn, "key.created", row["id"], space_id, audit, self._timeout)
         return _record(row)
 
     async def find_by_lookup_id(self, lookup_id: str) -> KeyRecord | None:
@@ -126,8 +131,10 @@ class Store:
             rows = await conn.fetch(_LIST, space_id, timeout=self._timeout)
         return [_record(r) for r in rows]
 
-    async def revoke_key(self, *, space_id: str, key_id: str) -> KeyRecord:
-        """Revoke (idempotently) and notify every process, in one transaction.
+    async def revoke_key(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
+        """Revoke, audit and notify every process in one transaction; idempotent.
+
+        A second revoke returns the key unchanged and writes nothing.
 
         Raises:
             NotFound: no key with that id in that space.
@@ -136,9 +143,19 @@ class Store:
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(_REVOKE, key_uuid, space_id, timeout=self._timeout)
             if row is None:
-                raise NotFound(key_id)
-            await conn.execute(_NOTIFY, key_id, timeout=self._timeout)
+                row = await conn.fetchrow(_BY_ID, key_uuid, space_id, timeout=self._timeout)
+                if row is None:
+                    raise NotFound(key_id)
+                return _record(row)
+            await write_audit(conn, "key.revoked", key_uuid, space_id, audit, self._timeout)
+            await conn.execute(_NOTIFY, str(key_uuid), timeout=self._timeout)
         return _record(row)
+
+    async def list_audit(self, space_id: str, *, limit: int,
+                         before: int | None) -> list[AuditEvent]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(LIST_AUDIT, space_id, before, limit, timeout=self._timeout)
+        return [audit_event(r) for r in rows]
 
     async def record_usage(self, uses: Sequence[tuple[str, datetime]]) -> None:
         """Advance last_used_at for many keys in one statement."""

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from authproxy.app import create_app
 from authproxy.appkeys import KEYS
+from authproxy.audit import AuditContext
 from authproxy.config import Config, LoggingConfig, build_config
 from authproxy.keys import KeyHasher
 from authproxy.keyservice import CreatedKey
@@ -154,7 +155,8 @@ async def client(app_client: AppClient) -> TestClient[Any, Any]:
 
 async def new_key(client: TestClient[Any, Any], space: str = "plant-7", name: str = "test key",
                   expires_at: str | None = None) -> CreatedKey:
-    return await client.app[KEYS].create(space_id=space, name=name, expires_at=expires_at)
+    return await client.app[KEYS].create(space_id=space, name=name, expires_at=expires_at,
+                                         audit=AuditContext(actor="test"))
 
 
 def bearer(key: str) -> dict[str, str]:

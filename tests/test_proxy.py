@@ -14,6 +14,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from authproxy.appkeys import KEYS
+from authproxy.audit import AuditContext
 from authproxy.keys import generate_key
 from tests.conftest import AppClient, Upstream, bearer, new_key
 from tests.rawhttp import get, raw_request
@@ -154,7 +155,8 @@ class TestRefusals:
         """Revoking evicts the cached key in the same process: the next request gets 401."""
         created = await new_key(client)
         assert (await client.get("/x", headers=bearer(created.key))).status == 200
-        await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id)
+        await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id,
+                                      audit=AuditContext(actor="test"))
         upstream.requests.clear()
         resp = await client.get("/x", headers=bearer(created.key))
         await assert_refused(resp, upstream)
@@ -174,7 +176,8 @@ class TestRefusals:
                                                      upstream: Upstream) -> None:
         """The reason of a refusal is logged; the key never is."""
         created = await new_key(client)
-        await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id)
+        await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id,
+                                      audit=AuditContext(actor="test"))
         with capture_logs() as logs:
             await client.get("/x", headers=bearer(created.key))
         refused = [e for e in logs if e["event"] == "auth_refused"]
@@ -221,7 +224,8 @@ class TestHeaderRules:
         spoofed = {
             "X-Space-Id": "plant-9", "x_space_id": "plant-9", "X-SPACE-ID": "plant-9",
             "X_Api_Key_Id": "forged", "x-api-key-prefix": "forged",
-            "X-Forwarded-For": "10.0.0.1", "x_forwarded_host": "evil", "X-Forwarded-Proto": "gopher",
+            "X-Forwarded-For": "10.0.0.1", "x_forwarded_host": "evil",
+            "X-Forwarded-Proto": "gopher",
             "Forwarded": "for=10.0.0.1",
         }
         payload = get("/x", "client.example", {**spoofed, **bearer(created.key)})
