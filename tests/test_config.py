@@ -435,3 +435,10 @@ class TestHashingSection:
         assert cfg.hashing == HashingConfig(time_cost=3, memory_cost_kib=65536,
                                             parallelism=2, max_concurrency=4)
         assert cfg.admin == AdminConfig(jwt_secret=JWT_SECRET)
+
+
+class TestExampleFile:
+    def test_example_config_is_valid_and_shows_the_defaults(self) -> None:
+        """config.example.yaml loads cleanly and documents exactly the defaults."""
+        example = Path(__file__).resolve().parent.parent / "config.example.yaml"
+        assert load_config(example, environ={}) == Config()
