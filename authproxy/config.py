@@ -177,7 +177,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError([f"config file: cannot be read ({path}: {exc.strerror})"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"config file: must be valid YAML ({path}: {exc})"]) from None
+        # Position and problem only: PyYAML's full message quotes the broken line,
+        # which may hold a password.
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError([f"config file: must be valid YAML ({path}{where}: {problem})"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

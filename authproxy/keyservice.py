@@ -54,11 +54,15 @@ def parse_expires_at(value: Any, now: datetime) -> datetime | None:
         raise InvalidInput("expires_at", EXPIRES_RULE)
     try:
         parsed = datetime.fromisoformat(value.upper())
-    except ValueError:
+        if parsed.tzinfo is None:
+            raise ValueError("no time zone")
+        # astimezone overflows for year-9999 values with a negative offset.
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidInput("expires_at", EXPIRES_RULE) from None
-    if parsed.tzinfo is None or parsed <= now:
+    if parsed <= now:
         raise InvalidInput("expires_at", EXPIRES_RULE)
-    return parsed.astimezone(UTC)
+    return parsed
 
 
 def rfc3339(moment: datetime | None) -> str | None:

@@ -102,7 +102,7 @@ class Upstream:
 
     @property
     def recorder(self) -> Recorder:
-        return self.server.app[RECORDER]  # type: ignore[union-attr]
+        return self.server.app[RECORDER]
 
     @property
     def requests(self) -> list[Any]:
@@ -155,8 +155,9 @@ async def client(app_client: AppClient) -> TestClient[Any, Any]:
 
 async def new_key(client: TestClient[Any, Any], space: str = "plant-7", name: str = "test key",
                   expires_at: str | None = None) -> CreatedKey:
-    return await client.app[KEYS].create(space_id=space, name=name, expires_at=expires_at,
-                                         audit=AuditContext(actor="test"))
+    created: CreatedKey = await client.app[KEYS].create(
+        space_id=space, name=name, expires_at=expires_at, audit=AuditContext(actor="test"))
+    return created
 
 
 def bearer(key: str) -> dict[str, str]:

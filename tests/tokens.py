@@ -38,5 +38,5 @@ def ec_keypair() -> tuple[Any, Any]:
 
 def unsigned(roles: dict[str, str], sub: str = "mallory") -> str:
     """alg=none: a token anyone can forge."""
-    return jwt.encode({"sub": sub, "roles": roles, "exp": int(time.time() + 300)}, None,
+    return jwt.encode({"sub": sub, "roles": roles, "exp": int(time.time() + 300)}, "",
                       algorithm="none")
