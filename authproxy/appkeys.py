@@ -12,6 +12,8 @@ from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
 from authproxy.keys import KeyHasher
 from authproxy.keyservice import KeyService
+from authproxy.metrics import Metrics
+from authproxy.revocations import RevocationListener
 from authproxy.state import Lifecycle
 from authproxy.store import Store
 from authproxy.upstream import UpstreamTransport
@@ -28,3 +30,5 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 KEYS = web.AppKey("keys", KeyService)
 TRANSPORT = web.AppKey("transport", UpstreamTransport)
 ADMIN_TOKENS = web.AppKey("admin_tokens", AdminTokenVerifier)
+METRICS = web.AppKey("metrics", Metrics)
+LISTENER = web.AppKey("listener", RevocationListener)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 import structlog
 
 from authproxy.cache import VerifiedKeyCache
+from authproxy.config import CacheConfig
 from authproxy.errors import (
     AuthError,
     ExpiredKey,
@@ -22,6 +24,7 @@ from authproxy.errors import (
     StoreUnavailable,
 )
 from authproxy.keys import KeyHasher, ParsedKey, parse_key
+from authproxy.metrics import Metrics
 from authproxy.store import KeyRecord, Store
 from authproxy.usage import UsageRecorder
 
@@ -42,7 +45,16 @@ class Principal:
     expires_at: datetime | None
 
 
-CacheValue = Principal | type[AuthError]
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A positive cache entry: who, and which stored hash the key was verified against."""
+
+    principal: Principal
+    secret_hash: str
+
+
+# Negative entries hold the refusal's error class, so the log keeps the precise reason.
+CacheValue = Verified | type[AuthError]
 
 
 def bearer_token(authorizations: Sequence[str], max_len: int = _MAX_CREDENTIAL_LEN) -> str:
@@ -70,18 +82,23 @@ def bearer_token(authorizations: Sequence[str], max_len: int = _MAX_CREDENTIAL_L
 
 
 class Authenticator:
-    """Turns a presented key into a Principal, spending argon2 only on cache misses."""
+    """Turns a presented key into a Principal, spending argon2 only on cache misses.
+
+    A fresh cache entry answers alone. A stale one (past cache.ttl, within
+    cache.outage_grace) is re-checked with one query and no argon2 when the stored hash
+    is unchanged; if PostgreSQL cannot answer, the stale entry still admits the key.
+    """
 
     def __init__(self, *, store: Store, cache: VerifiedKeyCache[CacheValue], hasher: KeyHasher,
-                 executor: Executor, usage: UsageRecorder, cache_ttl: float,
-                 negative_ttl: float, wall_clock: WallClock = lambda: datetime.now(UTC)) -> None:
+                 executor: Executor, usage: UsageRecorder, settings: CacheConfig,
+                 metrics: Metrics, wall_clock: WallClock = lambda: datetime.now(UTC)) -> None:
         self._store = store
         self._cache = cache
         self._hasher = hasher
         self._executor = executor
         self._usage = usage
-        self._cache_ttl = cache_ttl
-        self._negative_ttl = negative_ttl
+        self._settings = settings
+        self._metrics = metrics
         self._now = wall_clock
         # A per-process key for the cache digest: the cache never holds the key itself, and
         # a memory dump's digests cannot be checked against guesses offline.
@@ -95,45 +112,67 @@ class Authenticator:
 
         Raises:
             MissingKey, InvalidKey, ExpiredKey, RevokedKey: the credential is refused.
-            StoreUnavailable: the key was not cached and PostgreSQL could not answer.
+            StoreUnavailable: PostgreSQL could not answer and no usable cache entry exists.
         """
         raw = bearer_token(authorizations)
         parsed = parse_key(raw)
         digest = hashlib.blake2b(raw.encode("ascii"), key=self._digest_key).digest()
         now = self._now()
         entry = self._cache.get(digest)
-        if entry is not None:
-            if not isinstance(entry.value, Principal):
-                raise entry.value("refused (cached)")
-            principal = entry.value
+        if entry is None:
+            self._metrics.cache_misses.inc()
+            principal = await self._verify(parsed, digest, now, cached=None)
+        elif not isinstance(entry.value, Verified):
+            self._metrics.cache_hits.inc()
+            raise entry.value("refused (cached)")
+        elif self._cache.is_fresh(entry):
+            self._metrics.cache_hits.inc()
+            principal = entry.value.principal
         else:
-            principal = await self._verify(parsed, digest, now)
+            self._metrics.cache_stale_hits.inc()
+            principal = await self._revalidate(parsed, digest, now, entry.value)
         if principal.expires_at is not None and principal.expires_at <= now:
             raise ExpiredKey("expired")
         self._usage.record(principal.key_id, now)
         return principal
 
-    async def _verify(self, parsed: ParsedKey, digest: bytes, now: datetime) -> Principal:
+    async def _revalidate(self, parsed: ParsedKey, digest: bytes, now: datetime,
+                          cached: Verified) -> Principal:
+        try:
+            return await self._verify(parsed, digest, now, cached=cached)
+        except StoreUnavailable as exc:
+            log.warning("served_from_cache_during_outage", key_id=cached.principal.key_id,
+                        error=str(exc))
+            return cached.principal
+
+    async def _verify(self, parsed: ParsedKey, digest: bytes, now: datetime,
+                      cached: Verified | None) -> Principal:
         generation = self._cache.generation()
         record = await self._store.find_by_lookup_id(parsed.lookup_id)
         try:
-            principal = await self._check(record, parsed, now)
+            verified = await self._check(record, parsed, now, cached)
         except AuthError as exc:
-            self._cache.put(digest, type(exc), key_id=None, ttl=self._negative_ttl,
+            self._cache.put(digest, type(exc), key_id=None, ttl=self._settings.negative_ttl,
                             generation=generation)
             raise
-        ttl = self._cache_ttl
-        if principal.expires_at is not None:
-            ttl = min(ttl, (principal.expires_at - now).total_seconds())
-        self._cache.put(digest, principal, key_id=principal.key_id, ttl=ttl, generation=generation)
-        return principal
+        ttl, grace = self._settings.ttl, self._settings.outage_grace
+        expires_at = verified.principal.expires_at
+        if expires_at is not None:
+            left = (expires_at - now).total_seconds()
+            ttl, grace = min(ttl, left), min(grace, left)
+        self._cache.put(digest, verified, key_id=verified.principal.key_id, ttl=ttl,
+                        grace=grace, generation=generation)
+        return verified.principal
 
-    async def _check(self, record: KeyRecord | None, parsed: ParsedKey, now: datetime) -> Principal:
+    async def _check(self, record: KeyRecord | None, parsed: ParsedKey, now: datetime,
+                     cached: Verified | None) -> Verified:
         if record is None:
-            await self._run_hasher(self._hasher.verify, self._dummy_hash, parsed.secret)
+            await self._argon2(self._dummy_hash, parsed.secret)
             raise InvalidKey("unknown key id")
-        if not await self._run_hasher(self._hasher.verify, record.secret_hash, parsed.secret):
-            raise InvalidKey("wrong secret")
+        # The same stored hash already matched this exact key: no need to pay argon2 again.
+        if cached is None or cached.secret_hash != record.secret_hash:
+            if not await self._argon2(record.secret_hash, parsed.secret):
+                raise InvalidKey("wrong secret")
         status = record.status(now)
         if status == "revoked":
             raise RevokedKey("revoked")
@@ -141,10 +180,16 @@ class Authenticator:
             raise ExpiredKey("expired")
         if self._hasher.should_rehash(record.secret_hash):
             asyncio.create_task(self._rehash(record, parsed.secret))  # noqa: RUF006
-        return Principal(record.id, record.space_id, record.prefix, record.expires_at)
+        principal = Principal(record.id, record.space_id, record.prefix, record.expires_at)
+        return Verified(principal, record.secret_hash)
 
-    async def _run_hasher(self, fn: Callable[[str, str], bool], stored: str, secret: str) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, stored, secret)
+    async def _argon2(self, stored: str, secret: str) -> bool:
+        started = time.perf_counter()
+        ok = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._hasher.verify, stored, secret)
+        self._metrics.argon2_seconds.observe(time.perf_counter() - started)
+        self._metrics.argon2.labels(result="match" if ok else "mismatch").inc()
+        return ok
 
     async def _rehash(self, record: KeyRecord, secret: str) -> None:
         new_hash = await asyncio.get_running_loop().run_in_executor(
@@ -155,4 +200,3 @@ class Authenticator:
             log.warning("key_rehash_failed", key_id=record.id, error=str(exc))
         else:
             log.info("key_rehashed", key_id=record.id)
-

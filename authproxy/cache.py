@@ -1,5 +1,9 @@
 """Bounded LRU of verification results with TTLs and revocation-safe inserts; no I/O.
 
+An entry is *fresh* for ``ttl`` seconds; after that, and until ``usable_until``, it is
+*stale*: the caller should re-check the database and may fall back to the entry only
+when the database is unreachable (the outage grace window).
+
 Entries are keyed by a digest of the presented key (never the key itself). A positive
 entry remembers the key id so a revoke can evict it; a negative entry remembers that a
 well-formed key failed, so floods of the same wrong key cost no database query.
@@ -30,7 +34,8 @@ _MAX_TOMBSTONES = 10_000
 class Entry(Generic[V]):
     value: V
     key_id: str | None
-    expires_at: float  # on the cache's clock
+    fresh_until: float  # on the cache's clock: trusted without asking the database
+    usable_until: float  # after fresh_until: only when the database cannot be asked
 
 
 class VerifiedKeyCache(Generic[V]):
@@ -44,7 +49,8 @@ class VerifiedKeyCache(Generic[V]):
         self._generation = 0
         self._flushed_at = 0
         self._tombstones: OrderedDict[str, int] = OrderedDict()
-        self.hits = self.misses = self.evictions = 0
+        self.hits = self.stale_hits = self.misses = self.evictions = 0
+        self.on_evict: Callable[[], None] | None = None  # metrics hook
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -54,33 +60,47 @@ class VerifiedKeyCache(Generic[V]):
         return self._generation
 
     def get(self, digest: bytes) -> Entry[V] | None:
+        """The entry, fresh or stale (see ``is_fresh``), or None."""
         entry = self._entries.get(digest)
         if entry is None:
             self.misses += 1
             return None
-        if entry.expires_at <= self._clock():
+        now = self._clock()
+        if entry.usable_until <= now:
             self._remove(digest)
             self.misses += 1
             return None
         self._entries.move_to_end(digest)
-        self.hits += 1
+        if entry.fresh_until > now:
+            self.hits += 1
+        else:
+            self.stale_hits += 1
         return entry
 
+    def is_fresh(self, entry: Entry[V]) -> bool:
+        return entry.fresh_until > self._clock()
+
     def put(self, digest: bytes, value: V, *, key_id: str | None, ttl: float,
-            generation: int) -> bool:
-        """Insert unless the key was invalidated after ``generation``; return whether stored."""
+            generation: int, grace: float = 0.0) -> bool:
+        """Insert unless the key was invalidated after ``generation``; return whether stored.
+
+        ``grace`` (>= ttl to matter) is how long the entry stays usable as a fallback.
+        """
         if self._max == 0 or ttl <= 0 or generation < self._flushed_at:
             return False
         if key_id is not None and self._tombstones.get(key_id, -1) > generation:
             return False
         self._remove(digest)
-        self._entries[digest] = Entry(value, key_id, self._clock() + ttl)
+        now = self._clock()
+        self._entries[digest] = Entry(value, key_id, now + ttl, now + max(ttl, grace))
         if key_id is not None:
             self._digest_by_key_id[key_id] = digest
         while len(self._entries) > self._max:
             oldest = next(iter(self._entries))
             self._remove(oldest)
             self.evictions += 1
+            if self.on_evict is not None:
+                self.on_evict()
         return True
 
     def invalidate_key(self, key_id: str) -> bool:

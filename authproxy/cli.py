@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -41,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML config file (default: $AUTHPROXY_CONFIG)")
         return sub
 
-    command("serve", "run the daemon")
+    serve = command("serve", "run the daemon")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes sharing the port (default: server.workers)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     command("migrate", "apply pending sql/ migrations (idempotent)")
     command("check-config", "validate the configuration; exit 2 listing every problem")
     command("demo", "embedded database + sample upstream + a first key, then serve")
@@ -87,7 +91,12 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 
     cfg = resolve_database(cfg)
     if args.command == "serve":
-        return commands.serve(cfg)
+        if args.workers is not None:
+            cfg = dataclasses.replace(cfg, server=dataclasses.replace(
+                cfg.server, workers=args.workers))
+        if args.worker:  # started by the supervisor, which has migrated already
+            cfg = dataclasses.replace(cfg, db=dataclasses.replace(cfg.db, auto_migrate=False))
+        return commands.serve(cfg, worker=args.worker, config_path=args.config)
     if args.command == "demo":
         return commands.demo(cfg)
     if args.command == "migrate":
@@ -120,8 +129,6 @@ def _print(payload: Any) -> None:
 
 def redacted(cfg: Config) -> dict[str, Any]:
     """The effective config as JSON, secrets masked (for check-config's report)."""
-    import dataclasses
-
     data = dataclasses.asdict(cfg)
     if data["db"]["url"]:
         data["db"]["url"] = "<redacted>"

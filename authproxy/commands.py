@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,11 +13,13 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from authproxy.app import create_app, create_pool
+from authproxy import server
+from authproxy.app import create_app
 from authproxy.appkeys import CONFIG, KEYS
 from authproxy.audit import AuditContext
 from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
+from authproxy.contexts import create_pool
 from authproxy.errors import StoreUnavailable
 from authproxy.keys import KeyHasher
 from authproxy.keyservice import KeyService, key_object
@@ -31,21 +32,13 @@ log = structlog.get_logger(__name__)
 DEMO_SPACE = "demo"
 
 
-def _use_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # not on this platform: the default loop works, only slower
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+def serve(cfg: Config, *, worker: bool = False, config_path: str | None = None) -> int:
+    if cfg.server.workers > 1 and not worker:
+        from authproxy.supervisor import supervise
 
-
-def serve(cfg: Config, app: web.Application | None = None) -> int:
-    _use_uvloop()
-    app = app or create_app(cfg)
-    log.info("listening", listen=cfg.server.listen, upstream=cfg.upstream.url)
-    web.run_app(app, host=cfg.server.host, port=cfg.server.port, access_log=None, print=None,
-                shutdown_timeout=cfg.server.shutdown_timeout)
-    return 0
+        return supervise(cfg, config_path)
+    # A supervised worker shares the port (SO_REUSEPORT); the supervisor migrated already.
+    return server.serve(create_app(cfg), cfg, reuse_port=worker)
 
 
 def demo(cfg: Config) -> int:
@@ -53,7 +46,7 @@ def demo(cfg: Config) -> int:
     app = create_app(cfg)
     app.cleanup_ctx.append(_sample_upstream_ctx)
     app.on_startup.append(_announce_first_key)
-    return serve(cfg, app)
+    return server.serve(app, cfg)
 
 
 async def _sample_upstream_ctx(app: web.Application) -> AsyncIterator[None]:

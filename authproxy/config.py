@@ -40,7 +40,12 @@ def _rule(low: float | None = None, high: float | None = None) -> dict[str, Any]
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = "127.0.0.1:8080"
+    # After SIGTERM: readyz says 503 for drain_delay seconds while requests are still
+    # served (load balancers notice), then the listener closes and in-flight requests get
+    # shutdown_timeout seconds to finish.
+    drain_delay: float = field(default=5.0, metadata=_rule(0, 3600))
     shutdown_timeout: float = field(default=10.0, metadata=_rule(0, 3600))
+    workers: int = field(default=1, metadata=_rule(1, 256))
 
     @property
     def host(self) -> str:
@@ -97,6 +102,8 @@ class CacheConfig:
     max_entries: int = field(default=100_000, metadata=_rule(0, 10_000_000))
     ttl: float = field(default=60.0, metadata=_rule(0, 86400))
     negative_ttl: float = field(default=5.0, metadata=_rule(0, 3600))
+    # While PostgreSQL is unreachable, keys verified within this many seconds keep working.
+    outage_grace: float = field(default=300.0, metadata=_rule(0, 86400))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +130,13 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True
+    # None: /_authproxy/metrics on the main listener; host:port: only on that listener.
+    listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -137,6 +151,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     usage: UsageConfig = UsageConfig()
     admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -277,10 +292,10 @@ def _range_problem(metadata: Mapping[str, Any], value: Any) -> str:
 def _cross_checks(config: Config) -> list[str]:
     """Rules that look at a value's shape or at several settings together."""
     problems = []
-    host, _, port = config.server.listen.rpartition(":")
-    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-        problems.append(f"server.listen: must be host:port with port 1-65535 "
-                        f"(got {_show(config.server.listen)})")
+    for setting, listen in (("server.listen", config.server.listen),
+                            ("metrics.listen", config.metrics.listen)):
+        if listen is not None and not _is_host_port(listen):
+            problems.append(f"{setting}: must be host:port with port 1-65535 (got {_show(listen)})")
     upstream = _parse_url(config.upstream.url)
     if upstream is None or upstream.scheme not in ("http", "https") or not upstream.host:
         problems.append(f"upstream.url: must be an http(s) URL with a host "
@@ -297,6 +312,11 @@ def _cross_checks(config: Config) -> list[str]:
         if path is not None and not os.path.isfile(os.path.expanduser(path)):
             problems.append(f"admin.{setting}: must name a readable file (got {_show(path)})")
     return problems
+
+
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and re.fullmatch(r"[0-9]{1,5}", port) is not None and 0 < int(port) < 65536
 
 
 def _parse_url(text: str) -> URL | None:

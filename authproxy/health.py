@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from authproxy.appkeys import LIFECYCLE, STORE
+from authproxy.appkeys import LIFECYCLE, METRICS, STORE
 from authproxy.errors import StoreUnavailable
 from authproxy.httperrors import json_error
+from authproxy.metrics import CONTENT_TYPE
 
 DRAINING_MESSAGE = "This process is shutting down."
 DB_DOWN_MESSAGE = "PostgreSQL is not reachable."
@@ -26,6 +27,12 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreUnavailable:
         return json_error(503, "key_store_unavailable", DB_DOWN_MESSAGE)
     return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition (prometheus-client), fleet-wide with --workers."""
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def add_routes(app: web.Application, prefix: str) -> None:

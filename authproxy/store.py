@@ -47,7 +47,9 @@ WHERE id = $1 AND space_id = $2 AND revoked_at IS NULL
 RETURNING {_KEY_COLUMNS}"""
 _BY_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1 AND space_id = $2"
 # Sent inside the revoking transaction: listeners hear of it only once it committed.
-_NOTIFY = f"SELECT pg_notify('{REVOCATION_CHANNEL}', $1)"
+# Payload "<key id>|<epoch seconds>": listeners measure the revocation lag from it.
+_NOTIFY = (f"SELECT pg_notify('{REVOCATION_CHANNEL}', "
+           "$1 || '|' || extract(epoch FROM clock_timestamp())::text)")
 # Forward-only: a late or reordered flush never moves last_used_at back in time.
 _TOUCH = """
 UPDATE api_keys AS k SET last_used_at = u.used_at
