@@ -13,6 +13,7 @@ from authproxy.admintoken import AdminPrincipal
 from authproxy.appkeys import ADMIN_TOKENS, CONFIG, KEYS
 from authproxy.audit import AuditContext
 from authproxy.auth import bearer_token
+from authproxy.continuation import defer_continue, send_continue
 from authproxy.errors import (
     AdminTokenInvalid,
     AdminTokenMissing,
@@ -87,6 +88,7 @@ async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dic
     """The body as a JSON object with only ``allowed`` fields; 400/413/415/422 otherwise."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType(request.content_type)
+    await send_continue(request)  # authorised by now: the client may send its body
     try:
         raw = await request.read()  # capped by the app's client_max_size
     except web.HTTPRequestEntityTooLarge:
@@ -173,8 +175,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     keys = API_PREFIX + "/spaces/{space_id}/keys"
-    app.router.add_post(keys, create_key)
-    app.router.add_get(keys, list_keys, allow_head=False)
-    app.router.add_post(keys + "/{key_id}/revoke", revoke_key)
-    app.router.add_get(API_PREFIX + "/spaces/{space_id}/audit", audit_trail, allow_head=False)
-    app.router.add_get(API_PREFIX + "/openapi.json", openapi, allow_head=False)
+    routes = [
+        ("POST", keys, create_key),
+        ("GET", keys, list_keys),
+        ("POST", keys + "/{key_id}/revoke", revoke_key),
+        ("GET", API_PREFIX + "/spaces/{space_id}/audit", audit_trail),
+        ("GET", API_PREFIX + "/openapi.json", openapi),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler, expect_handler=defer_continue)

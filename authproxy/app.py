@@ -11,10 +11,21 @@ from aiohttp.typedefs import Handler
 
 from authproxy import admin, contexts, health
 from authproxy.admintoken import AdminTokenVerifier
-from authproxy.appkeys import ADMIN_TOKENS, CACHE, CONFIG, HASHER, LIFECYCLE, METRICS, USAGE
+from authproxy.appkeys import (
+    ADMIN_TOKENS,
+    CACHE,
+    CONFIG,
+    HASHER,
+    LIFECYCLE,
+    METRICS,
+    TRUSTED_PROXIES,
+    USAGE,
+)
 from authproxy.auth import CacheValue
 from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
+from authproxy.continuation import defer_continue
+from authproxy.headers import parse_networks
 from authproxy.httperrors import json_error
 from authproxy.keys import KeyHasher
 from authproxy.log import add_request_id, request_context
@@ -55,8 +66,11 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     if cfg.db.url is None:
         raise ValueError("create_app needs cfg.db.url; resolve the embedded database first")
     # client_max_size caps request.read(), used only by the admin API; proxied bodies stream.
+    # lingering_time=0: a body nobody read (a refused upload) is not drained to keep the
+    # connection alive; the connection is closed instead.
     app = web.Application(middlewares=[request_context, dispatch],
-                          client_max_size=cfg.admin.max_body_bytes)
+                          client_max_size=cfg.admin.max_body_bytes,
+                          handler_args={"lingering_time": 0})
     app[CONFIG] = cfg
     app[ADMIN_TOKENS] = AdminTokenVerifier(cfg.admin)
     app[HASHER] = hasher or KeyHasher.from_config(cfg.hashing)
@@ -65,6 +79,7 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     app[CACHE].on_evict = metrics.cache_evictions.labels(reason="capacity").inc
     app[USAGE] = UsageRecorder(metrics)
     app[LIFECYCLE] = Lifecycle()
+    app[TRUSTED_PROXIES] = parse_networks(cfg.server.trusted_proxies)
     clock = wall_clock or (lambda: datetime.now(UTC))
     app.cleanup_ctx.extend([contexts.executor_ctx, contexts.database_ctx(clock),
                             contexts.transport_ctx, contexts.metrics_listener_ctx])
@@ -72,7 +87,9 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     app.on_shutdown.append(contexts.start_draining)
     health.add_routes(app, RESERVED_PREFIX)
     if cfg.metrics.enabled and cfg.metrics.listen is None:
-        app.router.add_get(RESERVED_PREFIX + "metrics", health.metrics)
+        app.router.add_get(RESERVED_PREFIX + "metrics", health.metrics,
+                           expect_handler=defer_continue)
     admin.add_routes(app)
-    app.router.add_route("*", "/{tail:.*}", proxy_handler, name=_PROXY_ROUTE)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler, name=_PROXY_ROUTE,
+                         expect_handler=defer_continue)
     return app

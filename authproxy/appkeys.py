@@ -10,6 +10,7 @@ from authproxy.admintoken import AdminTokenVerifier
 from authproxy.auth import Authenticator, CacheValue
 from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
+from authproxy.headers import Networks
 from authproxy.keys import KeyHasher
 from authproxy.keyservice import KeyService
 from authproxy.metrics import Metrics
@@ -32,3 +33,4 @@ TRANSPORT = web.AppKey("transport", UpstreamTransport)
 ADMIN_TOKENS = web.AppKey("admin_tokens", AdminTokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
 LISTENER = web.AppKey("listener", RevocationListener)
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", Networks)

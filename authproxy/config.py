@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -46,6 +47,11 @@ class ServerConfig:
     drain_delay: float = field(default=5.0, metadata=_rule(0, 3600))
     shutdown_timeout: float = field(default=10.0, metadata=_rule(0, 3600))
     workers: int = field(default=1, metadata=_rule(1, 256))
+    # Largest proxied request body (Content-Length or chunked); larger ones get 413.
+    max_body_bytes: int = field(default=1 << 30, metadata=_rule(1, 1 << 50))
+    # Peers (CIDRs) whose X-Forwarded-For/-Proto/-Host are believed and extended; from any
+    # other peer those headers are replaced, so a client cannot choose its own address.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -125,7 +131,8 @@ class AdminConfig:
     issuer: str | None = None  # required "iss" when set
     audience: str | None = None  # required "aud" when set
     clock_skew: float = field(default=30.0, metadata=_rule(0, 600))
-    manager_roles: tuple[str, ...] = ("owner", "admin")
+    manager_roles: tuple[str, ...] = field(default=("owner", "admin"),
+                                           metadata={"non_empty": True})
     max_body_bytes: int = field(default=16384, metadata=_rule(256, 1048576))
 
 
@@ -249,11 +256,11 @@ def _coerce(hint: Any, value: Any) -> tuple[bool, Any, str]:
             return True, value, ""
         return False, None, "must be one of " + ", ".join(map(str, args))
     if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if isinstance(items, list) and items and all(
-                isinstance(i, str) and i.strip() for i in items):
+        items = ([i for i in value.split(",") if i.strip()] if isinstance(value, str)
+                 else value)
+        if isinstance(items, list) and all(isinstance(i, str) and i.strip() for i in items):
             return True, tuple(i.strip() for i in items), ""
-        return False, None, "must be a non-empty list of non-empty strings"
+        return False, None, "must be a list of non-empty strings"
     if hint is bool:
         if isinstance(value, bool):
             return True, value, ""
@@ -281,6 +288,8 @@ def _coerce(hint: Any, value: Any) -> tuple[bool, Any, str]:
 
 
 def _range_problem(metadata: Mapping[str, Any], value: Any) -> str:
+    if metadata.get("non_empty") and not value:
+        return "must be a non-empty list of non-empty strings"
     low, high = metadata.get("min"), metadata.get("max")
     if value is None or (low is None and high is None):
         return ""
@@ -307,6 +316,12 @@ def _cross_checks(config: Config) -> list[str]:
     if config.db.url is not None and (
             db_url is None or db_url.scheme not in ("postgresql", "postgres")):
         problems.append("db.url: must be a postgresql:// URL (got <redacted>)")
+    for cidr in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(f"server.trusted_proxies: must be IP networks like 10.0.0.0/8 "
+                            f"(got {_show(cidr)})")
     for setting in ("jwt_public_key_file", "jwks_file"):
         path = getattr(config.admin, setting)
         if path is not None and not os.path.isfile(os.path.expanduser(path)):

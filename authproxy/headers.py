@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 # RFC 9110 §7.6.1 (plus the legacy names proxies still see): meaningful for one hop only.
 HOP_BY_HOP: Final = frozenset({
@@ -63,6 +64,36 @@ def request_id_from(value: str | None) -> str:
     if value is not None and _REQUEST_ID.fullmatch(value):
         return value
     return uuid.uuid4().hex
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def parse_networks(cidrs: Iterable[str]) -> Networks:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _is_trusted(peer: str, trusted: Networks) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
+def forwarded_values(*, peer: str, headers: MultiMapping[str], scheme: str, host: str,
+                     trusted: Networks) -> tuple[str, str, str]:
+    """X-Forwarded-For/-Proto/-Host to send upstream.
+
+    From a trusted proxy, its values are kept and the peer appended to the chain (what
+    nginx's proxy_add_x_forwarded_for does); from anyone else they are ignored, so a
+    client cannot choose the address the upstream sees.
+    """
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer, scheme, host
+    chain = [v.strip() for v in headers.getall(X_FORWARDED_FOR, []) if v.strip()]
+    return (", ".join([*chain, peer]), headers.get(X_FORWARDED_PROTO) or scheme,
+            headers.get(X_FORWARDED_HOST) or host)
 
 
 def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identity,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from authproxy.appkeys import LIFECYCLE, METRICS, STORE
+from authproxy.continuation import defer_continue
 from authproxy.errors import StoreUnavailable
 from authproxy.httperrors import json_error
 from authproxy.metrics import CONTENT_TYPE
@@ -36,5 +37,5 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
-    app.router.add_get(prefix + "healthz", healthz)
-    app.router.add_get(prefix + "readyz", readyz)
+    app.router.add_get(prefix + "healthz", healthz, expect_handler=defer_continue)
+    app.router.add_get(prefix + "readyz", readyz, expect_handler=defer_continue)

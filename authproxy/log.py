@@ -74,6 +74,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = await _answer(request, handler)
     finally:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    if not response.prepared and request.body_exists and not request.content.is_eof():
+        # Refused before its body was read (401, 413...): close rather than let aiohttp
+        # read and discard an unauthenticated upload to keep the connection alive.
+        response.force_close()
     log.info("request", status=response.status, duration_ms=duration_ms,
              remote=request.remote)
     return response

@@ -2,32 +2,44 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 
-from authproxy.appkeys import AUTHENTICATOR, METRICS, TRANSPORT
+from authproxy.appkeys import AUTHENTICATOR, CONFIG, METRICS, TRANSPORT, TRUSTED_PROXIES
 from authproxy.auth import Principal
-from authproxy.errors import AuthError, StoreUnavailable
+from authproxy.continuation import send_continue
+from authproxy.errors import AuthError, BodyTooLarge, StoreUnavailable
 from authproxy.headers import (
     Identity,
     client_response_headers,
+    forwarded_values,
     upstream_request_headers,
 )
 from authproxy.httperrors import json_error
+from authproxy.keys import KEY_REGEX
 from authproxy.log import REQUEST_ID
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
 
 log = structlog.get_logger(__name__)
 
 BAD_TARGET_MESSAGE = "The request target must be an absolute path ('/...')."
+KEY_IN_QUERY_MESSAGE = ("API keys belong in the Authorization header, never in the URL, "
+                        "where logs and browser histories keep them.")
+# Anything that looks like one of our keys, anywhere in the query string.
+_KEY_IN_QUERY = re.compile(KEY_REGEX)
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     """Every request outside /_authproxy/ lands here."""
     if not request.raw_path.startswith("/"):
         return json_error(400, "bad_request_target", BAD_TARGET_MESSAGE)
+    if _KEY_IN_QUERY.search(request.raw_path.partition("?")[2]):
+        log.info("key_in_query_refused")
+        return json_error(400, "key_in_query", KEY_IN_QUERY_MESSAGE)
     metrics = request.app[METRICS]
     started = time.perf_counter()
     try:
@@ -56,15 +68,37 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         metrics.requests.labels(outcome="allowed", status=status).inc()
 
 
-async def forward(request: web.Request, principal: Principal) -> web.StreamResponse:
-    identity = Identity(
+def _identity(request: web.Request, principal: Principal) -> Identity:
+    chain, scheme, host = forwarded_values(
+        peer=request.remote or "", headers=request.headers, scheme=request.scheme,
+        host=request.host, trusted=request.app[TRUSTED_PROXIES])
+    return Identity(
         space_id=principal.space_id, key_id=principal.key_id, key_prefix=principal.prefix,
-        request_id=request[REQUEST_ID], client_ip=request.remote or "",
-        scheme=request.scheme, host=request.host,
-    )
-    headers = upstream_request_headers(
-        request.headers.items(), identity, request.headers.getall("Connection", []))
-    body = request.content if request.body_exists else None
+        request_id=request[REQUEST_ID], client_ip=chain, scheme=scheme, host=host)
+
+
+async def _limited_body(request: web.Request, limit: int,
+                        state: dict[str, bool]) -> AsyncIterator[bytes]:
+    """The request body, streamed, refusing to pass more than ``limit`` bytes."""
+    sent = 0
+    async for chunk in request.content.iter_any():
+        sent += len(chunk)
+        if sent > limit:
+            state["too_large"] = True
+            raise BodyTooLarge()
+        yield chunk
+
+
+async def forward(request: web.Request, principal: Principal) -> web.StreamResponse:
+    limit = request.app[CONFIG].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge()
+    headers = upstream_request_headers(request.headers.items(), _identity(request, principal),
+                                       request.headers.getall("Connection", []))
+    state = {"too_large": False}
+    body = _limited_body(request, limit, state) if request.body_exists else None
+    if body is not None:
+        await send_continue(request)  # authorised: now the client may send its body
     transport = request.app[TRANSPORT]
     metrics = request.app[METRICS]
     response: web.StreamResponse | None = None
@@ -79,6 +113,8 @@ async def forward(request: web.Request, principal: Principal) -> web.StreamRespo
             async for chunk in up.body:
                 await response.write(chunk)
     except (UpstreamTimeout, UpstreamUnavailable) as exc:
+        if state["too_large"] and (response is None or not response.prepared):
+            raise BodyTooLarge() from None
         if response is None or not response.prepared:
             kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
             metrics.upstream_errors.labels(kind=kind).inc()

@@ -6,7 +6,7 @@ can replace aiohttp's ClientSession later without touching the proxy's rules.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,7 +41,7 @@ class UpstreamResponse:
 
 class UpstreamTransport(Protocol):
     def request(self, method: str, target: str, headers: CIMultiDict[str],
-                body: aiohttp.StreamReader | None
+                body: AsyncIterable[bytes] | None
                 ) -> AbstractAsyncContextManager[UpstreamResponse]: ...
 
     async def close(self) -> None: ...
@@ -70,7 +70,7 @@ class ClientSessionTransport:
 
     @asynccontextmanager
     async def request(self, method: str, target: str, headers: CIMultiDict[str],
-                      body: aiohttp.StreamReader | None) -> AsyncIterator[UpstreamResponse]:
+                      body: AsyncIterable[bytes] | None) -> AsyncIterator[UpstreamResponse]:
         try:
             async with self._session.request(
                 method, self.url_for(target), headers=headers, data=body,

@@ -1,0 +1,151 @@
+"""Hostile requests over raw sockets: nothing reaches the upstream that should not."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from authproxy.keys import generate_key
+from tests.conftest import AppClient, Upstream, bearer, new_key
+from tests.rawhttp import get, raw_request
+
+Client = TestClient[Any, Any]
+
+
+async def open_raw(client: Client) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(str(client.host), int(client.port or 0))
+
+
+async def read_head(reader: asyncio.StreamReader) -> str:
+    return (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+
+
+async def still_serves(client: Client) -> None:
+    created = await new_key(client, name="after the attack")
+    assert (await client.get("/ok", headers=bearer(created.key))).status == 200
+
+
+class TestExpectContinue:
+    async def test_no_100_continue_before_the_key_is_verified(self, client: Client,
+                                                              upstream: Upstream) -> None:
+        """Without a valid key: 401 straight away, never '100 Continue', connection closed."""
+        reader, writer = await open_raw(client)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1048576\r\n"
+                     b"Expect: 100-continue\r\nAuthorization: Bearer "
+                     + generate_key().full.encode() + b"\r\n\r\n")
+        head = await read_head(reader)
+        assert head.startswith("HTTP/1.1 401"), head
+        await asyncio.wait_for(reader.read(), 5)  # the server closes: read returns at EOF
+        assert reader.at_eof()
+        writer.close()
+        assert upstream.requests == []
+        await still_serves(client)
+
+    async def test_100_continue_after_verification(self, client: Client,
+                                                   upstream: Upstream) -> None:
+        """With a valid key: '100 Continue', then the body streams to the upstream."""
+        created = await new_key(client)
+        reader, writer = await open_raw(client)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\nAuthorization: Bearer "
+                     + created.key.encode() + b"\r\n\r\n")
+        assert (await read_head(reader)).startswith("HTTP/1.1 100 Continue")
+        writer.write(b"hello")
+        head = await read_head(reader)
+        assert head.startswith("HTTP/1.1 200"), head
+        writer.close()
+        assert upstream.recorder.last.body_size == 5
+        assert upstream.recorder.last.header("Expect") == []
+
+    async def test_unknown_expectation_is_417(self, client: Client, upstream: Upstream) -> None:
+        """An Expect other than 100-continue gets 417 and nothing is forwarded."""
+        created = await new_key(client)
+        resp = await raw_request(str(client.host), int(client.port or 0), get(
+            "/x", "h", {**bearer(created.key), "Expect": "teapot"}))
+        assert resp.status == 417
+        assert upstream.requests == []
+
+
+class TestUnauthenticatedUpload:
+    async def test_refused_without_reading_the_body(self, client: Client,
+                                                    upstream: Upstream) -> None:
+        """A 1 GiB upload without a key is answered 401 at once and the connection closed."""
+        reader, writer = await open_raw(client)
+        writer.write(b"PUT /bulk HTTP/1.1\r\nHost: h\r\nContent-Length: 1073741824\r\n\r\n"
+                     + b"x" * 65536)
+        head = await read_head(reader)
+        assert head.startswith("HTTP/1.1 401")
+        await asyncio.wait_for(reader.read(), 5)
+        assert reader.at_eof()
+        writer.close()
+        assert upstream.requests == []
+
+
+class TestKeyInQuery:
+    async def test_key_in_query_is_refused(self, client: Client, upstream: Upstream) -> None:
+        """A key in the query string is a 400, with or without a valid header."""
+        created = await new_key(client)
+        for path, headers in [(f"/x?api_key={created.key}", {}),
+                              (f"/x?a=1&token={created.key}", bearer(created.key))]:
+            resp = await client.get(path, headers=headers)
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "key_in_query"
+        assert upstream.requests == []
+        await still_serves(client)
+
+
+class TestBodyLimit:
+    async def test_content_length_over_limit_is_413(self, app_client: AppClient,
+                                                    upstream: Upstream) -> None:
+        """Content-Length above server.max_body_bytes: 413, the upstream is not contacted."""
+        client = await app_client(server={"max_body_bytes": 1000})
+        created = await new_key(client)
+        resp = await client.post("/upload", data=b"x" * 1001, headers=bearer(created.key))
+        assert resp.status == 413
+        assert upstream.requests == []
+        ok = await client.post("/upload", data=b"x" * 1000, headers=bearer(created.key))
+        assert ok.status == 200
+
+    async def test_chunked_over_limit_is_413(self, app_client: AppClient,
+                                             upstream: Upstream) -> None:
+        """A chunked body that grows past the limit is cut off and answered 413."""
+        client = await app_client(server={"max_body_bytes": 100_000})
+
+        async def chunks() -> Any:
+            for _ in range(50):
+                yield b"x" * 10_000
+
+        created = await new_key(client)
+        resp = await client.post("/upload", data=chunks(), headers=bearer(created.key))
+        assert resp.status == 413
+        assert (await resp.json())["error"]["code"] == "body_too_large"
+        assert all(r.body_size <= 100_000 for r in upstream.requests)
+
+
+class TestForwardedHeaders:
+    async def test_trusted_proxy_chain_is_extended(self, app_client: AppClient,
+                                                   upstream: Upstream) -> None:
+        """From a trusted proxy, X-Forwarded-* are kept and the peer appended."""
+        client = await app_client(server={"trusted_proxies": ["127.0.0.0/8"]})
+        created = await new_key(client)
+        await client.get("/x", headers={**bearer(created.key),
+                                        "X-Forwarded-For": "203.0.113.7",
+                                        "X-Forwarded-Proto": "https",
+                                        "X-Forwarded-Host": "scada.example"})
+        seen = upstream.recorder.last
+        assert seen.header("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
+        assert seen.header("X-Forwarded-Proto") == ["https"]
+        assert seen.header("X-Forwarded-Host") == ["scada.example"]
+
+    async def test_untrusted_peer_cannot_choose_its_address(self, app_client: AppClient,
+                                                            upstream: Upstream) -> None:
+        """From a peer outside trusted_proxies, client X-Forwarded-* are replaced."""
+        client = await app_client(server={"trusted_proxies": ["10.0.0.0/8"]})
+        created = await new_key(client)
+        await client.get("/x", headers={**bearer(created.key), "X-Forwarded-For": "1.2.3.4",
+                                        "X-Forwarded-Proto": "https"})
+        seen = upstream.recorder.last
+        assert seen.header("X-Forwarded-For") == ["127.0.0.1"]
+        assert seen.header("X-Forwarded-Proto") == ["http"]
