@@ -32,7 +32,7 @@ from authproxy.log import REQUEST_ID
 log = structlog.get_logger(__name__)
 
 API_PREFIX: Final = "/_authproxy/v1"
-CREATE_FIELDS: Final = frozenset({"name", "expires_at"})
+CREATE_FIELDS: Final = frozenset({"name", "expires_at", "rate_limit_per_second"})
 MAX_ADMIN_TOKEN_LEN: Final = 8192
 AUDIT_PAGE_DEFAULT: Final = 50
 AUDIT_PAGE_MAX: Final = 200
@@ -120,6 +120,7 @@ async def create_key(request: web.Request) -> web.Response:
     keys = request.app[KEYS]
     created = await keys.create(space_id=space_id, name=body.get("name"),
                                 expires_at=body.get("expires_at"),
+                                rate_limit=body.get("rate_limit_per_second"),
                                 audit=_audit_context(request, caller))
     log.info("key_created", space_id=space_id, key_id=created.record.id)
     return web.json_response(key_object(created.record, keys.now(), key=created.key),

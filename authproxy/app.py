@@ -15,7 +15,9 @@ from authproxy.appkeys import (
     ADMIN_TOKENS,
     CACHE,
     CONFIG,
+    FAILURES,
     HASHER,
+    KEY_LIMITS,
     LIFECYCLE,
     METRICS,
     TRUSTED_PROXIES,
@@ -31,6 +33,7 @@ from authproxy.keys import KeyHasher
 from authproxy.log import add_request_id, request_context
 from authproxy.metrics import Metrics
 from authproxy.proxy import proxy_handler
+from authproxy.ratelimit import FailureLimiter, KeyRateLimiter
 from authproxy.state import Lifecycle
 from authproxy.usage import UsageRecorder
 
@@ -80,6 +83,11 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     app[USAGE] = UsageRecorder(metrics)
     app[LIFECYCLE] = Lifecycle()
     app[TRUSTED_PROXIES] = parse_networks(cfg.server.trusted_proxies)
+    app[FAILURES] = FailureLimiter(threshold=cfg.limits.failure_threshold,
+                                   window=cfg.limits.failure_window,
+                                   max_clients=cfg.limits.max_tracked_clients)
+    app[KEY_LIMITS] = KeyRateLimiter(burst_seconds=cfg.limits.key_burst_seconds,
+                                     max_keys=cfg.limits.max_tracked_keys)
     clock = wall_clock or (lambda: datetime.now(UTC))
     app.cleanup_ctx.extend([contexts.executor_ctx, contexts.database_ctx(clock),
                             contexts.transport_ctx, contexts.metrics_listener_ctx])

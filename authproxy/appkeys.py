@@ -14,6 +14,7 @@ from authproxy.headers import Networks
 from authproxy.keys import KeyHasher
 from authproxy.keyservice import KeyService
 from authproxy.metrics import Metrics
+from authproxy.ratelimit import FailureLimiter, KeyRateLimiter
 from authproxy.revocations import RevocationListener
 from authproxy.state import Lifecycle
 from authproxy.store import Store
@@ -34,3 +35,5 @@ ADMIN_TOKENS = web.AppKey("admin_tokens", AdminTokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
 LISTENER = web.AppKey("listener", RevocationListener)
 TRUSTED_PROXIES = web.AppKey("trusted_proxies", Networks)
+FAILURES = web.AppKey("failures", FailureLimiter)
+KEY_LIMITS = web.AppKey("key_limits", KeyRateLimiter)

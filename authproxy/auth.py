@@ -20,6 +20,7 @@ from authproxy.errors import (
     ExpiredKey,
     InvalidKey,
     MissingKey,
+    Overloaded,
     RevokedKey,
     StoreUnavailable,
 )
@@ -43,6 +44,7 @@ class Principal:
     space_id: str
     prefix: str
     expires_at: datetime | None
+    rate_limit: float | None = None  # requests/s for this key; None: the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,8 @@ class Authenticator:
 
     def __init__(self, *, store: Store, cache: VerifiedKeyCache[CacheValue], hasher: KeyHasher,
                  executor: Executor, usage: UsageRecorder, settings: CacheConfig,
-                 metrics: Metrics, wall_clock: WallClock = lambda: datetime.now(UTC)) -> None:
+                 metrics: Metrics, max_pending: int = 64,
+                 wall_clock: WallClock = lambda: datetime.now(UTC)) -> None:
         self._store = store
         self._cache = cache
         self._hasher = hasher
@@ -100,6 +103,8 @@ class Authenticator:
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
+        self._max_pending = max_pending
+        self._pending = 0  # argon2 verifications running or queued
         # A per-process key for the cache digest: the cache never holds the key itself, and
         # a memory dump's digests cannot be checked against guesses offline.
         self._digest_key = secrets.token_bytes(32)
@@ -113,6 +118,7 @@ class Authenticator:
         Raises:
             MissingKey, InvalidKey, ExpiredKey, RevokedKey: the credential is refused.
             StoreUnavailable: PostgreSQL could not answer and no usable cache entry exists.
+            Overloaded: too many argon2 verifications are already waiting.
         """
         raw = bearer_token(authorizations)
         parsed = parse_key(raw)
@@ -180,13 +186,20 @@ class Authenticator:
             raise ExpiredKey("expired")
         if self._hasher.should_rehash(record.secret_hash):
             asyncio.create_task(self._rehash(record, parsed.secret))  # noqa: RUF006
-        principal = Principal(record.id, record.space_id, record.prefix, record.expires_at)
+        principal = Principal(record.id, record.space_id, record.prefix, record.expires_at,
+                              record.rate_limit_per_second)
         return Verified(principal, record.secret_hash)
 
     async def _argon2(self, stored: str, secret: str) -> bool:
+        if self._pending >= self._max_pending:
+            raise Overloaded("argon2 queue full")
+        self._pending += 1
         started = time.perf_counter()
-        ok = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._hasher.verify, stored, secret)
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._hasher.verify, stored, secret)
+        finally:
+            self._pending -= 1
         self._metrics.argon2_seconds.observe(time.perf_counter() - started)
         self._metrics.argon2.labels(result="match" if ok else "mismatch").inc()
         return ok

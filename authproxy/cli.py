@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--space", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--expires-at", help="RFC 3339 date-time, in the future")
+    create.add_argument("--rate-limit", type=float, metavar="PER_SECOND",
+                        help="requests/s for this key (default: limits.key_rate_per_second)")
     listing = key_commands.add_parser("list", help="list a space's keys, newest first")
     listing.add_argument("--space", required=True)
     revoke = key_commands.add_parser("revoke", help="revoke a key for good")
@@ -103,7 +105,8 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         _print(asyncio.run(commands.migrate(cfg)))
         return EXIT_OK
     if args.keys_command == "create":
-        _print(asyncio.run(commands.create_key(cfg, args.space, args.name, args.expires_at)))
+        _print(asyncio.run(commands.create_key(cfg, args.space, args.name, args.expires_at,
+                                               args.rate_limit)))
     elif args.keys_command == "list":
         _print(asyncio.run(commands.list_keys(cfg, args.space)))
     else:

@@ -108,11 +108,11 @@ async def migrate(cfg: Config) -> dict[str, Any]:
     return {"applied": [f"{m.version:03d}_{m.name}" for m in applied], "version": current}
 
 
-async def create_key(cfg: Config, space: str, name: str, expires_at: str | None
-                     ) -> dict[str, Any]:
+async def create_key(cfg: Config, space: str, name: str, expires_at: str | None,
+                     rate_limit: float | None = None) -> dict[str, Any]:
     async with _key_service(cfg) as keys:
         created = await keys.create(space_id=space, name=name, expires_at=expires_at,
-                                    audit=AuditContext.for_cli())
+                                    rate_limit=rate_limit, audit=AuditContext.for_cli())
         return key_object(created.record, keys.now(), key=created.key)
 
 

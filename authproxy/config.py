@@ -101,6 +101,9 @@ class HashingConfig:
     parallelism: int = field(default=1, metadata=_rule(1, 64))
     # Threads that may run argon2 at once; bounds CPU spent on cache misses.
     max_concurrency: int = field(default=2, metadata=_rule(1, 256))
+    # Verifications allowed to wait for a thread; beyond it a miss is answered 503 at
+    # once, so a flood of well-formed wrong keys cannot queue without bound.
+    max_pending: int = field(default=64, metadata=_rule(1, 100000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,21 @@ class CacheConfig:
     negative_ttl: float = field(default=5.0, metadata=_rule(0, 3600))
     # While PostgreSQL is unreachable, keys verified within this many seconds keep working.
     outage_grace: float = field(default=300.0, metadata=_rule(0, 86400))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Abuse limits, per process, in bounded memory."""
+
+    # Refused credentials from one client address within failure_window seconds before it
+    # gets 429 for the rest of the window; 0 turns this off.
+    failure_threshold: int = field(default=20, metadata=_rule(0, 1000000))
+    failure_window: float = field(default=60.0, metadata=_rule(1, 86400))
+    max_tracked_clients: int = field(default=100_000, metadata=_rule(1, 10_000_000))
+    # Requests per second per key (token bucket) unless the key has its own; 0: no limit.
+    key_rate_per_second: float = field(default=0.0, metadata=_rule(0, 1000000))
+    key_burst_seconds: float = field(default=1.0, metadata=_rule(0.001, 3600))
+    max_tracked_keys: int = field(default=100_000, metadata=_rule(1, 10_000_000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +175,7 @@ class Config:
     hashing: HashingConfig = HashingConfig()
     cache: CacheConfig = CacheConfig()
     usage: UsageConfig = UsageConfig()
+    limits: LimitsConfig = LimitsConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -82,7 +82,8 @@ def database_ctx(clock: Callable[[], datetime]
         await _prepare_schema(cfg, pool)
         app[AUTHENTICATOR] = Authenticator(
             store=store, cache=app[CACHE], hasher=app[HASHER], executor=app[EXECUTOR],
-            usage=app[USAGE], settings=cfg.cache, metrics=app[METRICS], wall_clock=clock)
+            usage=app[USAGE], settings=cfg.cache, metrics=app[METRICS],
+            max_pending=cfg.hashing.max_pending, wall_clock=clock)
         app[KEYS] = KeyService(store=store, hasher=app[HASHER], executor=app[EXECUTOR],
                                cache=app[CACHE], wall_clock=clock)
         app[LISTENER] = RevocationListener(

@@ -11,6 +11,8 @@
     │   └── AdminTokenMissing    no admin credential sent (401, plain challenge)
     ├── Forbidden                valid admin JWT, but no managing role in that space (403)
     ├── StoreUnavailable         PostgreSQL cannot be reached (503)
+    ├── Overloaded               too many argon2 verifications waiting (503)
+    ├── TooManyRequests          a client's failures or a key's rate limit (429)
     ├── NotFound                 no such key in that space (404)
     ├── InvalidInput             a field of a request is unacceptable (422)
     ├── MalformedBody            not JSON, or not a JSON object (400)
@@ -82,6 +84,20 @@ class UnsupportedMediaType(AuthProxyError):
 
 class StoreUnavailable(AuthProxyError):
     """The key store (PostgreSQL) could not answer."""
+
+
+class Overloaded(AuthProxyError):
+    """Too much verification work is queued; answer fast instead of queueing more."""
+
+
+class TooManyRequests(AuthProxyError):
+    """A limit was hit. ``headers`` carries Retry-After (and RateLimit-* for key limits)."""
+
+    def __init__(self, code: str, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers
 
 
 class NotFound(AuthProxyError):

@@ -96,6 +96,15 @@ def forwarded_values(*, peer: str, headers: MultiMapping[str], scheme: str, host
             headers.get(X_FORWARDED_HOST) or host)
 
 
+def client_address(peer: str, headers: MultiMapping[str], trusted: Networks) -> str:
+    """Whom to blame for failures: the peer, or the address a trusted proxy forwarded."""
+    if trusted and _is_trusted(peer, trusted):
+        chain = [v.strip() for h in headers.getall(X_FORWARDED_FOR, []) for v in h.split(",")]
+        if chain and chain[-1]:
+            return chain[-1]
+    return peer
+
+
 def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identity,
                              connection: Iterable[str]) -> CIMultiDict[str]:
     """The headers the upstream receives: the client's, minus what it must not see, plus ours."""

@@ -17,7 +17,9 @@ from authproxy.errors import (
     MalformedBody,
     MissingKey,
     NotFound,
+    Overloaded,
     StoreUnavailable,
+    TooManyRequests,
     UnsupportedMediaType,
 )
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
@@ -45,6 +47,7 @@ _TABLE: Final[list[tuple[type[Exception], int, str, str]]] = [
     (StoreUnavailable, 503, "key_store_unavailable",
      "The key store is unavailable; try again shortly."),
     (NotFound, 404, "not_found", "No such key in this space."),
+    (Overloaded, 503, "overloaded", "Too many key verifications at once; retry shortly."),
     (UpstreamTimeout, 504, "upstream_timeout", "The upstream service did not answer in time."),
     (UpstreamUnavailable, 502, "upstream_unavailable",
      "The upstream service could not be reached."),
@@ -61,9 +64,13 @@ def error_response(exc: Exception) -> web.Response | None:
     """The HTTP answer for a domain error, or None when ``exc`` is not one we map."""
     if isinstance(exc, InvalidInput):
         return json_error(422, "invalid_" + exc.field, exc.message)
+    if isinstance(exc, TooManyRequests):
+        return json_error(429, exc.code, exc.message, exc.headers)
     for kind, status, code, message in _TABLE:
         if isinstance(exc, kind):
             headers = {"WWW-Authenticate": _challenge(exc)} if status == 401 else None
+            if isinstance(exc, Overloaded):
+                headers = {"Retry-After": "1"}
             return json_error(status, code, message, headers)
     return None
 

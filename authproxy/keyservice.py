@@ -21,6 +21,7 @@ from authproxy.store import KeyRecord, Store
 SPACE_ID_RULE = "must be 1-64 characters: letters, digits, '.', '_', '-', starting alphanumeric"
 NAME_RULE = "must be 1-100 printable characters after trimming"
 EXPIRES_RULE = "must be an RFC 3339 date-time with a time zone, in the future"
+RATE_RULE = "must be a number of requests per second above 0 and at most 1000000"
 _SPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_NAME = 100
 _CREATE_ATTEMPTS = 3  # lookup id collisions are ~2^-59 per pair; retrying is enough
@@ -65,6 +66,15 @@ def parse_expires_at(value: Any, now: datetime) -> datetime | None:
     return parsed
 
 
+def parse_rate_limit(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value <= 1_000_000):
+        raise InvalidInput("rate_limit_per_second", RATE_RULE)
+    return float(value)
+
+
 def rfc3339(moment: datetime | None) -> str | None:
     if moment is None:
         return None
@@ -97,6 +107,7 @@ def key_object(record: KeyRecord, now: datetime, *, key: str | None = None) -> d
         "expires_at": rfc3339(record.expires_at),
         "revoked_at": rfc3339(record.revoked_at),
         "status": record.status(now),
+        "rate_limit_per_second": record.rate_limit_per_second,
     }
     if key is not None:
         body["key"] = key
@@ -116,10 +127,11 @@ class KeyService:
         self.now = wall_clock
 
     async def create(self, *, space_id: str, name: Any, audit: AuditContext,
-                     expires_at: Any = None) -> CreatedKey:
+                     expires_at: Any = None, rate_limit: Any = None) -> CreatedKey:
         space_id = validate_space_id(space_id)
         name = validate_name(name)
         expires = parse_expires_at(expires_at, self.now())
+        rate = parse_rate_limit(rate_limit)
         for attempt in range(_CREATE_ATTEMPTS):
             new = generate_key()
             secret_hash = await asyncio.get_running_loop().run_in_executor(
@@ -128,7 +140,7 @@ class KeyService:
                 record = await self._store.create_key(
                     space_id=space_id, name=name, lookup_id=new.parsed.lookup_id,
                     prefix=new.parsed.display_prefix, secret_hash=secret_hash, expires_at=expires,
-                    audit=audit)
+                    audit=audit, rate_limit=rate)
             except asyncpg.UniqueViolationError:
                 if attempt == _CREATE_ATTEMPTS - 1:
                     raise

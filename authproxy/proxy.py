@@ -9,12 +9,28 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from authproxy.appkeys import AUTHENTICATOR, CONFIG, METRICS, TRANSPORT, TRUSTED_PROXIES
+from authproxy.appkeys import (
+    AUTHENTICATOR,
+    CONFIG,
+    FAILURES,
+    KEY_LIMITS,
+    METRICS,
+    TRANSPORT,
+    TRUSTED_PROXIES,
+)
 from authproxy.auth import Principal
 from authproxy.continuation import send_continue
-from authproxy.errors import AuthError, BodyTooLarge, StoreUnavailable
+from authproxy.errors import (
+    AuthError,
+    BodyTooLarge,
+    MissingKey,
+    Overloaded,
+    StoreUnavailable,
+    TooManyRequests,
+)
 from authproxy.headers import (
     Identity,
+    client_address,
     client_response_headers,
     forwarded_values,
     upstream_request_headers,
@@ -22,11 +38,14 @@ from authproxy.headers import (
 from authproxy.httperrors import json_error
 from authproxy.keys import KEY_REGEX
 from authproxy.log import REQUEST_ID
+from authproxy.ratelimit import seconds_header
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
 
 log = structlog.get_logger(__name__)
 
 BAD_TARGET_MESSAGE = "The request target must be an absolute path ('/...')."
+TOO_MANY_FAILURES_MESSAGE = "Too many refused keys from this address; retry later."
+RATE_LIMITED_MESSAGE = "This key's request rate limit is exhausted; retry later."
 KEY_IN_QUERY_MESSAGE = ("API keys belong in the Authorization header, never in the URL, "
                         "where logs and browser histories keep them.")
 # Anything that looks like one of our keys, anywhere in the query string.
@@ -40,32 +59,68 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     if _KEY_IN_QUERY.search(request.raw_path.partition("?")[2]):
         log.info("key_in_query_refused")
         return json_error(400, "key_in_query", KEY_IN_QUERY_MESSAGE)
-    metrics = request.app[METRICS]
-    started = time.perf_counter()
-    try:
-        principal = await request.app[AUTHENTICATOR].authenticate(
-            request.headers.getall("Authorization", []))
-    except AuthError as exc:
-        log.info("auth_refused", reason=exc.reason, detail=str(exc))
-        metrics.requests.labels(outcome=exc.reason, status="401").inc()
-        raise
-    except StoreUnavailable as exc:
-        log.warning("auth_unavailable", error=str(exc))
-        metrics.requests.labels(outcome="db_unavailable", status="503").inc()
-        raise
-    finally:
-        metrics.auth_seconds.observe(time.perf_counter() - started)
+    principal = await _authenticate(request)
     structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
-    status = "502"
+    outcome, status = "allowed", "502"
     try:
-        response = await forward(request, principal)
+        rate_headers = _take_rate(request, principal)
+        response = await forward(request, principal, rate_headers)
         status = str(response.status)
         return response
+    except TooManyRequests:
+        outcome, status = "rate_limited", "429"
+        raise
     except UpstreamTimeout:
         status = "504"
         raise
     finally:
-        metrics.requests.labels(outcome="allowed", status=status).inc()
+        request.app[METRICS].requests.labels(outcome=outcome, status=status).inc()
+
+
+async def _authenticate(request: web.Request) -> Principal:
+    """The key's Principal; refusals are counted per client and may turn into 429s."""
+    metrics, failures = request.app[METRICS], request.app[FAILURES]
+    client = client_address(request.remote or "", request.headers, request.app[TRUSTED_PROXIES])
+    wait = failures.retry_after(client)
+    if wait is not None:
+        log.info("client_throttled", client=client)
+        metrics.requests.labels(outcome="throttled", status="429").inc()
+        raise TooManyRequests("too_many_failures", TOO_MANY_FAILURES_MESSAGE,
+                              {"Retry-After": seconds_header(wait)})
+    started = time.perf_counter()
+    try:
+        return await request.app[AUTHENTICATOR].authenticate(
+            request.headers.getall("Authorization", []))
+    except AuthError as exc:
+        log.info("auth_refused", reason=exc.reason, detail=str(exc))
+        metrics.requests.labels(outcome=exc.reason, status="401").inc()
+        if not isinstance(exc, MissingKey):
+            failures.record_failure(client)
+        raise
+    except (StoreUnavailable, Overloaded) as exc:
+        log.warning("auth_unavailable", error=str(exc))
+        metrics.requests.labels(outcome="db_unavailable" if isinstance(
+            exc, StoreUnavailable) else "overloaded", status="503").inc()
+        raise
+    finally:
+        metrics.auth_seconds.observe(time.perf_counter() - started)
+
+
+def _take_rate(request: web.Request, principal: Principal) -> dict[str, str]:
+    """Apply the key's token bucket; the RateLimit-* headers for the answer, or 429."""
+    rate = principal.rate_limit or request.app[CONFIG].limits.key_rate_per_second
+    if rate <= 0:
+        return {}
+    decision = request.app[KEY_LIMITS].take(principal.key_id, rate)
+    burst = request.app[CONFIG].limits.key_burst_seconds
+    headers = {"RateLimit-Limit": str(decision.limit),
+               "RateLimit-Remaining": str(decision.remaining),
+               "RateLimit-Reset": seconds_header(decision.reset),
+               "RateLimit-Policy": f"{decision.limit};w={seconds_header(burst)}"}
+    if not decision.allowed:
+        raise TooManyRequests("rate_limited", RATE_LIMITED_MESSAGE,
+                              {**headers, "Retry-After": seconds_header(decision.retry_after)})
+    return headers
 
 
 def _identity(request: web.Request, principal: Principal) -> Identity:
@@ -89,7 +144,8 @@ async def _limited_body(request: web.Request, limit: int,
         yield chunk
 
 
-async def forward(request: web.Request, principal: Principal) -> web.StreamResponse:
+async def forward(request: web.Request, principal: Principal,
+                  extra_response_headers: dict[str, str]) -> web.StreamResponse:
     limit = request.app[CONFIG].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge()
@@ -109,6 +165,7 @@ async def forward(request: web.Request, principal: Principal) -> web.StreamRespo
             response = web.StreamResponse(status=up.status, reason=up.reason)
             for name, value in client_response_headers(up.headers):
                 response.headers.add(name, value)
+            response.headers.update(extra_response_headers)
             await response.prepare(request)
             async for chunk in up.body:
                 await response.write(chunk)

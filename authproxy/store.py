@@ -30,11 +30,12 @@ _UNAVAILABLE = (
 )
 
 _KEY_COLUMNS = ("id, space_id, name, lookup_id, prefix, secret_hash, created_at, "
-                "last_used_at, expires_at, revoked_at")
+                "last_used_at, expires_at, revoked_at, rate_limit_per_second")
 
 _INSERT = f"""
-INSERT INTO api_keys (id, space_id, name, lookup_id, prefix, secret_hash, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO api_keys (id, space_id, name, lookup_id, prefix, secret_hash, expires_at,
+                      rate_limit_per_second)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING {_KEY_COLUMNS}"""
 _BY_LOOKUP_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE lookup_id = $1"
 _LIST = f"""
@@ -69,6 +70,7 @@ class KeyRecord:
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    rate_limit_per_second: float | None = None  # None: the configured default
 
     def status(self, now: datetime) -> KeyStatus:
         if self.revoked_at is not None:
@@ -84,6 +86,7 @@ def _record(row: Any) -> KeyRecord:
         lookup_id=row["lookup_id"], prefix=row["prefix"], secret_hash=row["secret_hash"],
         created_at=row["created_at"], last_used_at=row["last_used_at"],
         expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+        rate_limit_per_second=row["rate_limit_per_second"],
     )
 
 
@@ -115,11 +118,12 @@ class Store:
 
     async def create_key(self, *, space_id: str, name: str, lookup_id: str, prefix: str,
                          secret_hash: str, expires_at: datetime | None,
-                         audit: AuditContext) -> KeyRecord:
+                         audit: AuditContext, rate_limit: float | None = None) -> KeyRecord:
         """Insert the key and its key.created audit event in one transaction."""
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(_INSERT, uuid.uuid4(), space_id, name, lookup_id, prefix,
-                                      secret_hash, expires_at, timeout=self._timeout)
+                                      secret_hash, expires_at, rate_limit,
+                                      timeout=self._timeout)
             await write_audit(conn, "key.created", row["id"], space_id, audit, self._timeout)
         return _record(row)
 

@@ -168,7 +168,8 @@ class TestKeyLifecycle:
         assert resp.headers["Cache-Control"] == "no-store"
         body = await resp.json()
         assert set(body) == {"id", "name", "prefix", "space_id", "created_at", "last_used_at",
-                             "expires_at", "revoked_at", "status", "key"}
+                             "expires_at", "revoked_at", "status", "rate_limit_per_second",
+                             "key"}
         assert body["name"] == "line 3 dashboard"
         assert body["status"] == "active" and body["last_used_at"] is None
         assert body["key"].startswith(body["prefix"]) and body["created_at"].endswith("Z")
