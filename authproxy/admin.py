@@ -93,9 +93,11 @@ async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dic
         raw = await request.read()  # capped by the app's client_max_size
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge() from None
+    except web.RequestPayloadError:  # e.g. a Content-Encoding the body does not match
+        raise MalformedBody() from None
     try:
         body = json.loads(raw, object_pairs_hook=_refuse_duplicates)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: [[[[...]]]]
         raise MalformedBody() from None
     if not isinstance(body, dict):
         raise MalformedBody()

@@ -56,8 +56,37 @@ async def dispatch(request: web.Request, handler: Handler) -> web.StreamResponse
     if not is_reserved(request.raw_path):
         return await proxy_handler(request)
     if request.match_info.route.name == _PROXY_ROUTE:
+        allowed = await _methods_for(request)
+        if allowed:
+            return json_error(405, "method_not_allowed", f"Use {', '.join(sorted(allowed))}.",
+                              {"Allow": ", ".join(sorted(allowed))})
         return json_error(404, "not_found", NOT_FOUND_MESSAGE)
     return await handler(request)
+
+
+async def _methods_for(request: web.Request) -> set[str]:
+    """Methods our own routes accept for this path (empty: the path is not ours)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.name == _PROXY_ROUTE:
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    return allowed
+
+
+def handler_args(cfg: Config) -> dict[str, float]:
+    """Limits of aiohttp's HTTP parser and connection handling, from config."""
+    return {
+        # 0: a body nobody read (a refused upload) is not drained to keep the connection
+        # alive; the connection is closed instead.
+        "lingering_time": 0,
+        "keepalive_timeout": cfg.server.idle_timeout,
+        "max_line_size": cfg.server.max_url_bytes,
+        "max_field_size": cfg.server.max_header_bytes,
+        "max_headers": cfg.server.max_headers,
+    }
 
 
 def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
@@ -69,11 +98,9 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     if cfg.db.url is None:
         raise ValueError("create_app needs cfg.db.url; resolve the embedded database first")
     # client_max_size caps request.read(), used only by the admin API; proxied bodies stream.
-    # lingering_time=0: a body nobody read (a refused upload) is not drained to keep the
-    # connection alive; the connection is closed instead.
     app = web.Application(middlewares=[request_context, dispatch],
                           client_max_size=cfg.admin.max_body_bytes,
-                          handler_args={"lingering_time": 0})
+                          handler_args=handler_args(cfg))
     app[CONFIG] = cfg
     app[ADMIN_TOKENS] = AdminTokenVerifier(cfg.admin)
     app[HASHER] = hasher or KeyHasher.from_config(cfg.hashing)

@@ -49,6 +49,14 @@ class ServerConfig:
     workers: int = field(default=1, metadata=_rule(1, 256))
     # Largest proxied request body (Content-Length or chunked); larger ones get 413.
     max_body_bytes: int = field(default=1 << 30, metadata=_rule(1, 1 << 50))
+    # A connection must deliver a complete request head within this many seconds.
+    header_timeout: float = field(default=10.0, metadata=_rule(0.1, 3600))
+    # An idle keep-alive connection is closed after this many seconds.
+    idle_timeout: float = field(default=75.0, metadata=_rule(0.1, 86400))
+    max_connections: int = field(default=10_000, metadata=_rule(1, 1_000_000))
+    max_url_bytes: int = field(default=8192, metadata=_rule(256, 1 << 20))  # else 414
+    max_header_bytes: int = field(default=16384, metadata=_rule(256, 1 << 20))  # else 431
+    max_headers: int = field(default=100, metadata=_rule(8, 10_000))  # else 431
     # Peers (CIDRs) whose X-Forwarded-For/-Proto/-Host are believed and extended; from any
     # other peer those headers are replaced, so a client cannot choose its own address.
     trusted_proxies: tuple[str, ...] = ()

@@ -24,6 +24,8 @@ EXPIRES_RULE = "must be an RFC 3339 date-time with a time zone, in the future"
 RATE_RULE = "must be a number of requests per second above 0 and at most 1000000"
 _SPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_NAME = 100
+# RFC 3339 §5.6 date-time; fromisoformat alone also takes ISO 8601 forms like 2030-W01-1.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _CREATE_ATTEMPTS = 3  # lookup id collisions are ~2^-59 per pair; retrying is enough
 
 
@@ -51,7 +53,7 @@ def validate_name(name: Any) -> str:
 def parse_expires_at(value: Any, now: datetime) -> datetime | None:
     if value is None:
         return None
-    if not isinstance(value, str) or "T" not in value.upper():
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise InvalidInput("expires_at", EXPIRES_RULE)
     try:
         parsed = datetime.fromisoformat(value.upper())

@@ -1,8 +1,9 @@
-"""Run one app on the event loop: uvloop, web.run_app, and a drain phase before stopping."""
+"""Run one app on the event loop: uvloop, our connection layer, a drain phase, a clean stop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import structlog
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from authproxy.appkeys import CONFIG, LIFECYCLE
 from authproxy.config import Config
+from authproxy.protocol import Guard, GuardedAppRunner
 
 log = structlog.get_logger(__name__)
 
@@ -46,12 +48,42 @@ async def _install_drain_signals(app: web.Application) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
+async def _run(app: web.Application, cfg: Config, reuse_port: bool) -> None:
+    runner = GuardedAppRunner(
+        app, guard=Guard(header_timeout=cfg.server.header_timeout,
+                         max_connections=cfg.server.max_connections,
+                         max_url_bytes=cfg.server.max_url_bytes),
+        handle_signals=True, access_log=None, shutdown_timeout=cfg.server.shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.server.host, cfg.server.port,
+                          reuse_port=reuse_port).start()
+        log.info("listening", listen=cfg.server.listen, upstream=cfg.upstream.url)
+        await asyncio.Event().wait()  # until the drain ends with GracefulExit
+    finally:
+        await runner.cleanup()
+
+
 def serve(app: web.Application, cfg: Config, *, reuse_port: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT; return 0 after a graceful stop."""
+    """Serve until SIGTERM/SIGINT; return 0 after a graceful stop.
+
+    This is web.run_app's loop, kept short, because run_app cannot take the runner that
+    installs our connection layer (protocol.py).
+    """
     use_uvloop()
     app.on_startup.append(_install_drain_signals)
-    log.info("listening", listen=cfg.server.listen, upstream=cfg.upstream.url)
-    web.run_app(app, host=cfg.server.host, port=cfg.server.port, access_log=None, print=None,
-                shutdown_timeout=cfg.server.shutdown_timeout, reuse_port=reuse_port)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_run(app, cfg, reuse_port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(main)  # runs runner.cleanup(): drain, flush, close
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
     log.info("stopped")
     return 0

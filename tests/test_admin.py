@@ -251,6 +251,8 @@ class TestInputRules:
         ({"name": "k", "expires_at": "2030-01-01"}, "invalid_expires_at"),
         ({"name": "k", "expires_at": "tomorrow"}, "invalid_expires_at"),
         ({"name": "k", "expires_at": 1893456000}, "invalid_expires_at"),
+        ({"name": "k", "expires_at": "2999-W01-1T00:00:00Z"}, "invalid_expires_at"),
+        ({"name": "k", "expires_at": "2999-01-01T00:00Z"}, "invalid_expires_at"),
         ({"name": "k", "role": "owner"}, "invalid_body"),
     ])
     async def test_invalid_fields_are_422(self, admin: Client, body: Any, code: str) -> None:
@@ -376,6 +378,19 @@ class TestSecretsStayOut:
             assert key["key"] not in text
             assert key["key"][len(key["prefix"]):] not in text
         assert token not in dumped
+
+
+class TestMethods:
+    async def test_wrong_method_on_our_paths_is_405(self, admin: Client,
+                                                    upstream: Upstream) -> None:
+        """A known reserved path with another method: 405 with Allow, never proxied."""
+        resp = await admin.delete(KEYS.format(space="plant-7"), headers=auth(mint(OWNER)))
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "GET, POST"
+        assert (await resp.json())["error"]["code"] == "method_not_allowed"
+        resp = await admin.post("/_authproxy/healthz")
+        assert resp.status == 405 and "GET" in resp.headers["Allow"]
+        assert upstream.requests == []
 
 
 class TestOpenApi:
