@@ -20,6 +20,7 @@ from authproxy.appkeys import (
     KEY_LIMITS,
     LIFECYCLE,
     METRICS,
+    STRIP_PREFIXES,
     TRUSTED_PROXIES,
     USAGE,
 )
@@ -27,7 +28,7 @@ from authproxy.auth import CacheValue
 from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
 from authproxy.continuation import defer_continue
-from authproxy.headers import parse_networks
+from authproxy.headers import normalized, parse_networks
 from authproxy.httperrors import json_error
 from authproxy.keys import KeyHasher
 from authproxy.log import add_request_id, request_context
@@ -110,6 +111,7 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     app[USAGE] = UsageRecorder(metrics)
     app[LIFECYCLE] = Lifecycle()
     app[TRUSTED_PROXIES] = parse_networks(cfg.server.trusted_proxies)
+    app[STRIP_PREFIXES] = tuple(normalized(p) for p in cfg.upstream.strip_header_prefixes)
     app[FAILURES] = FailureLimiter(threshold=cfg.limits.failure_threshold,
                                    window=cfg.limits.failure_window,
                                    max_clients=cfg.limits.max_tracked_clients)

@@ -98,6 +98,9 @@ class UpstreamConfig:
     # There is deliberately no total timeout: long downloads must not be cut.
     read_timeout: float = field(default=60.0, metadata=_rule(0.1, 86400))
     max_connections: int = field(default=100, metadata=_rule(1, 100000))
+    # Client headers whose names start with one of these (case-insensitive, "_" as "-")
+    # never reach the upstream: room for identity headers the upstream may trust.
+    strip_header_prefixes: tuple[str, ...] = ("X-Authproxy-",)
 
 
 @dataclass(frozen=True, slots=True)

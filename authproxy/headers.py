@@ -106,15 +106,20 @@ def client_address(peer: str, headers: MultiMapping[str], trusted: Networks) -> 
 
 
 def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identity,
-                             connection: Iterable[str]) -> CIMultiDict[str]:
-    """The headers the upstream receives: the client's, minus what it must not see, plus ours."""
+                             connection: Iterable[str],
+                             strip_prefixes: tuple[str, ...] = ()) -> CIMultiDict[str]:
+    """The headers the upstream receives: the client's, minus what it must not see, plus ours.
+
+    ``strip_prefixes`` must be given normalized (lower case, "-" not "_").
+    """
     dropped = HOP_BY_HOP | _REQUEST_ONLY | connection_tokens(connection)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in client:
         # "_" read as "-" here too: an upstream that folds them must not see a
         # Transfer_Encoding or Content_Length that this hop never interpreted.
         folded = normalized(name)
-        if name.lower() in dropped or folded in dropped or folded in _OURS:
+        if (name.lower() in dropped or folded in dropped or folded in _OURS
+                or folded.startswith(strip_prefixes)):
             continue
         headers.add(name, value)
     # Added last, so neither a client copy nor a Connection-listed name can remove them.

@@ -25,17 +25,22 @@ INTERNAL_ERROR_MESSAGE: Final = "Internal error; the request id identifies it in
 # Belt and braces: whatever a log call is handed, these never reach the output.
 _KEY_PATTERN: Final = re.compile(r"asc_[0-9A-Za-z]{8,}")
 _BEARER_PATTERN: Final = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',]+")
+_JWT_PATTERN: Final = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
+_HASH_PATTERN: Final = re.compile(r"\$argon2(id|i|d)\$[^\s\"']+")
 _SENSITIVE_FIELDS: Final = frozenset({"authorization", "key", "token", "secret_hash", "jwt"})
 
 
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask API keys, Bearer values and fields that hold secrets."""
+    """structlog processor: mask API keys, JWTs, argon2 hashes, Bearer/Basic values, and
+    fields named like secrets, in every string value of every event."""
     for name, value in event.items():
         if name in _SENSITIVE_FIELDS:
             event[name] = "<redacted>"
         elif isinstance(value, str):
-            event[name] = _BEARER_PATTERN.sub(r"\1 <redacted>",
-                                              _KEY_PATTERN.sub("asc_<redacted>", value))
+            value = _KEY_PATTERN.sub("asc_<redacted>", value)
+            value = _JWT_PATTERN.sub("<jwt redacted>", value)
+            value = _HASH_PATTERN.sub("<hash redacted>", value)
+            event[name] = _BEARER_PATTERN.sub(r"\1 <redacted>", value)
     return event
 
 

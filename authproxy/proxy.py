@@ -15,6 +15,7 @@ from authproxy.appkeys import (
     FAILURES,
     KEY_LIMITS,
     METRICS,
+    STRIP_PREFIXES,
     TRANSPORT,
     TRUSTED_PROXIES,
 )
@@ -150,7 +151,8 @@ async def forward(request: web.Request, principal: Principal,
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge()
     headers = upstream_request_headers(request.headers.items(), _identity(request, principal),
-                                       request.headers.getall("Connection", []))
+                                       request.headers.getall("Connection", []),
+                                       request.app[STRIP_PREFIXES])
     state = {"too_large": False}
     body = _limited_body(request, limit, state) if request.body_exists else None
     if body is not None:

@@ -149,3 +149,77 @@ class TestForwardedHeaders:
         seen = upstream.recorder.last
         assert seen.header("X-Forwarded-For") == ["127.0.0.1"]
         assert seen.header("X-Forwarded-Proto") == ["http"]
+
+
+class TestCredentials:
+    async def test_hostile_authorization_values(self, client: Client,
+                                                upstream: Upstream) -> None:
+        """Comma-joined, tab-separated, control bytes, NUL, non-ASCII and oversize
+        credentials are all refused with a 4xx; nothing reaches the upstream."""
+        created = await new_key(client)
+        key = created.key.encode()
+        values = [
+            b"Bearer " + key + b", Bearer " + key,
+            b"Bearer " + key + b",",
+            b"Bearer\t" + key,
+            b"Bearer " + key[:10] + b"\x01" + key[11:],
+            b"Bearer " + key[:10] + b"\x00" + key[11:],
+            b"Bearer " + key[:10] + "é".encode() + key[12:],
+            b"Bearer " + b"A" * 5000,
+            b"Bearer " + key + b" extra",
+            key,
+        ]
+        for value in values:
+            payload = (b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nAuthorization: "
+                       + value + b"\r\n\r\n")
+            resp = await raw_request(str(client.host), int(client.port or 0), payload)
+            assert 400 <= resp.status < 500, value[:40]
+        assert upstream.requests == []
+        await still_serves(client)
+
+
+class TestStripPrefix:
+    async def test_prefixed_client_headers_never_reach_upstream(
+            self, app_client: AppClient, upstream: Upstream) -> None:
+        """Headers under upstream.strip_header_prefixes are dropped in any spelling."""
+        client = await app_client(upstream={"strip_header_prefixes": ["X-Authproxy-", "X-Org-"]})
+        created = await new_key(client)
+        await raw_request(str(client.host), int(client.port or 0), get("/x", "h", {
+            **bearer(created.key), "X-Authproxy-Role": "admin", "x_authproxy_role": "admin",
+            "X-ORG-ID": "other", "X-Organic": "kept"}))
+        names = [n.lower() for n, _ in upstream.recorder.last.headers]
+        assert not [n for n in names if n.replace("_", "-").startswith(("x-authproxy-",
+                                                                         "x-org-"))]
+        assert "x-organic" in names
+
+
+class TestCostOfBadKeys:
+    async def test_junk_costs_nothing_and_unknown_costs_like_wrong(
+            self, client: Client, upstream: Upstream) -> None:
+        """Malformed keys cost no lookup and no argon2; an unknown id and a wrong secret
+        each cost exactly one argon2 verification, so timing does not tell them apart."""
+        from authproxy.appkeys import METRICS
+        from authproxy.keys import KEY_PREFIX, _checksum
+
+        metrics = client.app[METRICS]
+
+        def argon2_runs() -> float:
+            return float(sum(metrics.argon2.labels(result=r)._value.get()
+                             for r in ("match", "mismatch")))
+
+        def misses() -> float:
+            return float(metrics.cache_misses._value.get())
+
+        created = await new_key(client)
+        before = (argon2_runs(), misses())
+        typo = created.key[:-1] + ("0" if created.key[-1] != "0" else "1")  # bad checksum
+        for junk in ("asc_" + "A" * 44, "asc_short", typo, "x" * 48):
+            await client.get("/x", headers=bearer(junk))
+        assert (argon2_runs(), misses()) == before
+        await client.get("/x", headers=bearer(generate_key().full))
+        after_unknown = argon2_runs()
+        assert after_unknown == before[0] + 1
+        body = KEY_PREFIX + created.record.lookup_id + generate_key().parsed.secret
+        await client.get("/x", headers=bearer(body + _checksum(body)))
+        assert argon2_runs() == after_unknown + 1
+        assert upstream.requests == []
