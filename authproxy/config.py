@@ -20,6 +20,7 @@ from yarl import URL
 from authproxy.errors import ConfigError
 
 LogFormat = Literal["auto", "json", "console"]
+TransportKind = Literal["h1", "aiohttp"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 # Environment variables from DESIGN.md and the setting each one overrides.
@@ -93,6 +94,8 @@ class DbConfig:
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     url: str = "http://127.0.0.1:8081"
+    # h1: the lean pooled HTTP/1.1 client (h1client.py); aiohttp: aiohttp's ClientSession.
+    transport: TransportKind = "h1"
     connect_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
     # Longest wait for the next byte of the upstream's response (headers or body).
     # There is deliberately no total timeout: long downloads must not be cut.

@@ -30,11 +30,12 @@ from authproxy.appkeys import (
 from authproxy.auth import Authenticator
 from authproxy.config import Config
 from authproxy.errors import StoreUnavailable
+from authproxy.h1client import H1Transport
 from authproxy.keyservice import KeyService
 from authproxy.migrations import migrate
 from authproxy.revocations import RevocationListener
 from authproxy.store import Store
-from authproxy.upstream import ClientSessionTransport
+from authproxy.upstream import ClientSessionTransport, UpstreamTransport
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +117,9 @@ async def _housekeeping(app: web.Application, pool: asyncpg.Pool) -> None:
 
 
 async def transport_ctx(app: web.Application) -> AsyncIterator[None]:
-    transport = ClientSessionTransport(app[CONFIG].upstream)
+    cfg = app[CONFIG].upstream
+    transport: UpstreamTransport = (
+        H1Transport(cfg) if cfg.transport == "h1" else ClientSessionTransport(cfg))
     app[TRANSPORT] = transport
     yield
     await transport.close()

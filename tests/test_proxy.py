@@ -194,9 +194,7 @@ class TestRawPath:
         "/%7Euser/%zz?q=%zz&&=",
         "/semi;colon=1/%20space",
         "/%5Fauthproxy/healthz",
-        pytest.param("/empty-query?", marks=pytest.mark.xfail(
-            reason="yarl drops a bare '?' with an empty query; the lean transport of "
-                   "issue 6 writes the request line itself", strict=True)),
+        "/empty-query?",
     ])
     async def test_forwarded_byte_for_byte(self, client: Client, upstream: Upstream,
                                            target: str) -> None:
@@ -323,3 +321,18 @@ class TestAccessLog:
         assert line["space_id"] == "plant-7" and line["key_id"] == created.record.id
         assert line["duration_ms"] >= 0 and len(line["request_id"]) == 32
         assert created.key not in json.dumps(logs, default=str)
+
+
+class TestBothTransports:
+    @pytest.mark.parametrize("kind", ["h1", "aiohttp"])
+    async def test_round_trip(self, app_client: AppClient, upstream: Upstream,
+                              kind: str) -> None:
+        """Either upstream transport forwards the raw target, bodies and statuses."""
+        client = await app_client(upstream={"transport": kind})
+        created = await new_key(client)
+        resp = await raw_request(*hostport(client), get("/a%2Fb?x=%20", "h", bearer(created.key)))
+        assert resp.status == 200
+        assert upstream.recorder.last.raw_path == "/a%2Fb?x=%20"
+        resp2 = await client.put("/upload", data=b"z" * 100_000, headers=bearer(created.key))
+        assert (await resp2.json())["size"] == 100_000
+        assert (await client.get("/status/418", headers=bearer(created.key))).status == 418
