@@ -51,13 +51,13 @@ class _Connection(asyncio.Protocol):
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
         self.received_any = False
-        self.headers_done = asyncio.Event()
+        self.head: asyncio.Future[None] = self._loop.create_future()
         self.complete = False
         self.keep_alive = False
         self.error: Exception | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
-        self._data = asyncio.Event()
+        self._data_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
 
     def start(self, *, head_only: bool) -> None:
@@ -78,7 +78,7 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamUnavailable(f"malformed response: {exc}"))
 
     def eof_received(self) -> bool:
-        if self.headers_done.is_set() and not self.complete and self._until_close():
+        if self.head.done() and not self.complete and self._until_close():
             self._finish()  # a body delimited by the end of the connection (RFC 9112 §6.3)
             self.keep_alive = False
         elif not self.complete:
@@ -114,14 +114,15 @@ class _Connection(asyncio.Protocol):
             self.headers, self.reason = [], ""  # interim response: wait for the final one
             return
         self.keep_alive = self._parser.should_keep_alive()
-        self.headers_done.set()
+        if not self.head.done():
+            self.head.set_result(None)
         if self._head_only or self.status in (204, 304):
             self._finish()
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
-        self._data.set()
+        self._wake()
         if self._buffered > _HIGH_WATER and self.transport is not None:
             self.transport.pause_reading()
             self._reading_paused = True
@@ -132,13 +133,19 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         self.complete = True
-        self._data.set()
+        self._wake()
 
     def _fail(self, error: Exception) -> None:
         if self.error is None:
             self.error = error
-        self.headers_done.set()
-        self._data.set()
+        if not self.head.done():
+            self.head.set_exception(error)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._data_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # used by the transport
     async def drain(self) -> None:
@@ -165,11 +172,20 @@ class _Connection(asyncio.Protocol):
                 return
             if self.error is not None:
                 raise self.error
-            self._data.clear()
+            # A plain future and a timer: cheaper per wait than wait_for, which makes a task.
+            waiter = self._data_waiter = self._loop.create_future()
+            timer = self._loop.call_later(read_timeout, _expire, waiter, read_timeout)
             try:
-                await asyncio.wait_for(self._data.wait(), read_timeout)
-            except TimeoutError:
-                raise UpstreamTimeout(f"no response bytes for {read_timeout} s") from None
+                await waiter
+            finally:
+                timer.cancel()
+                self._data_waiter = None
+
+    def on_sender_done(self, sender: asyncio.Future[None]) -> None:
+        """A failed body send ends the wait for the response head with that failure."""
+        if sender.cancelled() or sender.exception() is None or self.head.done():
+            return
+        self.head.set_exception(_send_error(sender.exception()))
 
     def close(self) -> None:
         self.closed = True
@@ -270,27 +286,19 @@ class H1Transport:
         conn.sender = None
         if body is not None:
             conn.sender = asyncio.ensure_future(self._send_body(conn, body, chunked))
-        head = asyncio.ensure_future(conn.headers_done.wait())
-        waiting: set[asyncio.Future[Any]] = {head}
-        if conn.sender is not None:
-            waiting.add(conn.sender)
-        deadline = asyncio.get_running_loop().time() + self._cfg.read_timeout
+            conn.sender.add_done_callback(conn.on_sender_done)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self._cfg.read_timeout, _expire, conn.head,
+                                self._cfg.read_timeout)
         try:
-            while not head.done():
-                left = deadline - asyncio.get_running_loop().time()
-                done, _ = await asyncio.wait(waiting, timeout=max(left, 0),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    raise UpstreamTimeout(f"no response within {self._cfg.read_timeout} s")
-                if conn.sender in done:
-                    waiting.discard(conn.sender)
-                    _raise_send_error(conn.sender)
+            await conn.head
         except BaseException:
-            head.cancel()
             conn.close()
             if conn.sender is not None:
                 conn.sender.cancel()
             raise
+        finally:
+            timer.cancel()
         if conn.error is not None and not conn.status:
             conn.close()
             raise conn.error
@@ -321,11 +329,13 @@ class H1Transport:
             self._idle.pop().close()
 
 
-def _raise_send_error(sender: asyncio.Future[None]) -> None:
-    """Re-raise a failed body send: domain errors as they are, the rest as 502."""
-    error = sender.exception()
-    if error is None:
-        return
+def _send_error(error: BaseException | None) -> BaseException:
+    """A failed body send as the request's error: domain errors as they are, else 502."""
     if isinstance(error, AuthProxyError | UpstreamUnavailable | UpstreamTimeout):
-        raise error
-    raise UpstreamUnavailable(f"sending the request body failed: {error}") from error
+        return error
+    return UpstreamUnavailable(f"sending the request body failed: {error}")
+
+
+def _expire(waiter: asyncio.Future[None], seconds: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout(f"no response bytes for {seconds} s"))
