@@ -37,6 +37,10 @@ def serve(cfg: Config, *, worker: bool = False, config_path: str | None = None) 
         from authproxy.supervisor import supervise
 
         return supervise(cfg, config_path)
+    if worker:
+        from authproxy.supervisor import die_with_parent
+
+        die_with_parent()
     # A supervised worker shares the port (SO_REUSEPORT); the supervisor migrated already.
     return server.serve(create_app(cfg), cfg, reuse_port=worker)
 

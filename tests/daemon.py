@@ -181,6 +181,10 @@ class Daemon:
         assert code is not None
         return code
 
+    async def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Wait (without signalling) for the process to exit; its exit code, or None."""
+        return await self._wait(timeout)
+
     async def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
