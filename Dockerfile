@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 # Multi-stage: the build stage installs authproxy into a venv; the final stage copies only
 # that venv onto the same base, so no compiler, pip cache or source tree ships.
+# Portable between the official python image (python3 in /usr/local/bin) and a Debian
+# bookworm with python3-venv (python3 in /usr/bin): only `python3` from PATH is used, and
+# the venv's python symlink points at the base's own interpreter, the same in both stages.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -13,13 +16,18 @@ RUN /opt/authproxy/bin/pip install --no-cache-dir --disable-pip-version-check . 
     && find /opt/authproxy -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/authproxy \
+RUN groupadd --system --gid 10001 authproxy \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/authproxy \
         --create-home --shell /usr/sbin/nologin authproxy
 COPY --from=build /opt/authproxy /opt/authproxy
 ENV PATH=/opt/authproxy/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     AUTHPROXY_LISTEN=0.0.0.0:8080
-USER authproxy
+# Fail the build here, not at the first start, if the copied venv does not fit this base.
+RUN authproxy --version && python3 -c "import authproxy.app, authproxy.server"
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
 WORKDIR /var/lib/authproxy
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -121,11 +121,16 @@ class TestMetrics:
         await client.get("/x", headers=bearer("asc_" + "A" * 44))
         await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id,
                                       audit=AuditContext(actor="test"))
-        await asyncio.sleep(0.3)  # a last_used flush (interval 0.1 s) and the NOTIFY
-        resp = await client.get("/_authproxy/metrics")
-        assert resp.status == 200
-        assert resp.content_type == "text/plain"
-        text = await resp.text()
+        text = ""
+        for _ in range(100):  # until the NOTIFY and a last_used flush (0.1 s) have happened
+            resp = await client.get("/_authproxy/metrics")
+            assert resp.status == 200
+            assert resp.content_type == "text/plain"
+            text = await resp.text()
+            if ("authproxy_revocation_lag_seconds_count 1.0" in text
+                    and "authproxy_last_used_flush_keys_count 0.0" not in text):
+                break
+            await asyncio.sleep(0.05)
         for needle in (
             'authproxy_requests_total{outcome="allowed",status="200"} 2.0',
             'authproxy_requests_total{outcome="missing",status="401"} 1.0',
