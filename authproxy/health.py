@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from authproxy.appkeys import LIFECYCLE, METRICS, STORE
+from authproxy.appkeys import LIFECYCLE, LISTENER, METRICS, STORE
 from authproxy.continuation import defer_continue
 from authproxy.errors import StoreUnavailable
 from authproxy.httperrors import json_error
@@ -12,6 +12,7 @@ from authproxy.metrics import CONTENT_TYPE
 
 DRAINING_MESSAGE = "This process is shutting down."
 DB_DOWN_MESSAGE = "PostgreSQL is not reachable."
+LISTENER_DOWN_MESSAGE = "Not yet listening for revocations."
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,13 +21,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: not draining, and PostgreSQL answers."""
+    """Ready for traffic: not draining, PostgreSQL answers, and revocations are heard."""
     if request.app[LIFECYCLE].draining:
         return json_error(503, "draining", DRAINING_MESSAGE)
     try:
         await request.app[STORE].ping()
     except StoreUnavailable:
         return json_error(503, "key_store_unavailable", DB_DOWN_MESSAGE)
+    if not request.app[LISTENER].connected.is_set():
+        # Until it can hear revocations, this process could serve a revoked key.
+        return json_error(503, "revocations_not_heard", LISTENER_DOWN_MESSAGE)
     return web.json_response({"status": "ready"})
 
 

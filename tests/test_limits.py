@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from authproxy.app import create_app
-from authproxy.appkeys import KEYS
+from authproxy.appkeys import KEYS, LISTENER
 from authproxy.audit import AuditContext
 from authproxy.keys import KeyHasher, generate_key
 from authproxy.ratelimit import FailureLimiter, KeyRateLimiter, seconds_header
@@ -150,6 +150,8 @@ class TestArgon2Queue:
         cfg = make_config(hashing={"max_concurrency": 1, "max_pending": 2},
                           limits={"failure_threshold": 0})
         client = await aiohttp_client(create_app(cfg, hasher=gated))
+        # The listener's first LISTEN flushes the cache; let that happen before caching.
+        await wait_for(client.app[LISTENER].connected.is_set)
         cached = await new_key(client)
         assert (await client.get("/x", headers=bearer(cached.key))).status == 200
         gated.gate.clear()

@@ -282,7 +282,12 @@ class TestReservedPrefix:
     async def test_health(self, client: Client, upstream: Upstream) -> None:
         """healthz and readyz answer 200 JSON without a key and never reach the upstream."""
         assert (await (await client.get("/_authproxy/healthz")).json()) == {"status": "ok"}
-        resp = await client.get("/_authproxy/readyz")
+        for _ in range(100):  # ready once the revocation listener is connected
+            resp = await client.get("/_authproxy/readyz")
+            if resp.status == 200:
+                break
+            assert (await resp.json())["error"]["code"] == "revocations_not_heard"
+            await asyncio.sleep(0.05)
         assert resp.status == 200
         assert upstream.requests == []
 
