@@ -108,10 +108,16 @@ class UpstreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class HashingConfig:
-    """argon2id parameters for new keys; existing hashes carry their own."""
+    """argon2id parameters for new keys; older hashes are rehashed on their next use.
 
-    time_cost: int = field(default=2, metadata=_rule(1, 100))
-    memory_cost_kib: int = field(default=19456, metadata=_rule(8, 4194304))
+    The secret is 166 random bits, not a password: no amount of hashing work changes
+    how long guessing it takes (2^165 tries on average), so the cost is set low enough
+    that a cold verification is cheap (~1.5 ms here), which bounds what a flood of wrong
+    keys, a cache flush or a revocation costs. README "argon2 parameters" has the numbers.
+    """
+
+    time_cost: int = field(default=1, metadata=_rule(1, 100))
+    memory_cost_kib: int = field(default=4096, metadata=_rule(8, 4194304))
     parallelism: int = field(default=1, metadata=_rule(1, 64))
     # Threads that may run argon2 at once; bounds CPU spent on cache misses.
     max_concurrency: int = field(default=2, metadata=_rule(1, 256))

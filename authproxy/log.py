@@ -20,6 +20,7 @@ from authproxy.httperrors import error_response, json_error
 log = structlog.get_logger(__name__)
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
+CLIENT_CLOSED_REQUEST: Final = 499
 INTERNAL_ERROR_MESSAGE: Final = "Internal error; the request id identifies it in the logs."
 
 # Belt and braces: whatever a log call is handed, these never reach the output.
@@ -104,6 +105,11 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return json_error(exc.status, exc.reason.lower().replace(" ", "_"),
                           exc.text if exc.text and not exc.text.startswith(str(exc.status))
                           else exc.reason)
+    except ConnectionError:
+        # The client went away mid-answer (a closed browser tab, a load test ending): not
+        # our error. 499 is nginx's "client closed request"; it is logged, never sent.
+        log.info("client_disconnected")
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception as exc:  # the one catch-all: the daemon answers, logs and keeps serving
         mapped = error_response(exc)
         if mapped is not None:

@@ -223,3 +223,27 @@ class TestCostOfBadKeys:
         await client.get("/x", headers=bearer(body + _checksum(body)))
         assert argon2_runs() == after_unknown + 1
         assert upstream.requests == []
+
+
+class TestClientGoesAway:
+    async def test_disconnect_mid_download_is_not_an_error(self, client: Client,
+                                                           upstream: Upstream) -> None:
+        """A client hanging up during a large download is logged as client_disconnected,
+        not as an unhandled error, and the daemon keeps serving."""
+        from structlog.contextvars import merge_contextvars
+        from structlog.testing import capture_logs
+
+        created = await new_key(client)
+        with capture_logs(processors=[merge_contextvars]) as logs:
+            reader, writer = await open_raw(client)
+            writer.write(b"GET /bytes/200000000 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer "
+                         + created.key.encode() + b"\r\n\r\n")
+            await reader.readexactly(100_000)
+            writer.transport.abort()
+            for _ in range(100):
+                if any(e["event"] in ("client_disconnected", "request") for e in logs):
+                    break
+                await asyncio.sleep(0.05)
+        events = [e["event"] for e in logs]
+        assert "unhandled_error" not in events
+        await still_serves(client)
