@@ -68,6 +68,8 @@ def start_daemon(db_url: str, upstream: str, flush_interval: float, log: Path) -
     config = log.with_suffix(".yaml")
     config.write_text(f"usage: {{flush_interval: {flush_interval}}}\n"
                       "logging: {level: warning, format: json}\n"
+                      # It polls revoked keys from one address on purpose: no throttling.
+                      "limits: {failure_threshold: 0}\n"
                       "server: {drain_delay: 0}\n")
     env = {**os.environ, "AUTHPROXY_DATABASE_URL": db_url, "AUTHPROXY_UPSTREAM_URL": upstream,
            "AUTHPROXY_LISTEN": f"127.0.0.1:{port}", "AUTHPROXY_ADMIN_JWT_SECRET": SECRET,
