@@ -47,7 +47,8 @@ async def daemon_and_key(tmp_path: Path, database_url: str,
     async with DaemonLauncher(tmp_path, database_url=database_url,
                               upstream_url=upstream.url) as launcher:
         key = (await launcher.create_key())["key"]
-        daemon = await launcher.start(server={"header_timeout": 1.0, "max_connections": 40})
+        daemon = await launcher.start(server={"header_timeout": 1.0, "max_connections": 40,
+                                              "idle_timeout": 1.5})
         yield daemon, key
 
 
@@ -102,6 +103,22 @@ class TestSlowAndMany:
         await still_serves(daemon, key)
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert 0.9 < time.monotonic() - started < 4
+        writer.close()
+
+    async def test_idle_keep_alive_connection_is_closed(
+            self, daemon_and_key: tuple[Daemon, str]) -> None:
+        """After a complete request, a connection left idle is closed after
+        server.idle_timeout."""
+        daemon, key = daemon_and_key
+        address = urlsplit(daemon.base_url)
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: h\r\n" + KEY_HEADER % key.encode() + b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        while await asyncio.wait_for(reader.read(65536), 6):
+            pass  # the rest of the response, then EOF when the server closes
+        assert 1.0 < time.monotonic() - started < 5
         writer.close()
 
     async def test_connections_beyond_the_cap_are_closed(
