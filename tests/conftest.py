@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +24,7 @@ from authproxy.keys import KeyHasher
 from authproxy.keyservice import CreatedKey
 from authproxy.log import configure_logging
 from authproxy.migrations import migrate
+from tests.daemon import DaemonLauncher
 from tests.recording_upstream import RECORDER, Recorder, create_recording_upstream
 
 TEST_DATABASE_ENV = "AUTHPROXY_TEST_DATABASE_URL"
@@ -151,6 +153,15 @@ def app_client(make_config: MakeConfig, hasher: KeyHasher,
 @pytest.fixture
 async def client(app_client: AppClient) -> TestClient[Any, Any]:
     return await app_client()
+
+
+@pytest.fixture
+async def launcher(tmp_path: Path, database_url: str,
+                   upstream: Upstream) -> AsyncIterator[DaemonLauncher]:
+    """Starts real daemon processes (and runs the CLI) against this test's database."""
+    async with DaemonLauncher(tmp_path, database_url=database_url,
+                              upstream_url=upstream.url) as launcher:
+        yield launcher
 
 
 async def new_key(client: TestClient[Any, Any], space: str = "plant-7", name: str = "test key",

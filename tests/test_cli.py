@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,6 @@ SOME_DB_URL = "postgresql://authproxy@127.0.0.1:5432/authproxy"
 DB_PASSWORD = "hunter2-s3cret"
 DB_URL_WITH_PASSWORD = f"postgresql://authproxy:{DB_PASSWORD}@db.internal:5432/authproxy"
 EXIT_USAGE = 2
-
-
-@pytest.fixture
-async def launcher(tmp_path: Path, database_url: str,
-                   upstream: Upstream) -> AsyncIterator[DaemonLauncher]:
-    async with DaemonLauncher(tmp_path, database_url=database_url,
-                              upstream_url=upstream.url) as launcher:
-        yield launcher
 
 
 def parse_time(text: str) -> datetime:

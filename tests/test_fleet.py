@@ -55,14 +55,6 @@ SELECT count(*) FROM (
 
 
 @pytest.fixture
-async def launcher(tmp_path: Path, database_url: str,
-                   upstream: Upstream) -> AsyncIterator[DaemonLauncher]:
-    async with DaemonLauncher(tmp_path, database_url=database_url,
-                              upstream_url=upstream.url) as launcher:
-        yield launcher
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         yield session

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,14 +15,6 @@ from tests.daemon import DaemonLauncher
 from tests.tokens import ADMIN_SECRET, mint
 
 OWNER = {"plant-7": "owner"}
-
-
-@pytest.fixture
-async def launcher(tmp_path: Path, database_url: str,
-                   upstream: Upstream) -> AsyncIterator[DaemonLauncher]:
-    async with DaemonLauncher(tmp_path, database_url=database_url,
-                              upstream_url=upstream.url) as launcher:
-        yield launcher
 
 
 class TestDaemonOutput:

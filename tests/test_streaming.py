@@ -10,7 +10,6 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -24,14 +23,6 @@ BODY_SIZE = 100 * MIB
 MAX_PEAK_GROWTH_MIB = 60
 UPSTREAM_BLOCK = b"x" * (64 * 1024)  # what the recording upstream's /bytes/{n} sends
 TIMEOUT = aiohttp.ClientTimeout(total=120)
-
-
-@pytest.fixture
-async def launcher(tmp_path: Path, database_url: str,
-                   upstream: Upstream) -> AsyncIterator[DaemonLauncher]:
-    async with DaemonLauncher(tmp_path, database_url=database_url,
-                              upstream_url=upstream.url) as launcher:
-        yield launcher
 
 
 @dataclass
