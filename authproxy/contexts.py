@@ -31,6 +31,7 @@ from authproxy.auth import Authenticator
 from authproxy.config import Config
 from authproxy.errors import StoreUnavailable
 from authproxy.h1client import H1Transport
+from authproxy.health import metrics as metrics_handler
 from authproxy.keyservice import KeyService
 from authproxy.migrations import migrate
 from authproxy.revocations import RevocationListener
@@ -131,8 +132,6 @@ async def metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
     if not cfg.enabled or cfg.listen is None:
         yield
         return
-    from authproxy.health import metrics as metrics_handler
-
     metrics_app = web.Application()
     metrics_app[METRICS] = app[METRICS]
     metrics_app.router.add_get("/_authproxy/metrics", metrics_handler)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from authproxy.audit import AuditContext, AuditEvent
 from authproxy.cache import VerifiedKeyCache
 from authproxy.errors import InvalidInput
@@ -26,7 +24,6 @@ _SPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_NAME = 100
 # RFC 3339 §5.6 date-time; fromisoformat alone also takes ISO 8601 forms like 2030-W01-1.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
-_CREATE_ATTEMPTS = 3  # lookup id collisions are ~2^-59 per pair; retrying is enough
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,21 +131,16 @@ class KeyService:
         name = validate_name(name)
         expires = parse_expires_at(expires_at, self.now())
         rate = parse_rate_limit(rate_limit)
-        for attempt in range(_CREATE_ATTEMPTS):
+        while True:  # a taken lookup id has odds of ~2^-59 per existing key: draw again
             new = generate_key()
             secret_hash = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._hasher.hash, new.parsed.secret)
-            try:
-                record = await self._store.create_key(
-                    space_id=space_id, name=name, lookup_id=new.parsed.lookup_id,
-                    prefix=new.parsed.display_prefix, secret_hash=secret_hash, expires_at=expires,
-                    audit=audit, rate_limit=rate)
-            except asyncpg.UniqueViolationError:
-                if attempt == _CREATE_ATTEMPTS - 1:
-                    raise
-                continue
-            return CreatedKey(record, new.full)
-        raise AssertionError("unreachable")
+            record = await self._store.create_key(
+                space_id=space_id, name=name, lookup_id=new.parsed.lookup_id,
+                prefix=new.parsed.display_prefix, secret_hash=secret_hash, expires_at=expires,
+                audit=audit, rate_limit=rate)
+            if record is not None:
+                return CreatedKey(record, new.full)
 
     async def list_keys(self, space_id: str) -> list[KeyRecord]:
         return await self._store.list_keys(validate_space_id(space_id))

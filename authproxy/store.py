@@ -36,6 +36,7 @@ _INSERT = f"""
 INSERT INTO api_keys (id, space_id, name, lookup_id, prefix, secret_hash, expires_at,
                       rate_limit_per_second)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (lookup_id) DO NOTHING
 RETURNING {_KEY_COLUMNS}"""
 _BY_LOOKUP_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE lookup_id = $1"
 _LIST = f"""
@@ -118,12 +119,18 @@ class Store:
 
     async def create_key(self, *, space_id: str, name: str, lookup_id: str, prefix: str,
                          secret_hash: str, expires_at: datetime | None,
-                         audit: AuditContext, rate_limit: float | None = None) -> KeyRecord:
-        """Insert the key and its key.created audit event in one transaction."""
+                         audit: AuditContext, rate_limit: float | None = None
+                         ) -> KeyRecord | None:
+        """Insert the key and its key.created audit event in one transaction.
+
+        Returns None when the lookup id is already taken (the caller draws another).
+        """
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(_INSERT, uuid.uuid4(), space_id, name, lookup_id, prefix,
                                       secret_hash, expires_at, rate_limit,
                                       timeout=self._timeout)
+            if row is None:
+                return None
             await write_audit(conn, "key.created", row["id"], space_id, audit, self._timeout)
         return _record(row)
 
