@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from authproxy.admintoken import AdminPrincipal
-from authproxy.appkeys import ADMIN_TOKENS, CONFIG, KEYS
+from authproxy.appkeys import ADMIN_TOKENS, CONFIG, KEYS, TRUSTED_PROXIES
 from authproxy.audit import AuditContext
 from authproxy.auth import bearer_token
 from authproxy.continuation import defer_continue, send_continue
@@ -25,6 +25,7 @@ from authproxy.errors import (
     MissingKey,
     UnsupportedMediaType,
 )
+from authproxy.headers import client_address
 from authproxy.keys import KEY_PREFIX
 from authproxy.keyservice import audit_object, key_object, validate_space_id
 from authproxy.log import REQUEST_ID
@@ -80,7 +81,11 @@ def authorize(request: web.Request, space_id: str) -> AdminPrincipal:
 
 
 def _audit_context(request: web.Request, caller: AdminPrincipal) -> AuditContext:
-    return AuditContext(actor=caller.subject, client_address=request.remote,
+    # Behind a trusted proxy, the address it forwarded; otherwise the peer (never a
+    # client-chosen X-Forwarded-For).
+    address = client_address(request.remote or "", request.headers,
+                             request.app[TRUSTED_PROXIES])
+    return AuditContext(actor=caller.subject, client_address=address or None,
                         request_id=request.get(REQUEST_ID))
 
 

@@ -349,6 +349,22 @@ class TestAudit:
             before = f"&before={page['next_before']}"
         assert len(seen) == 5 and seen == sorted(seen, reverse=True)
 
+    async def test_audit_address_from_trusted_proxy_only(self, app_client: AppClient) -> None:
+        """Behind a trusted proxy the audit records the forwarded client; a client-sent
+        X-Forwarded-For from an untrusted peer is ignored."""
+        token = mint(OWNER)
+        trusting = await app_client(admin={"jwt_secret": ADMIN_SECRET},
+                                    server={"trusted_proxies": ["127.0.0.1/32"]})
+        await trusting.post(KEYS.format(space="plant-7"), json={"name": "k"},
+                            headers={**auth(token), "X-Forwarded-For": "203.0.113.9"})
+        untrusting = await app_client(admin={"jwt_secret": ADMIN_SECRET})
+        await untrusting.post(KEYS.format(space="plant-7"), json={"name": "k"},
+                              headers={**auth(token), "X-Forwarded-For": "203.0.113.9"})
+        # Both apps share this test's database: newest first, the untrusting one's event.
+        page = await (await untrusting.get("/_authproxy/v1/spaces/plant-7/audit",
+                                           headers=auth(token))).json()
+        assert [e["client_address"] for e in page["events"]] == ["127.0.0.1", "203.0.113.9"]
+
     async def test_audit_is_per_space(self, admin: Client) -> None:
         """A space's trail holds only its own events."""
         await create(admin, mint({"plant-9": "owner"}), space="plant-9")
