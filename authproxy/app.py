@@ -52,17 +52,31 @@ def is_reserved(raw_path: str) -> bool:
 
 
 @web.middleware
-async def dispatch(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def entry(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware: request context and logging (log.py) around the dispatch.
+
+    One layer instead of two: each aiohttp middleware costs a wrapper and a coroutine on
+    every request, and this runs on every proxied request.
+    """
+    return await request_context(request, _dispatch(request, handler))
+
+
+def _dispatch(request: web.Request, handler: Handler) -> Handler:
     """Reserved prefix -> our routes; everything else -> the proxy, whatever the router thinks."""
     if not is_reserved(request.raw_path):
-        return await proxy_handler(request)
+        return proxy_handler
     if request.match_info.route.name == _PROXY_ROUTE:
-        allowed = await _methods_for(request)
-        if allowed:
-            return json_error(405, "method_not_allowed", f"Use {', '.join(sorted(allowed))}.",
-                              {"Allow": ", ".join(sorted(allowed))})
-        return json_error(404, "not_found", NOT_FOUND_MESSAGE)
-    return await handler(request)
+        return _not_ours
+    return handler
+
+
+async def _not_ours(request: web.Request) -> web.StreamResponse:
+    """A reserved path no route serves: 405 if another method would fit, else 404."""
+    allowed = await _methods_for(request)
+    if allowed:
+        return json_error(405, "method_not_allowed", f"Use {', '.join(sorted(allowed))}.",
+                          {"Allow": ", ".join(sorted(allowed))})
+    return json_error(404, "not_found", NOT_FOUND_MESSAGE)
 
 
 async def _methods_for(request: web.Request) -> set[str]:
@@ -99,7 +113,7 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     if cfg.db.url is None:
         raise ValueError("create_app needs cfg.db.url; resolve the embedded database first")
     # client_max_size caps request.read(), used only by the admin API; proxied bodies stream.
-    app = web.Application(middlewares=[request_context, dispatch],
+    app = web.Application(middlewares=[entry],
                           client_max_size=cfg.admin.max_body_bytes,
                           handler_args=handler_args(cfg))
     app[CONFIG] = cfg

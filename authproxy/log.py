@@ -1,4 +1,4 @@
-"""structlog setup and the outermost middleware: request id, access line, last-resort 500."""
+"""structlog setup and the request context: request id, access line, last-resort 500."""
 
 from __future__ import annotations
 
@@ -66,7 +66,6 @@ def configure_logging(cfg: LoggingConfig, *, cache: bool = True) -> None:
     )
 
 
-@web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind the request id, answer unexpected errors with JSON 500, write the access line."""
     started = time.perf_counter()

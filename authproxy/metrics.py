@@ -8,7 +8,7 @@ workers start, so every worker writes its samples to files there and any worker'
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +35,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._request_children: dict[tuple[str, str], Any] = {}
         self.requests = Counter(
             "authproxy_requests", "Proxied requests by authentication outcome and status.",
             ["outcome", "status"], registry=r)
@@ -81,6 +82,18 @@ class Metrics:
         self.db_pool = Gauge("authproxy_db_pool_connections",
                              "PostgreSQL pool connections, by state.", ["state"],
                              multiprocess_mode="livesum", registry=r)
+
+    def count_request(self, outcome: str, status: str) -> None:
+        """requests_total{outcome,status} += 1, with the labelled child looked up once.
+
+        prometheus-client's labels() hashes and locks on every call; the proxy counts every
+        request, so the children are kept here.
+        """
+        child = self._request_children.get((outcome, status))
+        if child is None:
+            child = self._request_children[(outcome, status)] = self.requests.labels(
+                outcome=outcome, status=status)
+        child.inc()
 
     def render(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):

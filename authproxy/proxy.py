@@ -75,7 +75,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         status = "504"
         raise
     finally:
-        request.app[METRICS].requests.labels(outcome=outcome, status=status).inc()
+        request.app[METRICS].count_request(outcome, status)
 
 
 async def _authenticate(request: web.Request) -> Principal:
@@ -85,7 +85,7 @@ async def _authenticate(request: web.Request) -> Principal:
     wait = failures.retry_after(client)
     if wait is not None:
         log.info("client_throttled", client=client)
-        metrics.requests.labels(outcome="throttled", status="429").inc()
+        metrics.count_request("throttled", "429")
         raise TooManyRequests("too_many_failures", TOO_MANY_FAILURES_MESSAGE,
                               {"Retry-After": seconds_header(wait)})
     started = time.perf_counter()
@@ -94,14 +94,14 @@ async def _authenticate(request: web.Request) -> Principal:
             request.headers.getall("Authorization", []))
     except AuthError as exc:
         log.info("auth_refused", reason=exc.reason, detail=str(exc))
-        metrics.requests.labels(outcome=exc.reason, status="401").inc()
+        metrics.count_request(exc.reason, "401")
         if not isinstance(exc, MissingKey):
             failures.record_failure(client)
         raise
     except (StoreUnavailable, Overloaded) as exc:
         log.warning("auth_unavailable", error=str(exc))
-        metrics.requests.labels(outcome="db_unavailable" if isinstance(
-            exc, StoreUnavailable) else "overloaded", status="503").inc()
+        metrics.count_request(
+            "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503")
         raise
     finally:
         metrics.auth_seconds.observe(time.perf_counter() - started)
