@@ -17,8 +17,6 @@ from yarl import URL
 
 from authproxy.config import UpstreamConfig
 
-CHUNK_SIZE = 64 * 1024
-
 # aiohttp adds these when absent; a proxy must forward what the client sent, nothing more.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
