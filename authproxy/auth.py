@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from authproxy.cache import VerifiedKeyCache
+from authproxy.cache import Entry, VerifiedKeyCache
 from authproxy.config import CacheConfig
 from authproxy.errors import (
     AuthError,
@@ -24,7 +24,7 @@ from authproxy.errors import (
     RevokedKey,
     StoreUnavailable,
 )
-from authproxy.keys import KeyHasher, ParsedKey, parse_key
+from authproxy.keys import KEY_LEN, KeyHasher, ParsedKey, parse_key
 from authproxy.metrics import Metrics
 from authproxy.store import KeyRecord, Store
 from authproxy.usage import UsageRecorder
@@ -105,6 +105,7 @@ class Authenticator:
         self._now = wall_clock
         self._max_pending = max_pending
         self._pending = 0  # argon2 verifications running or queued
+        self._verifying: dict[bytes, asyncio.Future[None]] = {}  # digest -> done
         # A per-process key for the cache digest: the cache never holds the key itself, and
         # a memory dump's digests cannot be checked against guesses offline.
         self._digest_key = secrets.token_bytes(32)
@@ -121,13 +122,19 @@ class Authenticator:
             Overloaded: too many argon2 verifications are already waiting.
         """
         raw = bearer_token(authorizations)
-        parsed = parse_key(raw)
-        digest = hashlib.blake2b(raw.encode("ascii"), key=self._digest_key).digest()
+        if len(raw) != KEY_LEN:
+            parse_key(raw)  # raises: the precise reason, and no cache lookup to count
+        # Only keys that parsed are ever cached, so a hit needs no format or checksum check.
+        digest = hashlib.blake2b(raw.encode("utf-8", "surrogateescape"),
+                                 key=self._digest_key).digest()
         now = self._now()
         entry = self._cache.get(digest)
         if entry is None:
+            parsed = parse_key(raw)
+            entry = await self._after_concurrent_miss(digest)
+        if entry is None:
             self._metrics.cache_misses.inc()
-            principal = await self._verify(parsed, digest, now, cached=None)
+            principal = await self._verify_once(parsed, digest, now)
         elif not isinstance(entry.value, Verified):
             self._metrics.cache_hits.inc()
             raise entry.value("refused (cached)")
@@ -136,11 +143,33 @@ class Authenticator:
             principal = entry.value.principal
         else:
             self._metrics.cache_stale_hits.inc()
-            principal = await self._revalidate(parsed, digest, now, entry.value)
+            principal = await self._revalidate(parse_key(raw), digest, now, entry.value)
         if principal.expires_at is not None and principal.expires_at <= now:
             raise ExpiredKey("expired")
         self._usage.record(principal.key_id, now)
         return principal
+
+    async def _after_concurrent_miss(self, digest: bytes) -> Entry[CacheValue] | None:
+        """If this key is being verified right now, wait for that and use its result.
+
+        Without this, N connections presenting the same new key at once (a client pool
+        starting, a cache flush) pay N argon2 verifications instead of one.
+        """
+        while (running := self._verifying.get(digest)) is not None:
+            await asyncio.shield(running)
+            entry = self._cache.get(digest)
+            if entry is not None:
+                return entry
+        return None
+
+    async def _verify_once(self, parsed: ParsedKey, digest: bytes, now: datetime) -> Principal:
+        done = self._verifying[digest] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._verify(parsed, digest, now, cached=None)
+        finally:
+            if self._verifying.get(digest) is done:
+                del self._verifying[digest]
+            done.set_result(None)
 
     async def _revalidate(self, parsed: ParsedKey, digest: bytes, now: datetime,
                           cached: Verified) -> Principal:

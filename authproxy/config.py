@@ -53,6 +53,9 @@ class ServerConfig:
     # Peers (CIDRs) whose X-Forwarded-For/-Proto/-Host are believed and extended; from any
     # other peer those headers are replaced, so a client cannot choose its own address.
     trusted_proxies: tuple[str, ...] = ()
+    # Bodiless HTTP/1.1 proxied requests (the hot path) are parsed and answered by our own
+    # lean front end (fastpath.py); everything else, or everything when false, by aiohttp.
+    fast_path: bool = True
 
     @property
     def host(self) -> str:

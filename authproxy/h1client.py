@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable
+from types import TracebackType
 
 from multidict import CIMultiDict
 from yarl import URL
@@ -78,17 +78,9 @@ class H1Transport:
             lines.append(b"Transfer-Encoding: chunked")
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
-    @asynccontextmanager
-    async def request(self, method: str, target: str, headers: CIMultiDict[str],
-                      body: AsyncIterable[bytes] | None) -> AsyncIterator[UpstreamResponse]:
-        async with self._slots:
-            conn = await self._send_with_retry(method, target, headers, body)
-            try:
-                yield UpstreamResponse(status=conn.status, reason=conn.reason,
-                                       headers=conn.headers,
-                                       body=conn.body(self._cfg.read_timeout))
-            finally:
-                self._release(conn)
+    def request(self, method: str, target: str, headers: CIMultiDict[str],
+                body: AsyncIterable[bytes] | None) -> _Exchange:
+        return _Exchange(self, method, target, headers, body)
 
     async def _send_with_retry(self, method: str, target: str, headers: CIMultiDict[str],
                                body: AsyncIterable[bytes] | None) -> Connection:
@@ -157,3 +149,37 @@ class H1Transport:
         while self._idle:
             self._idle.pop().close()
 
+
+
+class _Exchange:
+    """``async with transport.request(...) as response``: a pool slot and a connection for
+    the response's lifetime. A class, not @asynccontextmanager: this is on every request,
+    and the generator machinery cost more than the rest of the exchange's Python."""
+
+    __slots__ = ("_args", "_conn", "_transport")
+
+    def __init__(self, transport: H1Transport, method: str, target: str,
+                 headers: CIMultiDict[str], body: AsyncIterable[bytes] | None) -> None:
+        self._transport = transport
+        self._args = (method, target, headers, body)
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        transport = self._transport
+        await transport._slots.acquire()
+        try:
+            conn = self._conn = await transport._send_with_retry(*self._args)
+        except BaseException:
+            transport._slots.release()
+            raise
+        return UpstreamResponse(status=conn.status, reason=conn.reason, headers=conn.headers,
+                                body=conn.body(transport._cfg.read_timeout),
+                                take_whole_body=conn.take_complete_body)
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        try:
+            if self._conn is not None:
+                self._transport._release(self._conn)
+        finally:
+            self._transport._slots.release()

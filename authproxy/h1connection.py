@@ -166,6 +166,19 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
                 self._data_waiter = None
 
+    def take_complete_body(self) -> bytes | None:
+        """The whole body if the response is already complete (then ``body`` yields
+        nothing more), else None."""
+        if not self.complete or self.error is not None:
+            return None
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self.transport.resume_reading()
+            self._reading_paused = False
+        return data
+
     def on_sender_done(self, sender: asyncio.Future[None]) -> None:
         """A failed body send ends the wait for the response head with that failure."""
         if sender.cancelled() or sender.exception() is None or self.head.done():

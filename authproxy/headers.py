@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import os
 import re
-import uuid
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -59,11 +61,33 @@ class Identity:
     host: str
 
 
+class _RequestIds:
+    """32 hex digits, like a uuid4's: 64 random bits per process, then a counter.
+
+    Unique is all a request id must be; a uuid4 per request cost a getrandom() call and
+    an object on the hot path.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(int.from_bytes(secrets.token_bytes(4), "big"))
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_request_ids = _RequestIds()
+
+
 def request_id_from(value: str | None) -> str:
     """Keep a sane client-sent request id (for end-to-end tracing), else make one."""
     if value is not None and _REQUEST_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    return _request_ids.next()
 
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -105,6 +129,22 @@ def client_address(peer: str, headers: MultiMapping[str], trusted: Networks) -> 
     return peer
 
 
+_ALWAYS_DROPPED: Final = HOP_BY_HOP | _REQUEST_ONLY
+# name -> dropped?, for requests whose Connection header lists nothing (nearly all): the
+# same few names arrive on every request. Bounded; keyed with the strip prefixes in force.
+_verdicts: dict[tuple[str, tuple[str, ...]], bool] = {}
+_MAX_VERDICTS: Final = 4096
+
+
+def _is_dropped(name: str, dropped: frozenset[str] | set[str],
+                strip_prefixes: tuple[str, ...]) -> bool:
+    # "_" read as "-" here too: an upstream that folds them must not see a
+    # Transfer_Encoding or Content_Length that this hop never interpreted.
+    folded = normalized(name)
+    return (name.lower() in dropped or folded in dropped or folded in _OURS
+            or folded.startswith(strip_prefixes))
+
+
 def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identity,
                              connection: Iterable[str],
                              strip_prefixes: tuple[str, ...] = ()) -> CIMultiDict[str]:
@@ -112,16 +152,24 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identi
 
     ``strip_prefixes`` must be given normalized (lower case, "-" not "_").
     """
-    dropped = HOP_BY_HOP | _REQUEST_ONLY | connection_tokens(connection)
+    # "Connection: keep-alive" or "close" lists nothing that is not dropped anyway.
+    listed = connection_tokens(connection) - _ALWAYS_DROPPED - {"close"}
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in client:
-        # "_" read as "-" here too: an upstream that folds them must not see a
-        # Transfer_Encoding or Content_Length that this hop never interpreted.
-        folded = normalized(name)
-        if (name.lower() in dropped or folded in dropped or folded in _OURS
-                or folded.startswith(strip_prefixes)):
-            continue
-        headers.add(name, value)
+    if listed:
+        dropped = _ALWAYS_DROPPED | listed
+        for name, value in client:
+            if not _is_dropped(name, dropped, strip_prefixes):
+                headers.add(name, value)
+    else:
+        for name, value in client:
+            verdict = _verdicts.get((name, strip_prefixes))
+            if verdict is None:
+                if len(_verdicts) >= _MAX_VERDICTS:
+                    _verdicts.clear()
+                verdict = _verdicts[(name, strip_prefixes)] = _is_dropped(
+                    name, _ALWAYS_DROPPED, strip_prefixes)
+            if not verdict:
+                headers.add(name, value)
     # Added last, so neither a client copy nor a Connection-listed name can remove them.
     headers[X_SPACE_ID] = identity.space_id
     headers[X_API_KEY_ID] = identity.key_id
@@ -135,7 +183,15 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identi
 
 def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The upstream's response headers minus hop-by-hop ones (and those Connection lists)."""
-    pairs = list(upstream)
-    listed = connection_tokens(v for n, v in pairs if n.lower() == "connection")
-    dropped = HOP_BY_HOP | listed
-    return [(n, v) for n, v in pairs if n.lower() not in dropped]
+    kept: list[tuple[str, str]] = []
+    listed: list[str] = []
+    for name, value in upstream:
+        lower = name.lower()
+        if lower == "connection":
+            listed.append(value)
+        elif lower not in HOP_BY_HOP:
+            kept.append((name, value))
+    if listed:
+        extra = connection_tokens(listed)
+        kept = [(n, v) for n, v in kept if n.lower() not in extra]
+    return kept

@@ -11,7 +11,9 @@ closes the connection, but answers everything with a plain-text 400. This layer:
 * refuses connections beyond ``server.max_connections`` by closing them at once.
 
 It plugs in by giving aiohttp's Server a handler class of ours (``GuardedServer``), which
-is why server.py runs its own AppRunner instead of web.run_app.
+is why server.py runs its own AppRunner instead of web.run_app. With ``server.fast_path``
+each connection starts on fastconn.py's lean protocol instead, which hands it to a
+GuardedRequestHandler when a request needs aiohttp; the limits above cover both.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from authproxy.config import ServerConfig
+from authproxy.fastconn import FastConnection
+
 log = structlog.get_logger(__name__)
 
 
@@ -34,6 +39,17 @@ class Guard:
     header_timeout: float
     max_connections: int
     max_url_bytes: int
+    max_header_bytes: int
+    max_headers: int
+    idle_timeout: float
+    fast_path: bool
+
+    @classmethod
+    def from_config(cls, cfg: ServerConfig) -> Guard:
+        return cls(header_timeout=cfg.header_timeout, max_connections=cfg.max_connections,
+                   max_url_bytes=cfg.max_url_bytes, max_header_bytes=cfg.max_header_bytes,
+                   max_headers=cfg.max_headers, idle_timeout=cfg.idle_timeout,
+                   fast_path=cfg.fast_path)
 
 
 def classify(exc: BaseException | None, max_url_bytes: int) -> tuple[int, str, str]:
@@ -52,14 +68,15 @@ class GuardedRequestHandler(RequestHandler):
 
     __slots__ = ("_guard", "_head_timer")
 
-    def __init__(self, manager: Any, *, guard: Guard, **kwargs: Any) -> None:
+    def __init__(self, manager: GuardedServer, *, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
-        if manager is not None and len(manager.connections) >= self._guard.max_connections:
+        if (isinstance(manager, GuardedServer)
+                and manager.open_connections() >= self._guard.max_connections):
             log.warning("connection_refused_over_limit", limit=self._guard.max_connections)
             transport.close()
             return
@@ -98,12 +115,41 @@ class GuardedRequestHandler(RequestHandler):
 
 
 class GuardedServer(web.Server):
-    """aiohttp's Server, building GuardedRequestHandler for each connection."""
+    """aiohttp's Server, building a FastConnection or a GuardedRequestHandler per connection.
+
+    Set up by GuardedAppRunner (the class of aiohttp's own Server object is swapped, so the
+    attributes below are assigned there, not in __init__).
+    """
 
     guard: Guard
+    app: web.Application
+    fast_connections: set[FastConnection]
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> FastConnection | RequestHandler:  # type: ignore[override]
+        if self.guard.fast_path:
+            return FastConnection(self)
+        return self.aiohttp_handler()
+
+    def aiohttp_handler(self) -> RequestHandler:
         return GuardedRequestHandler(self, guard=self.guard, loop=self._loop, **self._kwargs)
+
+    def open_connections(self) -> int:
+        return len(self.connections) + len(self.fast_connections)
+
+    def pre_shutdown(self) -> None:
+        """The listener is closed: close idle connections, the rest after their answer."""
+        for conn in list(self.fast_connections):
+            conn.close()
+        super().pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Give answers in progress ``timeout`` seconds, then cut what is left."""
+        tasks = [c.task for c in self.fast_connections if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for conn in list(self.fast_connections):
+            conn.abort()
+        await super().shutdown(timeout)
 
 
 class GuardedAppRunner(web.AppRunner):
@@ -116,4 +162,6 @@ class GuardedAppRunner(web.AppRunner):
         # Same object, our subclass: GuardedServer adds only __call__ and one attribute.
         server.__class__ = GuardedServer
         server.guard = self._guard  # type: ignore[attr-defined]
+        server.app = self._app  # type: ignore[attr-defined]
+        server.fast_connections = set()  # type: ignore[attr-defined]
         return server

@@ -2,69 +2,34 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 
-from authproxy.appkeys import (
-    AUTHENTICATOR,
-    CONFIG,
-    FAILURES,
-    KEY_LIMITS,
-    METRICS,
-    STRIP_PREFIXES,
-    TRANSPORT,
-    TRUSTED_PROXIES,
-)
+from authproxy import gate
+from authproxy.appkeys import CONFIG, METRICS, STRIP_PREFIXES, TRANSPORT
 from authproxy.auth import Principal
 from authproxy.continuation import send_continue
-from authproxy.errors import (
-    AuthError,
-    BodyTooLarge,
-    MissingKey,
-    Overloaded,
-    StoreUnavailable,
-    TooManyRequests,
-)
-from authproxy.headers import (
-    Identity,
-    client_address,
-    client_response_headers,
-    forwarded_values,
-    upstream_request_headers,
-)
-from authproxy.httperrors import json_error
-from authproxy.keys import KEY_REGEX
+from authproxy.errors import BodyTooLarge, TooManyRequests
+from authproxy.headers import client_response_headers, upstream_request_headers
 from authproxy.log import REQUEST_ID
-from authproxy.ratelimit import seconds_header
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
 
 log = structlog.get_logger(__name__)
 
-BAD_TARGET_MESSAGE = "The request target must be an absolute path ('/...')."
-TOO_MANY_FAILURES_MESSAGE = "Too many refused keys from this address; retry later."
-RATE_LIMITED_MESSAGE = "This key's request rate limit is exhausted; retry later."
-KEY_IN_QUERY_MESSAGE = ("API keys belong in the Authorization header, never in the URL, "
-                        "where logs and browser histories keep them.")
-# Anything that looks like one of our keys, anywhere in the query string.
-_KEY_IN_QUERY = re.compile(KEY_REGEX)
-
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    """Every request outside /_authproxy/ lands here."""
-    if not request.raw_path.startswith("/"):
-        return json_error(400, "bad_request_target", BAD_TARGET_MESSAGE)
-    if _KEY_IN_QUERY.search(request.raw_path.partition("?")[2]):
-        log.info("key_in_query_refused")
-        return json_error(400, "key_in_query", KEY_IN_QUERY_MESSAGE)
-    principal = await _authenticate(request)
+    """Every request outside /_authproxy/ that aiohttp's server parsed lands here."""
+    refusal = gate.refuse_target(request.raw_path)
+    if refusal is not None:
+        return refusal
+    principal = await gate.authenticate(request.app, request.remote or "", request.headers)
     structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
     outcome, status = "allowed", "502"
     try:
-        rate_headers = _take_rate(request, principal)
+        rate_headers = gate.take_rate(request.app, principal)
         response = await forward(request, principal, rate_headers)
         status = str(response.status)
         return response
@@ -76,61 +41,6 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         request.app[METRICS].count_request(outcome, status)
-
-
-async def _authenticate(request: web.Request) -> Principal:
-    """The key's Principal; refusals are counted per client and may turn into 429s."""
-    metrics, failures = request.app[METRICS], request.app[FAILURES]
-    client = client_address(request.remote or "", request.headers, request.app[TRUSTED_PROXIES])
-    wait = failures.retry_after(client)
-    if wait is not None:
-        log.info("client_throttled", client=client)
-        metrics.count_request("throttled", "429")
-        raise TooManyRequests("too_many_failures", TOO_MANY_FAILURES_MESSAGE,
-                              {"Retry-After": seconds_header(wait)})
-    started = time.perf_counter()
-    try:
-        return await request.app[AUTHENTICATOR].authenticate(
-            request.headers.getall("Authorization", []))
-    except AuthError as exc:
-        log.info("auth_refused", reason=exc.reason, detail=str(exc))
-        metrics.count_request(exc.reason, "401")
-        if not isinstance(exc, MissingKey):
-            failures.record_failure(client)
-        raise
-    except (StoreUnavailable, Overloaded) as exc:
-        log.warning("auth_unavailable", error=str(exc))
-        metrics.count_request(
-            "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503")
-        raise
-    finally:
-        metrics.auth_seconds.observe(time.perf_counter() - started)
-
-
-def _take_rate(request: web.Request, principal: Principal) -> dict[str, str]:
-    """Apply the key's token bucket; the RateLimit-* headers for the answer, or 429."""
-    rate = principal.rate_limit or request.app[CONFIG].limits.key_rate_per_second
-    if rate <= 0:
-        return {}
-    decision = request.app[KEY_LIMITS].take(principal.key_id, rate)
-    burst = request.app[CONFIG].limits.key_burst_seconds
-    headers = {"RateLimit-Limit": str(decision.limit),
-               "RateLimit-Remaining": str(decision.remaining),
-               "RateLimit-Reset": seconds_header(decision.reset),
-               "RateLimit-Policy": f"{decision.limit};w={seconds_header(burst)}"}
-    if not decision.allowed:
-        raise TooManyRequests("rate_limited", RATE_LIMITED_MESSAGE,
-                              {**headers, "Retry-After": seconds_header(decision.retry_after)})
-    return headers
-
-
-def _identity(request: web.Request, principal: Principal) -> Identity:
-    chain, scheme, host = forwarded_values(
-        peer=request.remote or "", headers=request.headers, scheme=request.scheme,
-        host=request.host, trusted=request.app[TRUSTED_PROXIES])
-    return Identity(
-        space_id=principal.space_id, key_id=principal.key_id, key_prefix=principal.prefix,
-        request_id=request[REQUEST_ID], client_ip=chain, scheme=scheme, host=host)
 
 
 async def _limited_body(request: web.Request, limit: int,
@@ -150,7 +60,10 @@ async def forward(request: web.Request, principal: Principal,
     limit = request.app[CONFIG].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge()
-    headers = upstream_request_headers(request.headers.items(), _identity(request, principal),
+    who = gate.identity(request.app, principal, peer=request.remote or "",
+                        headers=request.headers, scheme=request.scheme, host=request.host,
+                        request_id=request[REQUEST_ID])
+    headers = upstream_request_headers(request.headers.items(), who,
                                        request.headers.getall("Connection", []),
                                        request.app[STRIP_PREFIXES])
     state = {"too_large": False}

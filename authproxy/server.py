@@ -50,9 +50,7 @@ async def _install_drain_signals(app: web.Application) -> None:
 
 async def _run(app: web.Application, cfg: Config, reuse_port: bool) -> None:
     runner = GuardedAppRunner(
-        app, guard=Guard(header_timeout=cfg.server.header_timeout,
-                         max_connections=cfg.server.max_connections,
-                         max_url_bytes=cfg.server.max_url_bytes),
+        app, guard=Guard.from_config(cfg.server),
         handle_signals=True, access_log=None, shutdown_timeout=cfg.server.shutdown_timeout)
     await runner.setup()
     try:

@@ -6,7 +6,7 @@ can replace aiohttp's ClientSession later without touching the proxy's rules.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +35,10 @@ class UpstreamResponse:
     reason: str
     headers: Sequence[tuple[str, str]]
     body: AsyncIterator[bytes]
+    # Returns the whole body if it had already arrived with the head (small answers
+    # usually do), after which ``body`` yields nothing; else None. Lets the proxy answer
+    # with one write. Transports that cannot tell leave it None.
+    take_whole_body: Callable[[], bytes | None] | None = None
 
 
 class UpstreamTransport(Protocol):

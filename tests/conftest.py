@@ -14,20 +14,24 @@ import argon2
 import asyncpg
 import pytest
 import structlog
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from authproxy.app import create_app
-from authproxy.appkeys import KEYS
+from authproxy.appkeys import CONFIG, KEYS
 from authproxy.audit import AuditContext
 from authproxy.config import Config, LoggingConfig, build_config
 from authproxy.keys import KeyHasher
 from authproxy.keyservice import CreatedKey
 from authproxy.log import configure_logging
 from authproxy.migrations import migrate
+from authproxy.protocol import Guard, GuardedAppRunner
 from tests.daemon import DaemonLauncher
 from tests.recording_upstream import RECORDER, Recorder, create_recording_upstream
 
 TEST_DATABASE_ENV = "AUTHPROXY_TEST_DATABASE_URL"
+# AUTHPROXY_TEST_FAST_PATH=0 runs every test with server.fast_path off (aiohttp serves all).
+FAST_PATH = os.environ.get("AUTHPROXY_TEST_FAST_PATH", "1") != "0"
 CHEAP_HASHING = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}
 
 
@@ -131,12 +135,22 @@ def make_config(database_url: str, upstream: Upstream) -> MakeConfig:
     """make_config(cache={"ttl": 0}, ...) -> Config for this test's database and upstream."""
     def make(**sections: dict[str, Any]) -> Config:
         base = {"db": {"url": database_url}, "upstream": {"url": upstream.url},
-                "hashing": CHEAP_HASHING, "usage": {"flush_interval": 0.1}}
+                "hashing": CHEAP_HASHING, "usage": {"flush_interval": 0.1},
+                "server": {"fast_path": FAST_PATH}}
         return build_config(_merge(base, sections), environ={})
     return make
 
 
 AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+class DaemonTestServer(TestServer):
+    """aiohttp's TestServer with the daemon's own connection layer (protocol.py): the
+    fast path, the limits and the JSON protocol errors are what tests talk to."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return GuardedAppRunner(self.app, guard=Guard.from_config(self.app[CONFIG].server),
+                                **kwargs)
 
 
 @pytest.fixture
@@ -146,7 +160,8 @@ def app_client(make_config: MakeConfig, hasher: KeyHasher,
     # so the app (and its final last_used flush) is torn down before they are.
     """app_client(cfg=None, **sections): the daemon's app on a real loopback server."""
     async def start(cfg: Config | None = None, **sections: dict[str, Any]) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(cfg or make_config(**sections), hasher=hasher))
+        app = create_app(cfg or make_config(**sections), hasher=hasher)
+        return await aiohttp_client(DaemonTestServer(app))
     return start
 
 

@@ -39,6 +39,8 @@ CHEAP_HASHING = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}
 BASE_SECTIONS: dict[str, dict[str, Any]] = {
     "hashing": CHEAP_HASHING,
     "logging": {"format": "json"},
+    # AUTHPROXY_TEST_FAST_PATH=0: aiohttp's server answers everything (see conftest.py).
+    "server": {"fast_path": os.environ.get("AUTHPROXY_TEST_FAST_PATH", "1") != "0"},
 }
 
 

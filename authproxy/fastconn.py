@@ -1,0 +1,287 @@
+"""The lean HTTP/1.1 front end: one client connection, serving the hot path itself.
+
+Why: issue 6 measured aiohttp's server and its request objects at more than half of the
+time of a proxied request. Most proxied requests are the simplest HTTP there is: an
+HTTP/1.1 GET (or HEAD, DELETE...) without a body. For those this protocol splits the
+request head off the byte stream, parses it with llhttp (httptools, the parser aiohttp
+uses too) and hands it to fastproxy.py, answering on the socket directly.
+
+Anything else goes to aiohttp, byte for byte: this protocol hands the connection to
+aiohttp's RequestHandler (protocol.py) with every byte it has not consumed, and aiohttp
+serves that connection from then on. That covers requests with a body or ``Expect``,
+protocol upgrades, HTTP/1.0, the reserved /_authproxy/ paths, parse errors and heads that
+are near a size limit (so aiohttp's JSON 400/414/431 answers stay the only ones). Because
+a request without a body ends exactly at its blank line, the hand-off point is always
+known; pipelined requests are served one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+import structlog
+from multidict import CIMultiDict
+
+from authproxy.app import is_reserved
+from authproxy.fastproxy import answer
+
+if TYPE_CHECKING:
+    from authproxy.protocol import GuardedServer
+
+log = structlog.get_logger(__name__)
+
+_END_OF_HEAD = b"\r\n\r\n"
+# A head still incomplete at this size goes to aiohttp, which applies the real limits.
+_MAX_HEAD_BUFFER = 64 * 1024
+# Bytes buffered behind a request in progress before we stop reading the socket.
+_MAX_PIPELINE_BUFFER = 256 * 1024
+# Headers that make a request something other than a bodiless one (or ask for a reply we
+# leave to aiohttp): seen in a head, the connection is handed over.
+_NOT_SIMPLE = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+# Keep clear of aiohttp's exact limits: a head near one is aiohttp's to judge.
+_LIMIT_MARGIN = 32
+
+
+class FastRequest:
+    """A parsed bodiless request: what fastproxy needs, nothing more."""
+
+    __slots__ = ("headers", "keep_alive", "method", "target")
+
+    def __init__(self, method: str, target: str, headers: CIMultiDict[str],
+                 keep_alive: bool) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.keep_alive = keep_alive
+
+
+class _Head:
+    """httptools callbacks for one request head; ``simple`` turns False on anything odd."""
+
+    __slots__ = ("complete", "fields", "keep_alive", "max_field", "max_fields", "max_url",
+                 "method", "parser", "simple", "url", "version")
+
+    def __init__(self, max_url: int, max_field: int, max_fields: int) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.method = self.version = ""
+        self.keep_alive = False
+        self.url = b""
+        self.fields: list[tuple[str, str]] = []
+        self.simple = True
+        self.complete = False
+        self.max_url, self.max_field, self.max_fields = max_url, max_field, max_fields
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.max_url:
+            self.simple = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if (len(name) > self.max_field or len(value) > self.max_field
+                or len(self.fields) >= self.max_fields or name.lower() in _NOT_SIMPLE):
+            self.simple = False
+        # As aiohttp decodes them: names latin-1, values UTF-8 keeping any stray byte.
+        self.fields.append((name.decode("latin-1"),
+                            value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        # Read here: llhttp forgets them once the message is complete.
+        parser = self.parser
+        self.method = parser.get_method().decode("ascii")
+        self.version = parser.get_http_version()
+        self.keep_alive = parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class FastConnection(asyncio.Protocol):
+    """One client connection on the fast path (see the module docstring)."""
+
+    def __init__(self, server: GuardedServer) -> None:
+        self._server = server
+        self.app = server.app
+        self._loop = asyncio.get_running_loop()
+        cfg = server.guard
+        self._limits = (cfg.max_url_bytes - _LIMIT_MARGIN, cfg.max_header_bytes - _LIMIT_MARGIN,
+                        cfg.max_headers - 1)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._buffer = bytearray()
+        self.busy = False  # a request is being answered
+        self.closing = False  # close once the answer in progress is out
+        self.task: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._served = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._server.open_connections() >= self._server.guard.max_connections:
+            log.warning("connection_refused_over_limit",
+                        limit=self._server.guard.max_connections)
+            transport.close()
+            return
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self._server.fast_connections.add(self)
+        self._set_timer(self._server.guard.header_timeout, self._head_late)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self.busy:
+            self._next_request()
+        elif len(self._buffer) > _MAX_PIPELINE_BUFFER and self.transport is not None:
+            self.transport.pause_reading()
+            self._reading_paused = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._server.fast_connections.discard(self)
+        self._cancel_timer()
+        self.transport = None
+        self._wake_writer(ConnectionResetError("client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writer(None)
+
+    # -- request framing
+    def _next_request(self) -> None:
+        """Serve the next complete request in the buffer, or hand the connection over."""
+        if self.transport is None:
+            return
+        buffer = self._buffer
+        end = buffer.find(_END_OF_HEAD)
+        if end < 0:
+            # A bare LF line ending never makes our blank line: aiohttp refuses it (400).
+            if (len(buffer) > _MAX_HEAD_BUFFER
+                    or buffer.count(b"\n") != buffer.count(b"\r\n")):
+                self._hand_off()
+            return
+        request = self._parse(bytes(buffer[:end + 4]))
+        if request is None:
+            self._hand_off()
+            return
+        del buffer[:end + 4]
+        self._cancel_timer()
+        self._served += 1
+        self.busy = True
+        # A fresh context: no log field of an earlier request (or of startup) can leak in.
+        self.task = self._loop.create_task(self._serve(request), context=contextvars.Context())
+
+    def _parse(self, head: bytes) -> FastRequest | None:
+        """The request in ``head``, or None when it is not ours to serve."""
+        sink = _Head(*self._limits)
+        try:
+            sink.parser.feed_data(head)
+        except httptools.HttpParserError:  # upgrades (CONNECT too) and invalid heads
+            return None
+        if not (sink.complete and sink.simple) or sink.version != "1.1":
+            return None
+        target = sink.url.decode("utf-8", "surrogateescape")
+        headers = CIMultiDict(sink.fields)
+        if not target.startswith("/") or is_reserved(target) or "Host" not in headers:
+            return None
+        return FastRequest(sink.method, target, headers, sink.keep_alive)
+
+    async def _serve(self, request: FastRequest) -> None:
+        keep_alive = False
+        try:
+            keep_alive = await answer(self, request)
+        finally:
+            self.busy = False
+            self.task = None
+            self._after_answer(keep_alive)
+
+    def _after_answer(self, keep_alive: bool) -> None:
+        if self.transport is None:
+            return
+        if not keep_alive or self.closing:
+            self.transport.close()
+            return
+        if self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+        if self._buffer:
+            self._next_request()
+        if not self.busy and self.transport is not None:
+            self._set_timer(self._server.guard.idle_timeout, self._idle_too_long)
+
+    def _hand_off(self) -> None:
+        """Give this connection and every unconsumed byte to aiohttp's request handler."""
+        transport = self.transport
+        if transport is None:
+            return
+        self._server.fast_connections.discard(self)
+        self._cancel_timer()
+        self.transport = None
+        handler = self._server.aiohttp_handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._reading_paused:
+            transport.resume_reading()
+        data, self._buffer = bytes(self._buffer), bytearray()
+        if data:
+            handler.data_received(data)
+
+    # -- timers
+    def _set_timer(self, seconds: float, callback: Any) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(seconds, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_late(self) -> None:
+        self._timer = None
+        if self._served == 0:
+            log.info("request_head_timeout", timeout=self._server.guard.header_timeout)
+        self.close()
+
+    def _idle_too_long(self) -> None:
+        self._timer = None
+        self.close()
+
+    # -- used by fastproxy and the server
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("client closed the connection")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the client reads slower than we write (flow control)."""
+        if self.transport is None:
+            raise ConnectionResetError("client closed the connection")
+        if self._writing_paused:
+            self._write_waiter = self._loop.create_future()
+            await self._write_waiter
+
+    def _wake_writer(self, error: BaseException | None) -> None:
+        waiter, self._write_waiter = self._write_waiter, None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Close now if idle; otherwise once the answer in progress has been written."""
+        self.closing = True
+        if not self.busy and self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,215 @@
+"""The proxy hop for requests the fast front end parsed (fastconn.py): gate, forward, answer.
+
+The same decisions as proxy.py (they live in gate.py) and the same answers: error bodies
+come from httperrors, the access line and log context are log.py's, headers are framed
+the way aiohttp frames them. Only the writing differs: straight to the socket.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Final
+
+import structlog
+from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time, should_remove_content_length
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web import Response
+
+from authproxy import gate
+from authproxy.appkeys import METRICS, STRIP_PREFIXES, TRANSPORT
+from authproxy.errors import TooManyRequests
+from authproxy.headers import (
+    HOP_BY_HOP,
+    X_REQUEST_ID,
+    client_response_headers,
+    connection_tokens,
+    request_id_from,
+    upstream_request_headers,
+)
+from authproxy.httperrors import error_response, json_error
+from authproxy.log import CLIENT_CLOSED_REQUEST, INTERNAL_ERROR_MESSAGE
+from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from authproxy.fastconn import FastConnection, FastRequest
+
+log = structlog.get_logger(__name__)
+
+
+
+async def answer(conn: FastConnection, request: FastRequest) -> bool:
+    """Answer one request on ``conn``; whether the connection may carry another one.
+
+    Mirrors log.request_context: request id, log context, access line, and a JSON answer
+    for every error (500 for the unexpected), so the daemon keeps serving.
+    """
+    started = time.perf_counter()
+    request_id = request_id_from(request.headers.get(X_REQUEST_ID))
+    # No clear_contextvars(): fastconn runs each request in a task with a fresh context.
+    structlog.contextvars.bind_contextvars(
+        request_id=request_id, method=request.method,
+        path=request.target.split("?", 1)[0])
+    keep_alive = request.keep_alive and not conn.closing
+    try:
+        status = await _proxy(conn, request, request_id, keep_alive)
+    except ConnectionError:
+        log.info("client_disconnected")
+        status, keep_alive = CLIENT_CLOSED_REQUEST, False
+    except Exception as exc:  # the one catch-all, as in log.py
+        response = error_response(exc)
+        if response is None:
+            log.error("unhandled_error", exc_info=True)
+            response = json_error(500, "internal_error", INTERNAL_ERROR_MESSAGE)
+        status = response.status
+        try:
+            _write_response(conn, request, response, request_id, keep_alive)
+        except ConnectionError:
+            status, keep_alive = CLIENT_CLOSED_REQUEST, False
+    log.info("request", status=status,
+             duration_ms=round((time.perf_counter() - started) * 1000, 3), remote=conn.peer)
+    return keep_alive
+
+
+async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
+                 keep_alive: bool) -> int:
+    """Gate and forward; the status sent. Raises what the error table maps."""
+    refusal = gate.refuse_target(request.target)
+    if refusal is not None:
+        _write_response(conn, request, refusal, request_id, keep_alive)
+        return refusal.status
+    app = conn.app
+    headers = request.headers
+    principal = await gate.authenticate(app, conn.peer, headers)
+    structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
+    metrics = app[METRICS]
+    outcome, status = "allowed", "502"
+    try:
+        rate_headers = gate.take_rate(app, principal)
+        who = gate.identity(app, principal, peer=conn.peer, headers=headers, scheme="http",
+                            host=headers["Host"], request_id=request_id)
+        up_headers = upstream_request_headers(headers.items(), who,
+                                              headers.getall("Connection", []),
+                                              app[STRIP_PREFIXES])
+        sent = time.perf_counter()
+        started = False
+        try:
+            async with app[TRANSPORT].request(request.method, request.target, up_headers,
+                                              None) as up:
+                metrics.upstream_seconds.observe(time.perf_counter() - sent)
+                status = str(up.status)
+                head, chunked = _head(request, up.status, up.reason, up.headers,
+                                      rate_headers, request_id, keep_alive)
+                started = True
+                whole = up.take_whole_body() if up.take_whole_body is not None else None
+                if whole is not None:  # the common small answer: one write
+                    conn.write(head + _framed(whole, chunked, last=True))
+                    return up.status
+                conn.write(head)
+                async for chunk in up.body:
+                    if chunk:
+                        conn.write(_framed(chunk, chunked, last=False))
+                        await conn.drain()
+                if chunked:
+                    conn.write(b"0\r\n\r\n")
+        except (UpstreamTimeout, UpstreamUnavailable) as exc:
+            if not started:
+                kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
+                metrics.upstream_errors.labels(kind=kind).inc()
+                log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
+                status = "504" if isinstance(exc, UpstreamTimeout) else "502"
+                raise
+            metrics.upstream_errors.labels(kind="aborted_mid_stream").inc()
+            # Headers are out: cut the connection, so the client sees a truncated body
+            # instead of a complete-looking one.
+            log.warning("upstream_stream_aborted", error=type(exc).__name__, detail=str(exc))
+            conn.abort()
+        return int(status)
+    except TooManyRequests:
+        outcome, status = "rate_limited", "429"
+        raise
+    finally:
+        metrics.count_request(outcome, status)
+
+
+def _framed(data: bytes, chunked: bool, *, last: bool) -> bytes:
+    if not chunked:
+        return data
+    framed = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+    return framed + b"0\r\n\r\n" if last else framed
+
+
+# Upstream response header names _head treats specially, by lower-cased name.
+_DROP, _CONNECTION, _LENGTH, _TYPE, _DATE, _SERVER = range(6)
+_SPECIAL: Final = {**dict.fromkeys(HOP_BY_HOP - {"connection"}, _DROP),
+                   "connection": _CONNECTION, "x-request-id": _DROP,
+                   "content-length": _LENGTH, "content-type": _TYPE, "date": _DATE,
+                   "server": _SERVER}
+_SERVER_LINE: Final = f"Server: {SERVER_SOFTWARE}"
+
+
+def _head(request: FastRequest, status: int, reason: str, upstream: Iterable[tuple[str, str]],
+          extra: Mapping[str, str], request_id: str, keep_alive: bool) -> tuple[bytes, bool]:
+    """Status line and headers, framed as aiohttp frames them; and whether chunked.
+
+    One pass over the upstream's headers drops hop-by-hop ones (headers.py's rule) and
+    notes the framing ones; this runs on every request.
+    """
+    method = request.method
+    empty = must_be_empty_body(method, status)
+    overridden = {name.lower() for name in extra} if extra else None
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    length: str | None = None
+    has_type = has_date = has_server = False
+    for name, value in upstream:
+        lower = name.lower()
+        kind = _SPECIAL.get(lower)
+        if kind is not None:
+            if kind == _DROP:
+                continue
+            if kind == _CONNECTION:
+                if connection_tokens([value]) - HOP_BY_HOP - {"close"}:
+                    # Rare: the upstream's Connection header names more headers to drop.
+                    return _head(request, status, reason, client_response_headers(upstream),
+                                 extra, request_id, keep_alive)
+                continue
+            if kind == _LENGTH:
+                if empty and should_remove_content_length(method, status):
+                    continue
+                length = value.strip()
+            elif kind == _TYPE:
+                has_type = True
+            elif kind == _DATE:
+                has_date = True
+            else:
+                has_server = True
+        if overridden is not None and lower in overridden:
+            continue
+        lines.append(f"{name}: {value}")
+    if extra:
+        lines.extend(f"{name}: {value}" for name, value in extra.items())
+    lines.append(f"X-Request-Id: {request_id}")
+    chunked = not empty and length is None
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    if not empty and length != "0" and not has_type:
+        lines.append("Content-Type: application/octet-stream")
+    if not has_date:
+        lines.append(f"Date: {rfc822_formatted_time()}")
+    if not has_server:
+        lines.append(_SERVER_LINE)
+    if not keep_alive:
+        lines.append("Connection: close")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), chunked
+
+
+def _write_response(conn: FastConnection, request: FastRequest, response: Response,
+                    request_id: str, keep_alive: bool) -> None:
+    """Send one of our own complete answers (errors, refusals)."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    headers = [(name, value) for name, value in response.headers.items()]
+    headers.append(("Content-Length", str(len(body))))
+    head, _ = _head(request, response.status, response.reason, headers, {}, request_id,
+                    keep_alive)
+    conn.write(head if must_be_empty_body(request.method, response.status) else head + body)

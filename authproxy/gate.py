@@ -1,0 +1,107 @@
+"""What every proxied request passes before it may go upstream, whichever server parsed it.
+
+Both front ends use these: proxy.py (aiohttp's server: requests with a body, HTTP/1.0,
+anything unusual) and fastpath.py (bodiless HTTP/1.1 requests, the hot path). Inputs are
+plain values, so the two cannot drift apart in what they allow.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import structlog
+from aiohttp import web
+from multidict import MultiMapping
+
+from authproxy.appkeys import (
+    AUTHENTICATOR,
+    CONFIG,
+    FAILURES,
+    KEY_LIMITS,
+    METRICS,
+    TRUSTED_PROXIES,
+)
+from authproxy.auth import Principal
+from authproxy.errors import AuthError, MissingKey, Overloaded, StoreUnavailable, TooManyRequests
+from authproxy.headers import Identity, client_address, forwarded_values
+from authproxy.httperrors import json_error
+from authproxy.keys import KEY_PREFIX, KEY_REGEX
+from authproxy.ratelimit import seconds_header
+
+log = structlog.get_logger(__name__)
+
+BAD_TARGET_MESSAGE = "The request target must be an absolute path ('/...')."
+TOO_MANY_FAILURES_MESSAGE = "Too many refused keys from this address; retry later."
+RATE_LIMITED_MESSAGE = "This key's request rate limit is exhausted; retry later."
+KEY_IN_QUERY_MESSAGE = ("API keys belong in the Authorization header, never in the URL, "
+                        "where logs and browser histories keep them.")
+# Anything that looks like one of our keys, anywhere in the query string.
+_KEY_IN_QUERY = re.compile(KEY_REGEX)
+
+
+def refuse_target(raw_path: str) -> web.Response | None:
+    """A 400 for a target we never forward (not origin-form, or a key in the query)."""
+    if not raw_path.startswith("/"):
+        return json_error(400, "bad_request_target", BAD_TARGET_MESSAGE)
+    if KEY_PREFIX in raw_path and _KEY_IN_QUERY.search(raw_path.partition("?")[2]):
+        log.info("key_in_query_refused")
+        return json_error(400, "key_in_query", KEY_IN_QUERY_MESSAGE)
+    return None
+
+
+async def authenticate(app: web.Application, peer: str,
+                       headers: MultiMapping[str]) -> Principal:
+    """The key's Principal; refusals are counted per client and may turn into 429s."""
+    metrics, failures = app[METRICS], app[FAILURES]
+    client = client_address(peer, headers, app[TRUSTED_PROXIES])
+    wait = failures.retry_after(client)
+    if wait is not None:
+        log.info("client_throttled", client=client)
+        metrics.count_request("throttled", "429")
+        raise TooManyRequests("too_many_failures", TOO_MANY_FAILURES_MESSAGE,
+                              {"Retry-After": seconds_header(wait)})
+    started = time.perf_counter()
+    try:
+        return await app[AUTHENTICATOR].authenticate(headers.getall("Authorization", []))
+    except AuthError as exc:
+        log.info("auth_refused", reason=exc.reason, detail=str(exc))
+        metrics.count_request(exc.reason, "401")
+        if not isinstance(exc, MissingKey):
+            failures.record_failure(client)
+        raise
+    except (StoreUnavailable, Overloaded) as exc:
+        log.warning("auth_unavailable", error=str(exc))
+        metrics.count_request(
+            "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503")
+        raise
+    finally:
+        metrics.auth_seconds.observe(time.perf_counter() - started)
+
+
+def take_rate(app: web.Application, principal: Principal) -> dict[str, str]:
+    """Apply the key's token bucket; the RateLimit-* headers for the answer, or 429."""
+    limits = app[CONFIG].limits
+    rate = principal.rate_limit or limits.key_rate_per_second
+    if rate <= 0:
+        return {}
+    decision = app[KEY_LIMITS].take(principal.key_id, rate)
+    headers = {"RateLimit-Limit": str(decision.limit),
+               "RateLimit-Remaining": str(decision.remaining),
+               "RateLimit-Reset": seconds_header(decision.reset),
+               "RateLimit-Policy": f"{decision.limit};w={seconds_header(limits.key_burst_seconds)}"}
+    if not decision.allowed:
+        raise TooManyRequests("rate_limited", RATE_LIMITED_MESSAGE,
+                              {**headers, "Retry-After": seconds_header(decision.retry_after)})
+    return headers
+
+
+def identity(app: web.Application, principal: Principal, *, peer: str,
+             headers: MultiMapping[str], scheme: str, host: str,
+             request_id: str) -> Identity:
+    """Who the upstream is told is calling, and from where."""
+    chain, scheme, host = forwarded_values(peer=peer, headers=headers, scheme=scheme,
+                                           host=host, trusted=app[TRUSTED_PROXIES])
+    return Identity(space_id=principal.space_id, key_id=principal.key_id,
+                    key_prefix=principal.prefix, request_id=request_id, client_ip=chain,
+                    scheme=scheme, host=host)

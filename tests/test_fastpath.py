@@ -1,0 +1,249 @@
+"""The lean front end (fastconn.py, fastproxy.py) against the real daemon stack.
+
+Every test in the suite goes through it already (conftest's DaemonTestServer); these pin
+down what only a hand-written HTTP/1.1 front end can get wrong: pipelining, the hand-off
+to aiohttp in the middle of a connection, framing of answers, timers, and sameness with
+aiohttp's answers (``server.fast_path: false``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httptools
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import AppClient, Upstream, new_key
+
+Client = TestClient[Any, Any]
+
+
+class Answer:
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+class _Collector:
+    """httptools callbacks splitting a byte stream into answers."""
+
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []
+        self.done: list[Answer] = []
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self.answers.append(Answer())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.answers[-1].headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.answers[-1].status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.answers[-1].body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append(self.answers[-1])
+
+
+async def exchange(client: Client, payload: bytes, expect: int,
+                   head_only: bool = False, timeout: float = 10.0) -> list[Answer]:
+    """Write ``payload`` on one connection; read until ``expect`` complete answers."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    collector = _Collector()
+    try:
+        writer.write(payload)
+        while len(collector.done) < expect:
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            if not data:
+                break
+            if head_only and b"\r\n\r\n" in data:  # HEAD answers carry no body
+                collector.parser.feed_data(data)
+                break
+            collector.parser.feed_data(data)
+    finally:
+        writer.close()
+    return collector.answers if head_only else collector.done
+
+
+def request(method: str, target: str, key: str | None = None, *extra: str,
+            close: bool = False, body: bytes | None = None) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: proxy.test"]
+    if key is not None:
+        lines.append(f"Authorization: Bearer {key}")
+    lines += extra
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+class TestPipelining:
+    async def test_pipelined_requests_answered_in_order(self, client: Client,
+                                                        upstream: Upstream) -> None:
+        created = await new_key(client)
+        payload = b"".join(request("GET", f"/item/{n}", created.key) for n in range(5))
+        answers = await exchange(client, payload, expect=5)
+        assert [a.status for a in answers] == [200] * 5
+        assert [a.body.count(f"/item/{n}".encode()) for n, a in enumerate(answers)] == [1] * 5
+        assert len({a.header("X-Request-Id") for a in answers}) == 5
+        assert [r.raw_path for r in upstream.requests] == [f"/item/{n}" for n in range(5)]
+
+    async def test_head_split_into_single_bytes(self, client: Client) -> None:
+        created = await new_key(client)
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        for byte in request("GET", "/slowly", created.key, close=True):
+            writer.write(bytes([byte]))
+            await writer.drain()
+        data = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"/slowly" in data
+
+
+class TestHandOff:
+    async def test_body_then_bodiless_on_one_connection(self, client: Client,
+                                                        upstream: Upstream) -> None:
+        """A request with a body moves the connection to aiohttp; all three are answered,
+        bodies intact, in order."""
+        created = await new_key(client)
+        payload = (request("GET", "/first", created.key)
+                   + request("POST", "/upload", created.key, body=b"x" * 1000)
+                   + request("GET", "/third", created.key))
+        answers = await exchange(client, payload, expect=3)
+        assert [a.status for a in answers] == [200, 200, 200]
+        assert b'"size": 1000' in answers[1].body
+        assert [r.raw_path for r in upstream.requests] == ["/first", "/upload", "/third"]
+
+    async def test_admin_path_after_proxied_request(self, client: Client) -> None:
+        created = await new_key(client)
+        payload = (request("GET", "/data", created.key)
+                   + request("GET", "/_authproxy/healthz"))
+        answers = await exchange(client, payload, expect=2)
+        assert [a.status for a in answers] == [200, 200]
+        assert b'"status": "ok"' in answers[1].body
+
+    async def test_http10_is_served_by_aiohttp(self, client: Client) -> None:
+        created = await new_key(client)
+        payload = (f"GET /old HTTP/1.0\r\nHost: h\r\nAuthorization: Bearer {created.key}"
+                   "\r\n\r\n").encode()
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(payload)
+        data = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+        assert data.startswith(b"HTTP/1.0 200 OK\r\n")
+
+    async def test_malformed_head_gets_aiohttps_json_400(self, client: Client) -> None:
+        answers = await exchange(client, b"GET /x HTTP/1.1\r\nHost: h\r\nBad Header: v\r\n\r\n",
+                                 expect=1)
+        assert answers[0].status == 400
+        assert b'"code": "bad_request"' in answers[0].body
+
+
+class TestFraming:
+    async def test_chunked_upstream_answer_is_rechunked(self, client: Client) -> None:
+        created = await new_key(client)
+        answers = await exchange(client, request("GET", "/bytes/300000", created.key),
+                                 expect=1)
+        assert answers[0].status == 200
+        assert answers[0].header("Transfer-Encoding") == "chunked"
+        assert answers[0].body == b"x" * 300000
+
+    async def test_head_keeps_length_and_sends_no_body(self, client: Client) -> None:
+        created = await new_key(client)
+        payload = request("HEAD", "/anything", created.key) + request("GET", "/next",
+                                                                      created.key)
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(payload)
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
+            data += await asyncio.wait_for(reader.read(65536), 10)
+        writer.close()
+        first, _, rest = data.partition(b"\r\n\r\n")
+        assert b"Content-Length:" in first and rest.startswith(b"HTTP/1.1 200 OK")
+
+    async def test_connection_close_is_honoured(self, client: Client) -> None:
+        created = await new_key(client)
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(request("GET", "/bye", created.key, close=True))
+        data = await asyncio.wait_for(reader.read(-1), 10)  # EOF: the server closed
+        writer.close()
+        assert b"Connection: close\r\n" in data
+
+    async def test_upstream_connection_header_names_are_dropped(self, client: Client) -> None:
+        created = await new_key(client)
+        answer = (await exchange(client, request("GET", "/hop", created.key), expect=1))[0]
+        assert answer.header("X-Kept") == "yes"
+        assert answer.header("X-Upstream-Private") is None
+        assert answer.header("Keep-Alive") is None and answer.header("Connection") is None
+
+
+class TestTimers:
+    async def test_idle_keep_alive_connection_is_closed(self, app_client: AppClient) -> None:
+        client = await app_client(server={"idle_timeout": 0.3})
+        created = await new_key(client)
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(request("GET", "/once", created.key))
+        first = await asyncio.wait_for(reader.read(65536), 5)
+        assert first.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after 0.3 s idle
+        writer.close()
+
+    async def test_slow_first_head_is_cut(self, app_client: AppClient) -> None:
+        client = await app_client(server={"header_timeout": 0.3})
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(b"GET /never-finished HTTP/1.1\r\nHost: h\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+# Requests whose answers must not depend on which front end parsed them.
+SAMENESS = {
+    "ok": lambda key: request("GET", "/same?x=1", key, close=True),
+    "missing key": lambda key: request("GET", "/same", None, close=True),
+    "wrong key": lambda key: request("GET", "/same", key[:-4] + "AAAA", close=True),
+    "key in query": lambda key: request("GET", f"/same?k={key}", key, close=True),
+    "head": lambda key: request("HEAD", "/same", key, close=True),
+    "upstream status": lambda key: request("GET", "/status/418", key, close=True),
+    "redirect": lambda key: request("GET", "/redirect", key, close=True),
+    "hop-by-hop": lambda key: request("GET", "/hop", key, close=True),
+    "gzip untouched": lambda key: request("GET", "/gzip", key, "Accept-Encoding: gzip",
+                                          close=True),
+}
+_VARYING = {"date", "x-request-id"}
+# In the upstream's echo of what it received: differs per key and per request.
+_ECHO_VARYING = {"x-request-id", "x-api-key-id", "x-api-key-prefix"}
+
+
+def _normalized(body: bytes) -> Any:
+    try:
+        echoed = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(echoed, dict) and "headers" in echoed:
+        echoed["headers"] = [[k, "<varies>" if k.lower() in _ECHO_VARYING else v]
+                             for k, v in echoed["headers"]]
+    return echoed
+
+
+@pytest.mark.parametrize("case", sorted(SAMENESS))
+async def test_same_answer_as_aiohttp(app_client: AppClient, case: str) -> None:
+    """Status, headers (but Date and the request id) and body match aiohttp's answer."""
+    seen = []
+    for fast in (True, False):
+        client = await app_client(server={"fast_path": fast})
+        created = await new_key(client)
+        answer = (await exchange(client, SAMENESS[case](created.key), expect=1,
+                                 head_only=case == "head"))[0]
+        headers = sorted((k.lower(), v) for k, v in answer.headers if k.lower() not in _VARYING)
+        seen.append((answer.status, headers, _normalized(answer.body)))
+    assert seen[0] == seen[1]
