@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-import httptools
 import structlog
-from multidict import CIMultiDict
 
-from authproxy.app import is_reserved
+from authproxy.fasthead import FastRequest, HeadLimits, parse_head
 from authproxy.fastproxy import answer
 
 if TYPE_CHECKING:
@@ -38,66 +36,6 @@ _END_OF_HEAD = b"\r\n\r\n"
 _MAX_HEAD_BUFFER = 64 * 1024
 # Bytes buffered behind a request in progress before we stop reading the socket.
 _MAX_PIPELINE_BUFFER = 256 * 1024
-# Headers that make a request something other than a bodiless one (or ask for a reply we
-# leave to aiohttp): seen in a head, the connection is handed over.
-_NOT_SIMPLE = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
-# Keep clear of aiohttp's exact limits: a head near one is aiohttp's to judge.
-_LIMIT_MARGIN = 32
-
-
-class FastRequest:
-    """A parsed bodiless request: what fastproxy needs, nothing more."""
-
-    __slots__ = ("headers", "keep_alive", "method", "target")
-
-    def __init__(self, method: str, target: str, headers: CIMultiDict[str],
-                 keep_alive: bool) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.keep_alive = keep_alive
-
-
-class _Head:
-    """httptools callbacks for one request head; ``simple`` turns False on anything odd."""
-
-    __slots__ = ("complete", "fields", "keep_alive", "max_field", "max_fields", "max_url",
-                 "method", "parser", "simple", "url", "version")
-
-    def __init__(self, max_url: int, max_field: int, max_fields: int) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.method = self.version = ""
-        self.keep_alive = False
-        self.url = b""
-        self.fields: list[tuple[str, str]] = []
-        self.simple = True
-        self.complete = False
-        self.max_url, self.max_field, self.max_fields = max_url, max_field, max_fields
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.max_url:
-            self.simple = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if (len(name) > self.max_field or len(value) > self.max_field
-                or len(self.fields) >= self.max_fields or name.lower() in _NOT_SIMPLE):
-            self.simple = False
-        # As aiohttp decodes them: names latin-1, values UTF-8 keeping any stray byte.
-        self.fields.append((name.decode("latin-1"),
-                            value.decode("utf-8", "surrogateescape")))
-
-    def on_headers_complete(self) -> None:
-        # Read here: llhttp forgets them once the message is complete.
-        parser = self.parser
-        self.method = parser.get_method().decode("ascii")
-        self.version = parser.get_http_version()
-        self.keep_alive = parser.should_keep_alive()
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
 class FastConnection(asyncio.Protocol):
     """One client connection on the fast path (see the module docstring)."""
 
@@ -106,8 +44,8 @@ class FastConnection(asyncio.Protocol):
         self.app = server.app
         self._loop = asyncio.get_running_loop()
         cfg = server.guard
-        self._limits = (cfg.max_url_bytes - _LIMIT_MARGIN, cfg.max_header_bytes - _LIMIT_MARGIN,
-                        cfg.max_headers - 1)
+        self._limits = HeadLimits.near(cfg.max_url_bytes, cfg.max_header_bytes,
+                                       cfg.max_headers)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self._buffer = bytearray()
@@ -118,7 +56,10 @@ class FastConnection(asyncio.Protocol):
         self._write_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._served = 0
+        # One lazy timer per connection (see _on_timer) instead of a new one per request:
+        # creating and cancelling a loop timer cost more than the rest of the framing.
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,7 +73,7 @@ class FastConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         self._server.fast_connections.add(self)
-        self._set_timer(self._server.guard.header_timeout, self._head_late)
+        self._timer = self._loop.call_later(self._server.guard.header_timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -168,31 +109,15 @@ class FastConnection(asyncio.Protocol):
                     or buffer.count(b"\n") != buffer.count(b"\r\n")):
                 self._hand_off()
             return
-        request = self._parse(bytes(buffer[:end + 4]))
+        request = parse_head(bytes(buffer[:end + 4]), self._limits)
         if request is None:
             self._hand_off()
             return
         del buffer[:end + 4]
-        self._cancel_timer()
         self._served += 1
         self.busy = True
         # A fresh context: no log field of an earlier request (or of startup) can leak in.
         self.task = self._loop.create_task(self._serve(request), context=contextvars.Context())
-
-    def _parse(self, head: bytes) -> FastRequest | None:
-        """The request in ``head``, or None when it is not ours to serve."""
-        sink = _Head(*self._limits)
-        try:
-            sink.parser.feed_data(head)
-        except httptools.HttpParserError:  # upgrades (CONNECT too) and invalid heads
-            return None
-        if not (sink.complete and sink.simple) or sink.version != "1.1":
-            return None
-        target = sink.url.decode("utf-8", "surrogateescape")
-        headers = CIMultiDict(sink.fields)
-        if not target.startswith("/") or is_reserved(target) or "Host" not in headers:
-            return None
-        return FastRequest(sink.method, target, headers, sink.keep_alive)
 
     async def _serve(self, request: FastRequest) -> None:
         keep_alive = False
@@ -214,8 +139,13 @@ class FastConnection(asyncio.Protocol):
             self._reading_paused = False
         if self._buffer:
             self._next_request()
-        if not self.busy and self.transport is not None:
-            self._set_timer(self._server.guard.idle_timeout, self._idle_too_long)
+        now = self._idle_since = self._loop.time()
+        idle_deadline = now + self._server.guard.idle_timeout
+        if self._timer is None or self._timer.when() > idle_deadline:
+            # Only after the first answer (the head timer may be due later) or a hand-back
+            # from busy: in steady state the armed timer is due sooner and re-arms itself.
+            self._cancel_timer()
+            self._timer = self._loop.call_at(idle_deadline, self._on_timer)
 
     def _hand_off(self) -> None:
         """Give this connection and every unconsumed byte to aiohttp's request handler."""
@@ -235,24 +165,26 @@ class FastConnection(asyncio.Protocol):
             handler.data_received(data)
 
     # -- timers
-    def _set_timer(self, seconds: float, callback: Any) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(seconds, callback)
-
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _head_late(self) -> None:
+    def _on_timer(self) -> None:
+        """Before the first request: the head timeout. Then: the idle timeout, counted
+        from the end of the last answer; re-armed for what is left while in use."""
         self._timer = None
+        guard = self._server.guard
         if self._served == 0:
-            log.info("request_head_timeout", timeout=self._server.guard.header_timeout)
-        self.close()
-
-    def _idle_too_long(self) -> None:
-        self._timer = None
-        self.close()
+            log.info("request_head_timeout", timeout=guard.header_timeout)
+            self.close()
+            return
+        idle = self._loop.time() - self._idle_since
+        if not self.busy and idle >= guard.idle_timeout:
+            self.close()
+            return
+        left = guard.idle_timeout if self.busy else guard.idle_timeout - idle
+        self._timer = self._loop.call_later(left, self._on_timer)
 
     # -- used by fastproxy and the server
     def write(self, data: bytes) -> None:

@@ -32,7 +32,8 @@ from authproxy.log import CLIENT_CLOSED_REQUEST, INTERNAL_ERROR_MESSAGE
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
-    from authproxy.fastconn import FastConnection, FastRequest
+    from authproxy.fastconn import FastConnection
+    from authproxy.fasthead import FastRequest
 
 log = structlog.get_logger(__name__)
 

@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from authproxy.config import UpstreamConfig
-from authproxy.h1connection import Connection, expire
+from authproxy.h1connection import Connection
 from authproxy.upstream import UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
 
 _IDLE_SECONDS = 30.0  # below typical upstream keep-alive timeouts (nginx: 75 s)
@@ -108,9 +108,7 @@ class H1Transport:
         if body is not None:
             conn.sender = asyncio.ensure_future(self._send_body(conn, body, chunked))
             conn.sender.add_done_callback(conn.on_sender_done)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self._cfg.read_timeout, expire, conn.head,
-                                self._cfg.read_timeout)
+        conn.watch_head(self._cfg.read_timeout)
         try:
             await conn.head
         except BaseException:
@@ -119,7 +117,7 @@ class H1Transport:
                 conn.sender.cancel()
             raise
         finally:
-            timer.cancel()
+            conn.unwatch_head()
         if conn.error is not None and not conn.status:
             conn.close()
             raise conn.error

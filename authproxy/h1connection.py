@@ -27,6 +27,11 @@ class Connection(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self.sender: asyncio.Future[None] | None = None  # the request body being sent
+        # The wait for a response head: a deadline and one lazy timer per connection, not a
+        # timer per request (making and cancelling one cost more than parsing the head).
+        self._head_deadline: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timeout = 0.0
         self._reset(head_only=False)
 
     def _reset(self, *, head_only: bool) -> None:
@@ -166,6 +171,26 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
                 self._data_waiter = None
 
+    def watch_head(self, timeout: float) -> None:
+        """Fail ``head`` with UpstreamTimeout unless it arrives within ``timeout`` s."""
+        self._head_timeout = timeout
+        self._head_deadline = self._loop.time() + timeout
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_later(timeout, self._check_head_deadline)
+
+    def unwatch_head(self) -> None:
+        self._head_deadline = None
+
+    def _check_head_deadline(self) -> None:
+        self._head_timer = None
+        if self._head_deadline is None or self.closed:
+            return
+        left = self._head_deadline - self._loop.time()
+        if left <= 0:
+            expire(self.head, self._head_timeout)
+        else:
+            self._head_timer = self._loop.call_later(left, self._check_head_deadline)
+
     def take_complete_body(self) -> bytes | None:
         """The whole body if the response is already complete (then ``body`` yields
         nothing more), else None."""
@@ -187,6 +212,9 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if self.transport is not None:
             self.transport.close()
 

@@ -9,15 +9,16 @@ configs in a temp dir:
   c  nginx + auth_request to a minimal Python verifier (aiohttp on uvloop, a dict of
      sha256(key)): what a user would write in an afternoon, the comparison row
   d  authproxy, 1 worker        e  authproxy, 2 workers (serve --workers 2)
+  f  authproxy, 1 worker, server.fast_path off: aiohttp's server answers everything
 
-wrk (1 thread, 32 connections, one valid key) runs against b, c, d, e in interleaved
+wrk (1 thread, 32 connections, one valid key) runs against b, c, d, e, f in interleaved
 rounds; the table shows the median requests/s, p50 and p99 and the ratio to (c). Then:
 cold verifications per second (keys never seen, shipped argon2 parameters), the cache-hit
 cost of Authenticator.authenticate in microseconds (in process, no network), the memory of
 100,000 cached keys, and streaming MiB/s for a large download and upload through authproxy
 and through nginx.
 
-    python bench/speed.py            # 3 rounds of 10 s, 1 GiB streams: about 4.5 minutes
+    python bench/speed.py            # 3 rounds of 10 s, 1 GiB streams: about 5 minutes
     python bench/speed.py --short    # CI: 1 round of 2 s, 64 MiB streams: about 25 s
 
 Needs root the first time (apt-get install nginx wrk); installs missing PyPI packages
@@ -67,6 +68,7 @@ TARGETS = {  # wrk targets, in the order of every round
     "c": "nginx + auth_request",
     "d": "authproxy, 1 worker",
     "e": "authproxy, 2 workers",
+    "f": "authproxy, 1 w, no fast path",
 }
 AUTHPROXY_CONFIG = ("logging: {level: warning, format: json}\n"
                     "limits: {failure_threshold: 0}\n"
@@ -954,6 +956,10 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
     # -- d, e: authproxy
     d, url_d = start_authproxy(lab, "d-authproxy-1", f"http://127.0.0.1:{port_a}")
     e, url_e = start_authproxy(lab, "e-authproxy-2", f"http://127.0.0.1:{port_a}", workers=2)
+    # (f): aiohttp's server for everything (server.fast_path: false), to show what the lean
+    # front end buys in the same run.
+    f, url_f = start_authproxy(lab, "f-authproxy-aiohttp", f"http://127.0.0.1:{port_a}",
+                               server_extra=", fast_path: false")
 
     any_answer: Callable[[int], bool] = lambda status: status > 0  # noqa: E731
     wait_up(lab, a, f"http://127.0.0.1:{port_a}/", any_answer)
@@ -962,9 +968,11 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
     wait_up(lab, c, f"http://127.0.0.1:{port_c}/", any_answer)
     wait_up(lab, d, url_d + "/_authproxy/readyz", lambda s: s == 200)
     wait_up(lab, e, url_e + "/_authproxy/readyz", lambda s: s == 200)
+    wait_up(lab, f, url_f + "/_authproxy/readyz", lambda s: s == 200)
     urls = {"b": f"http://127.0.0.1:{port_b}/api/v1/points",
             "c": f"http://127.0.0.1:{port_c}/api/v1/points",
-            "d": url_d + "/api/v1/points", "e": url_e + "/api/v1/points"}
+            "d": url_d + "/api/v1/points", "e": url_e + "/api/v1/points",
+            "f": url_f + "/api/v1/points"}
     for target, url in urls.items():
         status, body = http_get(url, bearer)
         if status != 200 or body.decode() != BODY:
@@ -997,11 +1005,11 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
                 if one_run.errors:
                     print(f"  {target}: {one_run.errors}")
         base = median([r.rps for r in raw["c"]])
-        print(f"\n{'target':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        print(f"\n{'target':<32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'vs nginx+auth_request':>22}")
         for target in urls:
             rps = median([r.rps for r in raw[target]])
-            print(f"{target + ' ' + TARGETS[target]:<26} {rps:9.0f} "
+            print(f"{target + ' ' + TARGETS[target]:<32} {rps:9.0f} "
                   f"{median([r.p50_ms for r in raw[target]]):8.2f} "
                   f"{median([r.p99_ms for r in raw[target]]):8.2f} {rps / base:22.2f}")
         print("(medians over rounds; the p50/p99 columns are medians of each round's "

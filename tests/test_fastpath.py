@@ -9,6 +9,7 @@ aiohttp's answers (``server.fast_path: false``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -71,8 +72,14 @@ async def exchange(client: Client, payload: bytes, expect: int,
                 break
             collector.parser.feed_data(data)
     finally:
-        writer.close()
+        await close(writer)
     return collector.answers if head_only else collector.done
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 def request(method: str, target: str, key: str | None = None, *extra: str,
@@ -106,7 +113,7 @@ class TestPipelining:
             writer.write(bytes([byte]))
             await writer.drain()
         data = await asyncio.wait_for(reader.read(-1), 10)
-        writer.close()
+        await close(writer)
         assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"/slowly" in data
 
 
@@ -139,7 +146,7 @@ class TestHandOff:
         reader, writer = await asyncio.open_connection(client.host, client.port)
         writer.write(payload)
         data = await asyncio.wait_for(reader.read(-1), 10)
-        writer.close()
+        await close(writer)
         assert data.startswith(b"HTTP/1.0 200 OK\r\n")
 
     async def test_malformed_head_gets_aiohttps_json_400(self, client: Client) -> None:
@@ -167,7 +174,7 @@ class TestFraming:
         data = b""
         while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
             data += await asyncio.wait_for(reader.read(65536), 10)
-        writer.close()
+        await close(writer)
         first, _, rest = data.partition(b"\r\n\r\n")
         assert b"Content-Length:" in first and rest.startswith(b"HTTP/1.1 200 OK")
 
@@ -176,7 +183,7 @@ class TestFraming:
         reader, writer = await asyncio.open_connection(client.host, client.port)
         writer.write(request("GET", "/bye", created.key, close=True))
         data = await asyncio.wait_for(reader.read(-1), 10)  # EOF: the server closed
-        writer.close()
+        await close(writer)
         assert b"Connection: close\r\n" in data
 
     async def test_upstream_connection_header_names_are_dropped(self, client: Client) -> None:
@@ -196,14 +203,14 @@ class TestTimers:
         first = await asyncio.wait_for(reader.read(65536), 5)
         assert first.startswith(b"HTTP/1.1 200")
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after 0.3 s idle
-        writer.close()
+        await close(writer)
 
     async def test_slow_first_head_is_cut(self, app_client: AppClient) -> None:
         client = await app_client(server={"header_timeout": 0.3})
         reader, writer = await asyncio.open_connection(client.host, client.port)
         writer.write(b"GET /never-finished HTTP/1.1\r\nHost: h\r\n")
         assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
+        await close(writer)
 
 
 # Requests whose answers must not depend on which front end parsed them.
