@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 
 import structlog
@@ -22,6 +23,17 @@ def use_uvloop() -> None:
     except ImportError:  # not on this platform: the default loop works, only slower
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive after startup out of the garbage collector's sight.
+
+    Modules, the app, pools and metrics are a few hundred thousand objects that live as
+    long as the process; every full collection walked them all, which showed as 10-20 ms
+    stalls at the 99th percentile under load (issue 6). Frozen, they are never scanned.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _graceful_exit() -> None:
@@ -53,6 +65,7 @@ async def _run(app: web.Application, cfg: Config, reuse_port: bool) -> None:
         app, guard=Guard.from_config(cfg.server),
         handle_signals=True, access_log=None, shutdown_timeout=cfg.server.shutdown_timeout)
     await runner.setup()
+    _freeze_startup_objects()
     try:
         await web.TCPSite(runner, cfg.server.host, cfg.server.port,
                           reuse_port=reuse_port).start()
