@@ -611,7 +611,7 @@ def cache_rss(entries: int) -> None:
     record for any lookup id (its secret_hash a distinct string shaped exactly like a real
     argon2id hash of the shipped parameters) and a hasher whose verify() says yes without
     spending argon2. So the cache holds what the daemon's holds after `entries` distinct
-    cold verifications: digest -> Entry(Verified(Principal, secret_hash)), plus the key-id
+    cold verifications: digest -> Entry(Verified(Principal, hash fingerprint)), plus the key-id
     index. The usage recorder's pending last_used entries are flushed every 1,000 keys, as
     the daemon's flush every usage.flush_interval would.
     """
@@ -1063,8 +1063,9 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
               f"+{fmt_bytes(filled - before)}, {(filled - before) / n:.0f} B per key; "
               f"peak (VmHWM) {fmt_bytes(result['filled']['VmHWM'])}")
         print(f"  filled by Authenticator.authenticate itself (a store that knows every key, "
-              f"no argon2): blake2b digest -> Verified(Principal, secret_hash of "
-              f"{result['hash_len']} chars like '{result['hash_head']}$…'), the key-id index; "
+              f"no argon2): blake2b digest -> Verified(Principal, fingerprint of a stored "
+              f"hash of {result['hash_len']} chars like '{result['hash_head']}$…'), the key-id "
+              f"index; "
               f"last_used flushed every {result['flush_every']:,} keys")
 
     # -- memory of a real daemon

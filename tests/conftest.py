@@ -3,6 +3,8 @@ cheap argon2, and the daemon built by create_app or started as a process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from authproxy.app import create_app
-from authproxy.appkeys import CONFIG, KEYS
+from authproxy.appkeys import CONFIG, KEYS, LISTENER
 from authproxy.audit import AuditContext
 from authproxy.config import Config, LoggingConfig, build_config
 from authproxy.keys import KeyHasher
@@ -161,7 +163,12 @@ def app_client(make_config: MakeConfig, hasher: KeyHasher,
     """app_client(cfg=None, **sections): the daemon's app on a real loopback server."""
     async def start(cfg: Config | None = None, **sections: dict[str, Any]) -> TestClient[Any, Any]:
         app = create_app(cfg or make_config(**sections), hasher=hasher)
-        return await aiohttp_client(DaemonTestServer(app))
+        client = await aiohttp_client(DaemonTestServer(app))
+        # As a load balancer waits for readyz: the revocation listener's first connect
+        # flushes the cache, and a key verified just before it would not stay cached.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(app[LISTENER].connected.wait(), 2)
+        return client
     return start
 
 
