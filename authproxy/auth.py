@@ -162,12 +162,13 @@ class Authenticator:
         Without this, N connections presenting the same new key at once (a client pool
         starting, a cache flush) pay N argon2 verifications instead of one.
         """
-        while (running := self._verifying.get(digest)) is not None:
-            await asyncio.shield(running)
-            entry = self._cache.get(digest)
-            if entry is not None:
-                return entry
-        return None
+        running = self._verifying.get(digest)
+        if running is None:
+            return None
+        await asyncio.shield(running)
+        # Once only: if the first verification cached nothing (PostgreSQL down, a revoke
+        # racing it), waiting in line again would serialise the failures; verify instead.
+        return self._cache.get(digest)
 
     async def _verify_once(self, parsed: ParsedKey, digest: bytes, now: datetime) -> Principal:
         done = self._verifying[digest] = asyncio.get_running_loop().create_future()

@@ -49,9 +49,11 @@ class FastConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self._buffer = bytearray()
+        self._scanned = 0  # bytes of _buffer already searched for the end of a head
         self.busy = False  # a request is being answered
         self.closing = False  # close once the answer in progress is out
         self.task: asyncio.Task[None] | None = None
+        self.head_sent = False  # the current answer's head is out: errors must cut, not answer
         self._reading_paused = False
         self._write_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
@@ -102,11 +104,17 @@ class FastConnection(asyncio.Protocol):
         if self.transport is None:
             return
         buffer = self._buffer
-        end = buffer.find(_END_OF_HEAD)
+        # Only bytes not yet looked at (plus the 3 before them, for a split blank line):
+        # a head trickling in one byte at a time must not be rescanned each time.
+        end = buffer.find(_END_OF_HEAD, max(0, self._scanned - 3))
         if end < 0:
+            start = self._scanned
+            if start > 0 and buffer[start - 1] == 0x0D:  # a CR whose LF is new
+                start -= 1
+            new = buffer[start:]
+            self._scanned = len(buffer)
             # A bare LF line ending never makes our blank line: aiohttp refuses it (400).
-            if (len(buffer) > _MAX_HEAD_BUFFER
-                    or buffer.count(b"\n") != buffer.count(b"\r\n")):
+            if len(buffer) > _MAX_HEAD_BUFFER or new.count(b"\n") != new.count(b"\r\n"):
                 self._hand_off()
             return
         request = parse_head(bytes(buffer[:end + 4]), self._limits)
@@ -114,8 +122,10 @@ class FastConnection(asyncio.Protocol):
             self._hand_off()
             return
         del buffer[:end + 4]
+        self._scanned = 0
         self._served += 1
         self.busy = True
+        self.head_sent = False
         # A fresh context: no log field of an earlier request (or of startup) can leak in.
         self.task = self._loop.create_task(self._serve(request), context=contextvars.Context())
 
@@ -129,8 +139,8 @@ class FastConnection(asyncio.Protocol):
             self._after_answer(keep_alive)
 
     def _after_answer(self, keep_alive: bool) -> None:
-        if self.transport is None:
-            return
+        if self.transport is None or self.transport.is_closing():
+            return  # closed or aborted (a cut stream): no pipelined request may follow
         if not keep_alive or self.closing:
             self.transport.close()
             return
@@ -139,6 +149,8 @@ class FastConnection(asyncio.Protocol):
             self._reading_paused = False
         if self._buffer:
             self._next_request()
+        if self.busy or self.transport is None:
+            return  # the next request is being served, or the connection went to aiohttp
         now = self._idle_since = self._loop.time()
         idle_deadline = now + self._server.guard.idle_timeout
         if self._timer is None or self._timer.when() > idle_deadline:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 import httptools
+from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict
 
 from authproxy.app import is_reserved
@@ -21,6 +22,8 @@ from authproxy.app import is_reserved
 # we leave to aiohttp.
 _NOT_SIMPLE: Final = frozenset({b"content-length", b"transfer-encoding", b"expect",
                                 b"upgrade"})
+# Fields RFC 9110 allows once: aiohttp refuses a repeat (400), so a repeat is aiohttp's.
+_SINGLETONS: Final = frozenset(name.encode("ascii") for name in SINGLETON_HEADERS)
 # Keep clear of aiohttp's exact limits: a head near one is aiohttp's to judge.
 _LIMIT_MARGIN: Final = 32
 
@@ -55,8 +58,8 @@ def parse_head(head: bytes, limits: HeadLimits) -> FastRequest | None:
     sink = _Head(limits)
     try:
         sink.parser.feed_data(head)
-    except httptools.HttpParserError:  # upgrades (CONNECT too) and invalid heads
-        return None
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None  # invalid heads; upgrades and CONNECT (not an HttpParserError)
     if not (sink.complete and sink.simple) or sink.version != "1.1":
         return None
     target = sink.url.decode("utf-8", "surrogateescape")
@@ -69,8 +72,8 @@ def parse_head(head: bytes, limits: HeadLimits) -> FastRequest | None:
 class _Head:
     """httptools callbacks for one request head; ``simple`` turns False on anything odd."""
 
-    __slots__ = ("complete", "fields", "keep_alive", "limits", "method", "parser", "simple",
-                 "url", "version")
+    __slots__ = ("complete", "fields", "keep_alive", "limits", "method", "parser", "seen",
+                 "simple", "url", "version")
 
     def __init__(self, limits: HeadLimits) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -81,6 +84,7 @@ class _Head:
         self.fields: list[tuple[str, str]] = []
         self.simple = True
         self.complete = False
+        self.seen: set[bytes] = set()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -89,11 +93,18 @@ class _Head:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         limits = self.limits
+        lower = name.lower()
         if (len(name) > limits.max_field or len(value) > limits.max_field
-                or len(self.fields) >= limits.max_fields or name.lower() in _NOT_SIMPLE):
+                or len(self.fields) >= limits.max_fields or lower in _NOT_SIMPLE):
             self.simple = False
-        # As aiohttp decodes them: names latin-1, values UTF-8 keeping any stray byte.
-        self.fields.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+        if lower in _SINGLETONS:
+            if lower in self.seen:
+                self.simple = False
+            self.seen.add(lower)
+        # As aiohttp takes them: llhttp leaves trailing whitespace on a value, aiohttp strips
+        # it (RFC 9110 §5.5); names latin-1, values UTF-8 keeping any stray byte.
+        self.fields.append((name.decode("latin-1"),
+                            value.rstrip(b" \t").decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         # Read here: llhttp forgets them once the message is complete.

@@ -54,22 +54,35 @@ async def answer(conn: FastConnection, request: FastRequest) -> bool:
     keep_alive = request.keep_alive and not conn.closing
     try:
         status = await _proxy(conn, request, request_id, keep_alive)
+        # Flow control: the next pipelined request waits until the client reads this one,
+        # so a client that never reads cannot make us buffer answers without limit.
+        await conn.drain()
     except ConnectionError:
         log.info("client_disconnected")
         status, keep_alive = CLIENT_CLOSED_REQUEST, False
-    except Exception as exc:  # the one catch-all, as in log.py
-        response = error_response(exc)
-        if response is None:
-            log.error("unhandled_error", exc_info=True)
-            response = json_error(500, "internal_error", INTERNAL_ERROR_MESSAGE)
-        status = response.status
-        try:
-            _write_response(conn, request, response, request_id, keep_alive)
-        except ConnectionError:
-            status, keep_alive = CLIENT_CLOSED_REQUEST, False
+    except Exception as exc:  # noqa: BLE001 - the one catch-all, as in log.py; logged there
+        status, keep_alive = await _answer_error(conn, request, exc, request_id, keep_alive)
     log.info("request", status=status,
              duration_ms=round((time.perf_counter() - started) * 1000, 3), remote=conn.peer)
     return keep_alive
+
+
+async def _answer_error(conn: FastConnection, request: FastRequest, exc: Exception,
+                        request_id: str, keep_alive: bool) -> tuple[int, bool]:
+    """Answer an error as JSON; (status, keep-alive). Once a head is out, cut instead."""
+    response = error_response(exc)
+    if response is None:
+        log.error("unhandled_error", exc_info=True)
+        response = json_error(500, "internal_error", INTERNAL_ERROR_MESSAGE)
+    if conn.head_sent:  # a second head inside a body would corrupt the stream
+        conn.abort()
+        return response.status, False
+    try:
+        _write_response(conn, request, response, request_id, keep_alive)
+        await conn.drain()
+    except ConnectionError:
+        return CLIENT_CLOSED_REQUEST, False
+    return response.status, keep_alive
 
 
 async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
@@ -101,7 +114,7 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
                 status = str(up.status)
                 head, chunked = _head(request, up.status, up.reason, up.headers,
                                       rate_headers, request_id, keep_alive)
-                started = True
+                started = conn.head_sent = True
                 whole = up.take_whole_body() if up.take_whole_body is not None else None
                 if whole is not None:  # the common small answer: one write
                     conn.write(head + _framed(whole, chunked, last=True))
@@ -213,4 +226,5 @@ def _write_response(conn: FastConnection, request: FastRequest, response: Respon
     headers.append(("Content-Length", str(len(body))))
     head, _ = _head(request, response.status, response.reason, headers, {}, request_id,
                     keep_alive)
+    conn.head_sent = True
     conn.write(head if must_be_empty_body(request.method, response.status) else head + body)

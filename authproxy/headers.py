@@ -130,6 +130,8 @@ def client_address(peer: str, headers: MultiMapping[str], trusted: Networks) -> 
 
 
 _ALWAYS_DROPPED: Final = HOP_BY_HOP | _REQUEST_ONLY
+# Forwarded under their own spelling only: a Content_Length is not the framing this hop read.
+_FRAMING: Final = frozenset({"content-length"})
 # name -> dropped?, for requests whose Connection header lists nothing (nearly all): the
 # same few names arrive on every request. Bounded; keyed with the strip prefixes in force.
 _verdicts: dict[tuple[str, tuple[str, ...]], bool] = {}
@@ -142,7 +144,8 @@ def _is_dropped(name: str, dropped: frozenset[str] | set[str],
     # Transfer_Encoding or Content_Length that this hop never interpreted.
     folded = normalized(name)
     return (name.lower() in dropped or folded in dropped or folded in _OURS
-            or folded.startswith(strip_prefixes))
+            or folded.startswith(strip_prefixes)
+            or ("_" in name and folded in _FRAMING))
 
 
 def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identity,

@@ -143,13 +143,18 @@ class GuardedServer(web.Server):
         super().pre_shutdown()
 
     async def shutdown(self, timeout: float | None = None) -> None:
-        """Give answers in progress ``timeout`` seconds, then cut what is left."""
+        """Give answers in progress ``timeout`` seconds in all, then cut what is left."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         tasks = [c.task for c in self.fast_connections if c.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            for task in late:  # stop talking to the upstream and the database too
+                task.cancel()
         for conn in list(self.fast_connections):
             conn.abort()
-        await super().shutdown(timeout)
+        left = None if deadline is None else max(0.0, deadline - loop.time())
+        await super().shutdown(left)
 
 
 class GuardedAppRunner(web.AppRunner):

@@ -31,6 +31,7 @@ import aiohttp
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+READYZ = "/_authproxy/readyz"
 HEALTHZ = "/_authproxy/healthz"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -153,6 +154,20 @@ class Daemon:
                 return int(value.split()[0])
         raise KeyError(field)
 
+    async def _wait_ready(self, session: aiohttp.ClientSession, patience: float = 3.0) -> None:
+        """Best effort, as a load balancer would: until readyz says 200 (the revocation
+        listener is up; its first connect flushes the cache), or ``patience`` runs out for
+        a daemon started without its database on purpose."""
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(self.url(READYZ)) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                pass
+            await asyncio.sleep(0.05)
+
     async def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         probe = aiohttp.ClientTimeout(total=1.0)
@@ -164,6 +179,7 @@ class Daemon:
                 try:
                     async with session.get(self.url(HEALTHZ)) as resp:
                         if resp.status == 200:
+                            await self._wait_ready(session)
                             return
                 except (aiohttp.ClientError, TimeoutError, OSError):
                     pass
