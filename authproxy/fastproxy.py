@@ -106,7 +106,6 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
                                               headers.getall("Connection", []),
                                               app[STRIP_PREFIXES])
         sent = time.perf_counter()
-        started = False
         try:
             async with app[TRANSPORT].request(request.method, request.target, up_headers,
                                               None) as up:
@@ -114,7 +113,7 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
                 status = str(up.status)
                 head, chunked = _head(request, up.status, up.reason, up.headers,
                                       rate_headers, request_id, keep_alive)
-                started = conn.head_sent = True
+                conn.head_sent = True
                 whole = up.take_whole_body() if up.take_whole_body is not None else None
                 if whole is not None:  # the common small answer: one write
                     conn.write(head + _framed(whole, chunked, last=True))
@@ -127,16 +126,10 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
                 if chunked:
                     conn.write(b"0\r\n\r\n")
         except (UpstreamTimeout, UpstreamUnavailable) as exc:
-            if not started:
-                kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
-                metrics.upstream_errors.labels(kind=kind).inc()
-                log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
+            gate.note_upstream_failure(app, exc, mid_stream=conn.head_sent)
+            if not conn.head_sent:
                 status = "504" if isinstance(exc, UpstreamTimeout) else "502"
                 raise
-            metrics.upstream_errors.labels(kind="aborted_mid_stream").inc()
-            # Headers are out: cut the connection, so the client sees a truncated body
-            # instead of a complete-looking one.
-            log.warning("upstream_stream_aborted", error=type(exc).__name__, detail=str(exc))
             conn.abort()
         return int(status)
     except TooManyRequests:

@@ -28,6 +28,7 @@ from authproxy.headers import Identity, client_address, forwarded_values
 from authproxy.httperrors import json_error
 from authproxy.keys import KEY_PREFIX, KEY_REGEX
 from authproxy.ratelimit import seconds_header
+from authproxy.upstream import UpstreamTimeout
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +95,20 @@ def take_rate(app: web.Application, principal: Principal) -> dict[str, str]:
         raise TooManyRequests("rate_limited", RATE_LIMITED_MESSAGE,
                               {**headers, "Retry-After": seconds_header(decision.retry_after)})
     return headers
+
+
+def note_upstream_failure(app: web.Application, exc: Exception, *, mid_stream: bool) -> None:
+    """Count and log an upstream failure. Before the answer's head it becomes a 502/504
+    (the caller re-raises); after it, the caller must cut the client connection, the
+    only honest signal left, so a truncated body cannot look complete."""
+    metrics = app[METRICS]
+    if mid_stream:
+        metrics.upstream_errors.labels(kind="aborted_mid_stream").inc()
+        log.warning("upstream_stream_aborted", error=type(exc).__name__, detail=str(exc))
+        return
+    kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
+    metrics.upstream_errors.labels(kind=kind).inc()
+    log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
 
 
 def identity(app: web.Application, principal: Principal, *, peer: str,

@@ -148,7 +148,6 @@ class H1Transport:
             self._idle.pop().close()
 
 
-
 class _Exchange:
     """``async with transport.request(...) as response``: a pool slot and a connection for
     the response's lifetime. A class, not @asynccontextmanager: this is on every request,

@@ -17,8 +17,6 @@ from authproxy.headers import client_response_headers, upstream_request_headers
 from authproxy.log import REQUEST_ID
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
 
-log = structlog.get_logger(__name__)
-
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     """Every request outside /_authproxy/ that aiohttp's server parsed lands here."""
@@ -88,14 +86,9 @@ async def forward(request: web.Request, principal: Principal,
         if state["too_large"] and (response is None or not response.prepared):
             raise BodyTooLarge() from None
         if response is None or not response.prepared:
-            kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
-            metrics.upstream_errors.labels(kind=kind).inc()
-            log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
+            gate.note_upstream_failure(request.app, exc, mid_stream=False)
             raise
-        metrics.upstream_errors.labels(kind="aborted_mid_stream").inc()
-        # Headers are already out: the only honest signal left is to cut the connection,
-        # so the client sees a truncated body instead of a complete-looking one.
-        log.warning("upstream_stream_aborted", error=type(exc).__name__, detail=str(exc))
+        gate.note_upstream_failure(request.app, exc, mid_stream=True)
         if request.transport is not None:
             request.transport.abort()
         return response
