@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from authproxy.fasthead import FastRequest, HeadLimits, parse_head
+from authproxy.fasthead import FastRequest, FieldMemo, HeadLimits, parse_head
 from authproxy.fastproxy import answer
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class FastConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self._buffer = bytearray()
+        self._fields = FieldMemo()
         self._scanned = 0  # bytes of _buffer already searched for the end of a head
         self.busy = False  # a request is being answered
         self.closing = False  # close once the answer in progress is out
@@ -117,7 +118,7 @@ class FastConnection(asyncio.Protocol):
             if len(buffer) > _MAX_HEAD_BUFFER or new.count(b"\n") != new.count(b"\r\n"):
                 self._hand_off()
             return
-        request = parse_head(bytes(buffer[:end + 4]), self._limits)
+        request = parse_head(bytes(buffer[:end + 4]), self._limits, self._fields)
         if request is None:
             self._hand_off()
             return
@@ -203,6 +204,11 @@ class FastConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("client closed the connection")
         self.transport.write(data)
+
+    def must_drain(self) -> bool:
+        """Whether drain() would wait or raise; checked first, since most answers need no
+        wait and a coroutine per answer is measurable (issue 6)."""
+        return self._writing_paused or self.transport is None
 
     async def drain(self) -> None:
         """Wait while the client reads slower than we write (flow control)."""

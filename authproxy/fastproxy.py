@@ -18,6 +18,7 @@ from aiohttp.web import Response
 
 from authproxy import gate
 from authproxy.appkeys import METRICS, STRIP_PREFIXES, TRANSPORT
+from authproxy.auth import Principal
 from authproxy.errors import TooManyRequests
 from authproxy.headers import (
     HOP_BY_HOP,
@@ -56,7 +57,8 @@ async def answer(conn: FastConnection, request: FastRequest) -> bool:
         status = await _proxy(conn, request, request_id, keep_alive)
         # Flow control: the next pipelined request waits until the client reads this one,
         # so a client that never reads cannot make us buffer answers without limit.
-        await conn.drain()
+        if conn.must_drain():
+            await conn.drain()
     except ConnectionError:
         log.info("client_disconnected")
         status, keep_alive = CLIENT_CLOSED_REQUEST, False
@@ -94,7 +96,9 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
         return refusal.status
     app = conn.app
     headers = request.headers
-    principal = await gate.authenticate(app, conn.peer, headers)
+    principal = gate.authenticate(app, conn.peer, headers)
+    if not isinstance(principal, Principal):
+        principal = await principal
     structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
     metrics = app[METRICS]
     outcome, status = "allowed", "502"
@@ -111,7 +115,7 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
                                               None) as up:
                 metrics.upstream_seconds.observe(time.perf_counter() - sent)
                 status = str(up.status)
-                head, chunked = _head(request, up.status, up.reason, up.headers,
+                head, chunked = _head(request, up.status, up.reason, up.raw_headers,
                                       rate_headers, request_id, keep_alive)
                 conn.head_sent = True
                 whole = up.take_whole_body() if up.take_whole_body is not None else None
@@ -148,25 +152,27 @@ def _framed(data: bytes, chunked: bool, *, last: bool) -> bytes:
 
 # Upstream response header names _head treats specially, by lower-cased name.
 _DROP, _CONNECTION, _LENGTH, _TYPE, _DATE, _SERVER = range(6)
-_SPECIAL: Final = {**dict.fromkeys(HOP_BY_HOP - {"connection"}, _DROP),
-                   "connection": _CONNECTION, "x-request-id": _DROP,
-                   "content-length": _LENGTH, "content-type": _TYPE, "date": _DATE,
-                   "server": _SERVER}
-_SERVER_LINE: Final = f"Server: {SERVER_SOFTWARE}"
+_SPECIAL: Final = {**dict.fromkeys((n.encode() for n in HOP_BY_HOP - {"connection"}), _DROP),
+                   b"connection": _CONNECTION, b"x-request-id": _DROP,
+                   b"content-length": _LENGTH, b"content-type": _TYPE, b"date": _DATE,
+                   b"server": _SERVER}
+_SERVER_LINE: Final = f"Server: {SERVER_SOFTWARE}".encode()
+Fields = Iterable[tuple[bytes, bytes]]
 
 
-def _head(request: FastRequest, status: int, reason: str, upstream: Iterable[tuple[str, str]],
+def _head(request: FastRequest, status: int, reason: str, upstream: Fields,
           extra: Mapping[str, str], request_id: str, keep_alive: bool) -> tuple[bytes, bool]:
     """Status line and headers, framed as aiohttp frames them; and whether chunked.
 
-    One pass over the upstream's headers drops hop-by-hop ones (headers.py's rule) and
-    notes the framing ones; this runs on every request.
+    One pass over the upstream's header fields, as bytes (they are copied, not decoded),
+    drops hop-by-hop ones (headers.py's rule) and notes the framing ones; this runs on
+    every request.
     """
     method = request.method
     empty = must_be_empty_body(method, status)
-    overridden = {name.lower() for name in extra} if extra else None
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    length: str | None = None
+    overridden = {name.lower().encode("latin-1") for name in extra} if extra else None
+    lines = [b"HTTP/1.1 %d %s" % (status, reason.encode("latin-1"))]
+    length: bytes | None = None
     has_type = has_date = has_server = False
     for name, value in upstream:
         lower = name.lower()
@@ -175,10 +181,10 @@ def _head(request: FastRequest, status: int, reason: str, upstream: Iterable[tup
             if kind == _DROP:
                 continue
             if kind == _CONNECTION:
-                if connection_tokens([value]) - HOP_BY_HOP - {"close"}:
+                if connection_tokens([value.decode("latin-1")]) - HOP_BY_HOP - {"close"}:
                     # Rare: the upstream's Connection header names more headers to drop.
-                    return _head(request, status, reason, client_response_headers(upstream),
-                                 extra, request_id, keep_alive)
+                    return _head(request, status, reason, _without_listed(upstream), extra,
+                                 request_id, keep_alive)
                 continue
             if kind == _LENGTH:
                 if empty and should_remove_content_length(method, status):
@@ -192,31 +198,39 @@ def _head(request: FastRequest, status: int, reason: str, upstream: Iterable[tup
                 has_server = True
         if overridden is not None and lower in overridden:
             continue
-        lines.append(f"{name}: {value}")
+        lines.append(name + b": " + value)
     if extra:
-        lines.extend(f"{name}: {value}" for name, value in extra.items())
-    lines.append(f"X-Request-Id: {request_id}")
+        lines.extend(f"{name}: {value}".encode("latin-1") for name, value in extra.items())
+    lines.append(b"X-Request-Id: " + request_id.encode("ascii"))
     chunked = not empty and length is None
     if chunked:
-        lines.append("Transfer-Encoding: chunked")
-    if not empty and length != "0" and not has_type:
-        lines.append("Content-Type: application/octet-stream")
+        lines.append(b"Transfer-Encoding: chunked")
+    if not empty and length != b"0" and not has_type:
+        lines.append(b"Content-Type: application/octet-stream")
     if not has_date:
-        lines.append(f"Date: {rfc822_formatted_time()}")
+        lines.append(b"Date: " + rfc822_formatted_time().encode("ascii"))
     if not has_server:
         lines.append(_SERVER_LINE)
     if not keep_alive:
-        lines.append("Connection: close")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), chunked
+        lines.append(b"Connection: close")
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines), chunked
+
+
+def _without_listed(fields: Fields) -> list[tuple[bytes, bytes]]:
+    """headers.client_response_headers on raw fields (latin-1 keeps every byte)."""
+    kept = client_response_headers([(n.decode("latin-1"), v.decode("latin-1"))
+                                    for n, v in fields])
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in kept]
 
 
 def _write_response(conn: FastConnection, request: FastRequest, response: Response,
                     request_id: str, keep_alive: bool) -> None:
     """Send one of our own complete answers (errors, refusals)."""
     body = response.body if isinstance(response.body, bytes) else b""
-    headers = [(name, value) for name, value in response.headers.items()]
-    headers.append(("Content-Length", str(len(body))))
+    headers = [(name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+               for name, value in response.headers.items()]
+    headers.append((b"Content-Length", b"%d" % len(body)))
     head, _ = _head(request, response.status, response.reason, headers, {}, request_id,
                     keep_alive)
     conn.head_sent = True

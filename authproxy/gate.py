@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -51,9 +53,11 @@ def refuse_target(raw_path: str) -> web.Response | None:
     return None
 
 
-async def authenticate(app: web.Application, peer: str,
-                       headers: MultiMapping[str]) -> Principal:
-    """The key's Principal; refusals are counted per client and may turn into 429s."""
+def authenticate(app: web.Application, peer: str, headers: MultiMapping[str]
+                 ) -> Principal | Coroutine[Any, Any, Principal]:
+    """The key's Principal, or a coroutine returning it when PostgreSQL or argon2 must
+    answer (see Authenticator.authenticate). Refusals are counted per client and may turn
+    into 429s."""
     metrics, failures = app[METRICS], app[FAILURES]
     client = client_address(peer, headers, app[TRUSTED_PROXIES])
     wait = failures.retry_after(client)
@@ -64,20 +68,41 @@ async def authenticate(app: web.Application, peer: str,
                               {"Retry-After": seconds_header(wait)})
     started = time.perf_counter()
     try:
-        return await app[AUTHENTICATOR].authenticate(headers.getall("Authorization", []))
-    except AuthError as exc:
+        result = app[AUTHENTICATOR].authenticate(headers.getall("Authorization", []))
+    except Exception as exc:
+        _count_failure(app, client, exc, started)
+        raise
+    if isinstance(result, Principal):
+        metrics.auth_seconds.observe(time.perf_counter() - started)
+        return result
+    return _authenticate_with_io(app, client, result, started)
+
+
+async def _authenticate_with_io(app: web.Application, client: str,
+                                pending: Coroutine[Any, Any, Principal],
+                                started: float) -> Principal:
+    try:
+        principal = await pending
+    except Exception as exc:
+        _count_failure(app, client, exc, started)
+        raise
+    app[METRICS].auth_seconds.observe(time.perf_counter() - started)
+    return principal
+
+
+def _count_failure(app: web.Application, client: str, exc: Exception, started: float) -> None:
+    """Log and count a failed authentication; refused keys count against the client."""
+    metrics = app[METRICS]
+    metrics.auth_seconds.observe(time.perf_counter() - started)
+    if isinstance(exc, AuthError):
         log.info("auth_refused", reason=exc.reason, detail=str(exc))
         metrics.count_request(exc.reason, "401")
         if not isinstance(exc, MissingKey):
-            failures.record_failure(client)
-        raise
-    except (StoreUnavailable, Overloaded) as exc:
+            app[FAILURES].record_failure(client)
+    elif isinstance(exc, StoreUnavailable | Overloaded):
         log.warning("auth_unavailable", error=str(exc))
         metrics.count_request(
             "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503")
-        raise
-    finally:
-        metrics.auth_seconds.observe(time.perf_counter() - started)
 
 
 def take_rate(app: web.Application, principal: Principal) -> dict[str, str]:

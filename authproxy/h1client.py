@@ -42,7 +42,7 @@ class H1Transport:
         self._host_header = host_header.encode("ascii")
         self._cfg = cfg
         self._idle: deque[Connection] = deque()
-        self._slots = asyncio.Semaphore(cfg.max_connections)
+        self._slots = Slots(cfg.max_connections)
 
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
@@ -58,10 +58,9 @@ class H1Transport:
         return conn
 
     def _take_idle(self) -> Connection | None:
-        now = asyncio.get_running_loop().time()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and now - conn.last_used < _IDLE_SECONDS:
+            if not conn.closed and conn.idle_seconds() < _IDLE_SECONDS:
                 return conn
             conn.close()
         return None
@@ -84,23 +83,35 @@ class H1Transport:
 
     async def _send_with_retry(self, method: str, target: str, headers: CIMultiDict[str],
                                body: AsyncIterable[bytes] | None) -> Connection:
+        """Send the request (the body in the background) and wait for the response head."""
         conn = self._take_idle()
-        if conn is not None:
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect()
+        while True:
+            self._send(conn, method, target, headers, body)
             try:
-                return await self._exchange(conn, method, target, headers, body)
-            except UpstreamUnavailable:
+                await conn.head
+                if conn.error is not None and not conn.status:
+                    raise conn.error
+                return conn
+            except BaseException as exc:
                 conn.close()
+                if conn.sender is not None:
+                    conn.sender.cancel()
                 # A reused connection the upstream had already closed: nothing of this
                 # request can have been processed, so an idempotent one without a body
                 # may go again, once, on a fresh connection.
-                if conn.received_any or body is not None or method not in _IDEMPOTENT:
+                if (not reused or not isinstance(exc, UpstreamUnavailable) or conn.received_any
+                        or body is not None or method not in _IDEMPOTENT):
                     raise
-        return await self._exchange(await self._connect(), method, target, headers, body)
+            finally:
+                conn.unwatch_head()
+            reused = False
+            conn = await self._connect()
 
-    async def _exchange(self, conn: Connection, method: str, target: str,
-                        headers: CIMultiDict[str], body: AsyncIterable[bytes] | None
-                        ) -> Connection:
-        """Send the request (the body in the background) and wait for the response head."""
+    def _send(self, conn: Connection, method: str, target: str, headers: CIMultiDict[str],
+              body: AsyncIterable[bytes] | None) -> None:
         chunked = body is not None and "Content-Length" not in headers
         conn.start(head_only=method == "HEAD")
         conn.write(self._head(method, target, headers, chunked))
@@ -109,19 +120,6 @@ class H1Transport:
             conn.sender = asyncio.ensure_future(self._send_body(conn, body, chunked))
             conn.sender.add_done_callback(conn.on_sender_done)
         conn.watch_head(self._cfg.read_timeout)
-        try:
-            await conn.head
-        except BaseException:
-            conn.close()
-            if conn.sender is not None:
-                conn.sender.cancel()
-            raise
-        finally:
-            conn.unwatch_head()
-        if conn.error is not None and not conn.status:
-            conn.close()
-            raise conn.error
-        return conn
 
     async def _send_body(self, conn: Connection, body: AsyncIterable[bytes],
                          chunked: bool) -> None:
@@ -138,7 +136,7 @@ class H1Transport:
             conn.sender.cancel()  # the upstream answered before taking the whole body
             conn.close()
         if conn.reusable:
-            conn.last_used = asyncio.get_running_loop().time()
+            conn.mark_idle()
             self._idle.append(conn)
         else:
             conn.close()
@@ -146,6 +144,46 @@ class H1Transport:
     async def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+class Slots:
+    """The pool's connection limit: asyncio.Semaphore, minus the coroutine its acquire()
+    makes even when a slot is free (this is taken on every request).
+
+    A released slot goes straight to the oldest live waiter, so free slots and waiters
+    never coexist and try_take() needs no look at the queue.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self._free > 0:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Wait for a slot (after try_take() said no)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a cancelled waiter's future is done
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class _Exchange:
@@ -163,13 +201,15 @@ class _Exchange:
 
     async def __aenter__(self) -> UpstreamResponse:
         transport = self._transport
-        await transport._slots.acquire()
+        if not transport._slots.try_take():
+            await transport._slots.take()
         try:
             conn = self._conn = await transport._send_with_retry(*self._args)
         except BaseException:
             transport._slots.release()
             raise
-        return UpstreamResponse(status=conn.status, reason=conn.reason, headers=conn.headers,
+        return UpstreamResponse(status=conn.status, reason=conn.reason,
+                                raw_headers=conn.headers,
                                 body=conn.body(transport._cfg.read_timeout),
                                 take_whole_body=conn.take_complete_body)
 

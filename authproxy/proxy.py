@@ -23,7 +23,9 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     refusal = gate.refuse_target(request.raw_path)
     if refusal is not None:
         return refusal
-    principal = await gate.authenticate(request.app, request.remote or "", request.headers)
+    principal = gate.authenticate(request.app, request.remote or "", request.headers)
+    if not isinstance(principal, Principal):
+        principal = await principal
     structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
     outcome, status = "allowed", "502"
     try:

@@ -33,12 +33,20 @@ class UpstreamUnavailable(Exception):
 class UpstreamResponse:
     status: int
     reason: str
-    headers: Sequence[tuple[str, str]]
+    # The header fields as they arrived: the fast front end copies them to the client
+    # without decoding and re-encoding each one.
+    raw_headers: Sequence[tuple[bytes, bytes]]
     body: AsyncIterator[bytes]
     # Returns the whole body if it had already arrived with the head (small answers
     # usually do), after which ``body`` yields nothing; else None. Lets the proxy answer
     # with one write. Transports that cannot tell leave it None.
     take_whole_body: Callable[[], bytes | None] | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The header fields as text (latin-1: every byte kept, as aiohttp does)."""
+        return [(name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in self.raw_headers]
 
 
 class UpstreamTransport(Protocol):
@@ -80,8 +88,7 @@ class ClientSessionTransport:
             ) as resp:
                 yield UpstreamResponse(
                     status=resp.status, reason=resp.reason or "",
-                    headers=[(k.decode("latin-1"), v.decode("latin-1"))
-                             for k, v in resp.raw_headers],
+                    raw_headers=resp.raw_headers,
                     body=_chunks(resp),
                 )
         except TimeoutError as exc:

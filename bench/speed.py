@@ -620,7 +620,7 @@ def cache_rss(entries: int) -> None:
     from concurrent.futures import Executor, Future
     from datetime import UTC, datetime
 
-    from authproxy.auth import Authenticator, CacheValue
+    from authproxy.auth import Authenticator, CacheValue, Principal
     from authproxy.cache import VerifiedKeyCache
     from authproxy.config import CacheConfig
     from authproxy.keys import KeyHasher, generate_key
@@ -673,13 +673,18 @@ def cache_rss(entries: int) -> None:
                 store=store, cache=cache,  # type: ignore[arg-type]
                 hasher=YesHasher.from_config(hashing_config(cheap=False)), executor=executor,
                 usage=usage, settings=settings, metrics=metrics)
+            async def authenticate(header: list[str]) -> None:
+                result = authenticator.authenticate(header)  # a coroutine unless cached
+                if not isinstance(result, Principal):
+                    await result
+
             # One key through first so every lazy import and allocation is in the baseline.
-            await authenticator.authenticate([f"Bearer {generate_key().full}"])
+            await authenticate([f"Bearer {generate_key().full}"])
             gc.collect()
             before = vm_status()
             for i in range(1, entries):
                 new = generate_key()
-                await authenticator.authenticate([f"Bearer {new.full}"])
+                await authenticate([f"Bearer {new.full}"])
                 if i % FLUSH_EVERY == 0:  # the daemon's periodic last_used flush
                     await usage.flush(store)  # type: ignore[arg-type]
             await usage.flush(store)  # type: ignore[arg-type]

@@ -119,6 +119,33 @@ class TestPipelining:
         assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"/slowly" in data
 
 
+class TestRepeatedFields:
+    """fasthead's FieldMemo: a connection's repeated header block is parsed once."""
+
+    async def test_each_request_gets_its_own_fields(self, client: Client,
+                                                    upstream: Upstream) -> None:
+        """Same block, new targets; then a changed block; then the first one again."""
+        created = await new_key(client)
+        payload = (request("GET", "/a", created.key, "X-Trace: one")
+                   + request("GET", "/b", created.key, "X-Trace: one")
+                   + request("GET", "/c", created.key, "X-Trace: two")
+                   + request("GET", "/d", created.key, "X-Trace: one")
+                   + request("GET", "/e", "asc_not_a_key", "X-Trace: one"))
+        answers = await exchange(client, payload, expect=5)
+        assert [a.status for a in answers] == [200, 200, 200, 200, 401]
+        seen = [(r.raw_path, dict(r.headers)["X-Trace"]) for r in upstream.requests]
+        assert seen == [("/a", "one"), ("/b", "one"), ("/c", "two"), ("/d", "one")]
+        assert len({a.header("X-Request-Id") for a in answers}) == 5
+
+    async def test_repeated_refused_block_is_refused_again(self, client: Client) -> None:
+        """A block aiohttp must judge (two Host fields: 400) is never served from memory."""
+        created = await new_key(client)
+        bad = request("GET", "/x", created.key, "Host: other.test")
+        answers = await exchange(client, request("GET", "/ok", created.key) + bad + bad,
+                                 expect=2)
+        assert [a.status for a in answers] == [200, 400]
+
+
 class TestHandOff:
     async def test_body_then_bodiless_on_one_connection(self, client: Client,
                                                         upstream: Upstream) -> None:

@@ -170,6 +170,46 @@ class TestFraming:
         assert upstream.connections == 1
 
 
+class TestPoolLimit:
+    async def test_no_more_connections_than_the_limit(self) -> None:
+        """upstream.max_connections=2: 6 concurrent requests, at most 2 upstream connections
+        at a time, all answered; a cancelled waiter does not use up a slot."""
+        open_now = peak = 0
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal open_now, peak
+            open_now += 1
+            peak = max(peak, open_now)
+            try:
+                while True:
+                    try:
+                        await read_request(reader)
+                    except asyncio.IncompleteReadError:
+                        return
+                    await asyncio.sleep(0.05)
+                    writer.write(ok())
+                    await writer.drain()
+            finally:
+                open_now -= 1
+
+        async with Scripted(handler) as url:
+            t = transport(url, max_connections=2)
+            waiting = asyncio.ensure_future(asyncio.gather(*(fetch(t) for _ in range(3))))
+            await asyncio.sleep(0.01)
+            cancelled = asyncio.ensure_future(fetch(t))  # waits for a slot...
+            await asyncio.sleep(0.01)
+            cancelled.cancel()  # ...and gives up
+            results = await asyncio.gather(*(fetch(t) for _ in range(3)))
+            assert [r[:2] for r in results] == [(200, b"ok")] * 3
+            assert [r[:2] for r in await waiting] == [(200, b"ok")] * 3
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            # Both slots are free again: two more at once still fit.
+            assert [r[:2] for r in await asyncio.gather(fetch(t), fetch(t))] == [(200, b"ok")] * 2
+            await t.close()
+        assert peak == 2
+
+
 class TestFailures:
     async def test_refused_connection(self) -> None:
         """Nothing listening: UpstreamUnavailable."""
