@@ -50,6 +50,9 @@ class FastConnection(asyncio.Protocol):
         self.peer = ""
         self._buffer = bytearray()
         self._fields = FieldMemo()
+        # fastproxy's: (header fields, Principal, the encoded upstream fields before and
+        # after the X-Request-Id field).
+        self.upstream_fields: tuple[object, object, bytes, bytes] | None = None
         self._scanned = 0  # bytes of _buffer already searched for the end of a head
         self.busy = False  # a request is being answered
         self.closing = False  # close once the answer in progress is out

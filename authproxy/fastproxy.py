@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Final
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Final, cast
 
 import structlog
 from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time, should_remove_content_length
@@ -20,6 +21,7 @@ from authproxy import gate
 from authproxy.appkeys import METRICS, STRIP_PREFIXES, TRANSPORT
 from authproxy.auth import Principal
 from authproxy.errors import TooManyRequests
+from authproxy.h1client import H1Transport, encode_fields
 from authproxy.headers import (
     HOP_BY_HOP,
     X_REQUEST_ID,
@@ -30,7 +32,7 @@ from authproxy.headers import (
 )
 from authproxy.httperrors import error_response, json_error
 from authproxy.log import CLIENT_CLOSED_REQUEST, INTERNAL_ERROR_MESSAGE
-from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
+from authproxy.upstream import UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from authproxy.fastconn import FastConnection
@@ -104,15 +106,9 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
     outcome, status = "allowed", "502"
     try:
         rate_headers = gate.take_rate(app, principal)
-        who = gate.identity(app, principal, peer=conn.peer, headers=headers, scheme="http",
-                            host=headers["Host"], request_id=request_id)
-        up_headers = upstream_request_headers(headers.items(), who,
-                                              headers.getall("Connection", []),
-                                              app[STRIP_PREFIXES])
         sent = time.perf_counter()
         try:
-            async with app[TRANSPORT].request(request.method, request.target, up_headers,
-                                              None) as up:
+            async with _upstream_request(conn, request, principal, request_id) as up:
                 metrics.upstream_seconds.observe(time.perf_counter() - sent)
                 status = str(up.status)
                 head, chunked = _head(request, up.status, up.reason, up.raw_headers,
@@ -141,6 +137,38 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
         raise
     finally:
         metrics.count_request(outcome, status)
+
+
+def _upstream_request(conn: FastConnection, request: FastRequest, principal: Principal,
+                      request_id: str) -> AbstractAsyncContextManager[UpstreamResponse]:
+    """The upstream exchange for this request.
+
+    With the h1 transport, a connection's repeated request (the same header block, which
+    fasthead's FieldMemo hands over as the same object, and the same key) reuses the
+    encoded fields of the one before: the upstream's fields depend on nothing else but
+    the request id, which is put back in its place here.
+    """
+    app, headers = conn.app, request.headers
+    transport = app[TRANSPORT]
+    encoded = isinstance(transport, H1Transport)
+    memo = conn.upstream_fields
+    if encoded and memo is not None and memo[0] is headers and memo[1] is principal:
+        before, after = memo[2], memo[3]
+    else:
+        who = gate.identity(app, principal, peer=conn.peer, headers=headers, scheme="http",
+                            host=headers["Host"], request_id=request_id)
+        up_headers = upstream_request_headers(headers.items(), who,
+                                              headers.getall("Connection", []),
+                                              app[STRIP_PREFIXES])
+        if not encoded:
+            return transport.request(request.method, request.target, up_headers, None)
+        fields = list(up_headers.items())
+        at = next(i for i, (name, _) in enumerate(fields) if name == X_REQUEST_ID)
+        before, after = encode_fields(fields[:at]), encode_fields(fields[at + 1:])
+        conn.upstream_fields = (headers, principal, before, after)
+    return cast(H1Transport, transport).request_encoded(
+        request.method, request.target,
+        b"%sX-Request-Id: %s\r\n%s" % (before, request_id.encode("ascii"), after))
 
 
 def _framed(data: bytes, chunked: bool, *, last: bool) -> bytes:

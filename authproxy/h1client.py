@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
 
 from multidict import CIMultiDict
@@ -25,6 +25,15 @@ from authproxy.upstream import UpstreamResponse, UpstreamTimeout, UpstreamUnavai
 _IDLE_SECONDS = 30.0  # below typical upstream keep-alive timeouts (nginx: 75 s)
 # Safe to send again when a reused connection turns out dead before any response byte.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Header fields to send: as a multidict, or already encoded by encode_fields.
+Fields = CIMultiDict[str] | bytes
+
+
+def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:
+    """``Name: value`` lines. Encoded once, as UTF-8 keeping stray bytes of values: names
+    are tokens (ASCII), so this frames them as a per-field encoding would."""
+    return "".join([f"{name}: {value}\r\n" for name, value in fields]).encode(
+        "utf-8", "surrogateescape")
 
 
 class H1Transport:
@@ -35,11 +44,11 @@ class H1Transport:
         self._host = url.host or ""
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl = url.scheme == "https"
-        self._base_path = url.raw_path.rstrip("/").encode("utf-8", "surrogateescape")
+        self._base_path = url.raw_path.rstrip("/")
         host_header = url.raw_host or ""
         if url.port is not None and not url.is_default_port():
             host_header += f":{url.port}"
-        self._host_header = host_header.encode("ascii")
+        self._host_header = host_header
         self._cfg = cfg
         self._idle: deque[Connection] = deque()
         self._slots = Slots(cfg.max_connections)
@@ -65,23 +74,22 @@ class H1Transport:
             conn.close()
         return None
 
-    def _head(self, method: str, target: str, headers: CIMultiDict[str],
-              chunked: bool) -> bytes:
-        lines = [method.encode("ascii") + b" " + self._base_path
-                 + target.encode("utf-8", "surrogateescape") + b" HTTP/1.1",
-                 b"Host: " + self._host_header]
-        for name, value in headers.items():
-            lines.append(name.encode("latin-1") + b": "
-                         + value.encode("utf-8", "surrogateescape"))
-        if chunked:
-            lines.append(b"Transfer-Encoding: chunked")
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+    def _head(self, method: str, target: str, headers: Fields, chunked: bool) -> bytes:
+        line = (f"{method} {self._base_path}{target} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+                ).encode("utf-8", "surrogateescape")
+        fields = headers if isinstance(headers, bytes) else encode_fields(headers.items())
+        return line + fields + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
 
     def request(self, method: str, target: str, headers: CIMultiDict[str],
                 body: AsyncIterable[bytes] | None) -> _Exchange:
         return _Exchange(self, method, target, headers, body)
 
-    async def _send_with_retry(self, method: str, target: str, headers: CIMultiDict[str],
+    def request_encoded(self, method: str, target: str, fields: bytes) -> _Exchange:
+        """``request`` for a request without a body, its header fields already encoded
+        (``encode_fields``): the fast front end keeps them per connection."""
+        return _Exchange(self, method, target, fields, None)
+
+    async def _send_with_retry(self, method: str, target: str, headers: Fields,
                                body: AsyncIterable[bytes] | None) -> Connection:
         """Send the request (the body in the background) and wait for the response head."""
         conn = self._take_idle()
@@ -110,7 +118,7 @@ class H1Transport:
             reused = False
             conn = await self._connect()
 
-    def _send(self, conn: Connection, method: str, target: str, headers: CIMultiDict[str],
+    def _send(self, conn: Connection, method: str, target: str, headers: Fields,
               body: AsyncIterable[bytes] | None) -> None:
         chunked = body is not None and "Content-Length" not in headers
         conn.start(head_only=method == "HEAD")
@@ -194,7 +202,7 @@ class _Exchange:
     __slots__ = ("_args", "_conn", "_transport")
 
     def __init__(self, transport: H1Transport, method: str, target: str,
-                 headers: CIMultiDict[str], body: AsyncIterable[bytes] | None) -> None:
+                 headers: Fields, body: AsyncIterable[bytes] | None) -> None:
         self._transport = transport
         self._args = (method, target, headers, body)
         self._conn: Connection | None = None

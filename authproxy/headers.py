@@ -156,13 +156,12 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identi
     ``strip_prefixes`` must be given normalized (lower case, "-" not "_").
     """
     # "Connection: keep-alive" or "close" lists nothing that is not dropped anyway.
-    listed = connection_tokens(connection) - _ALWAYS_DROPPED - {"close"}
-    headers: CIMultiDict[str] = CIMultiDict()
+    listed = connection_tokens(connection) - _ALWAYS_DROPPED - {"close"} if connection else None
+    kept: list[tuple[str, str]] = []
     if listed:
         dropped = _ALWAYS_DROPPED | listed
-        for name, value in client:
-            if not _is_dropped(name, dropped, strip_prefixes):
-                headers.add(name, value)
+        kept = [(name, value) for name, value in client
+                if not _is_dropped(name, dropped, strip_prefixes)]
     else:
         for name, value in client:
             verdict = _verdicts.get((name, strip_prefixes))
@@ -172,16 +171,14 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identi
                 verdict = _verdicts[(name, strip_prefixes)] = _is_dropped(
                     name, _ALWAYS_DROPPED, strip_prefixes)
             if not verdict:
-                headers.add(name, value)
-    # Added last, so neither a client copy nor a Connection-listed name can remove them.
-    headers[X_SPACE_ID] = identity.space_id
-    headers[X_API_KEY_ID] = identity.key_id
-    headers[X_API_KEY_PREFIX] = identity.key_prefix
-    headers[X_REQUEST_ID] = identity.request_id
-    headers[X_FORWARDED_FOR] = identity.client_ip
-    headers[X_FORWARDED_PROTO] = identity.scheme
-    headers[X_FORWARDED_HOST] = identity.host
-    return headers
+                kept.append((name, value))
+    # Added last; no client copy of these names is ever kept (_OURS), and a
+    # Connection-listed name cannot remove them.
+    kept += ((X_SPACE_ID, identity.space_id), (X_API_KEY_ID, identity.key_id),
+             (X_API_KEY_PREFIX, identity.key_prefix), (X_REQUEST_ID, identity.request_id),
+             (X_FORWARDED_FOR, identity.client_ip), (X_FORWARDED_PROTO, identity.scheme),
+             (X_FORWARDED_HOST, identity.host))
+    return CIMultiDict(kept)
 
 
 def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

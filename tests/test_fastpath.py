@@ -136,6 +136,21 @@ class TestRepeatedFields:
         seen = [(r.raw_path, dict(r.headers)["X-Trace"]) for r in upstream.requests]
         assert seen == [("/a", "one"), ("/b", "one"), ("/c", "two"), ("/d", "one")]
         assert len({a.header("X-Request-Id") for a in answers}) == 5
+        # The upstream fields are kept per connection too; the request id is each request's.
+        sent_ids = [dict(r.headers)["X-Request-Id"] for r in upstream.requests]
+        assert sent_ids == [a.header("X-Request-Id") for a in answers[:4]]
+        assert {dict(r.headers)["X-Api-Key-Id"] for r in upstream.requests} == {created.record.id}
+
+    async def test_another_key_on_the_same_connection(self, client: Client,
+                                                      upstream: Upstream) -> None:
+        first, second = await new_key(client), await new_key(client, space="plant-9")
+        payload = b"".join(request("GET", f"/{n}", key.key)
+                           for n, key in enumerate([first, first, second, first]))
+        assert [a.status for a in await exchange(client, payload, expect=4)] == [200] * 4
+        seen = [(dict(r.headers)["X-Api-Key-Id"], dict(r.headers)["X-Space-Id"])
+                for r in upstream.requests]
+        one, two = (first.record.id, "plant-7"), (second.record.id, "plant-9")
+        assert seen == [one, one, two, one]
 
     async def test_repeated_refused_block_is_refused_again(self, client: Client) -> None:
         """A block aiohttp must judge (two Host fields: 400) is never served from memory."""
