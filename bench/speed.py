@@ -69,7 +69,22 @@ TARGETS = {  # wrk targets, in the order of every round
     "d": "authproxy, 1 worker",
     "e": "authproxy, 2 workers",
     "f": "authproxy, 1 w, no fast path",
+    "g": "c, every head new",
+    "h": "d, every head new",
 }
+# g and h: wrk sends a new X-Bench-Seq value with every request, so no two heads on a
+# connection repeat (authproxy reuses the parse of a repeated header block).
+NEW_HEADS = {"g": "c", "h": "d"}
+NEW_HEAD_LUA = """
+local n = 0
+request = function()
+  n = n + 1
+  local headers = {}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["X-Bench-Seq"] = tostring(n)
+  return wrk.format(nil, nil, headers)
+end
+"""
 AUTHPROXY_CONFIG = ("logging: {level: warning, format: json}\n"
                     "limits: {failure_threshold: 0}\n"
                     "metrics: {enabled: true}\n")
@@ -516,9 +531,12 @@ class WrkResult:
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
-def run_wrk(url: str, key: str, seconds: float, connections: int = 32) -> WrkResult:
+def run_wrk(url: str, key: str, seconds: float, connections: int = 32,
+            script: Path | None = None) -> WrkResult:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
             "-H", f"Authorization: Bearer {key}", url]
+    if script is not None:
+        argv[1:1] = ["-s", str(script)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     out = done.stdout
     if done.returncode != 0:
@@ -978,6 +996,10 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
             "c": f"http://127.0.0.1:{port_c}/api/v1/points",
             "d": url_d + "/api/v1/points", "e": url_e + "/api/v1/points",
             "f": url_f + "/api/v1/points"}
+    urls.update({new: urls[same] for new, same in NEW_HEADS.items()})
+    new_heads = lab.tmp / "new-heads.lua"
+    new_heads.write_text(NEW_HEAD_LUA)
+    scripts = {target: new_heads for target in NEW_HEADS}
     for target, url in urls.items():
         status, body = http_get(url, bearer)
         if status != 200 or body.decode() != BODY:
@@ -994,14 +1016,15 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
     with report.section(f"requests/s: wrk -t1 -c{args.connections}, {args.rounds} "
                         f"interleaved round(s) of {args.seconds:g} s per target"):
         warm = max(1.0, min(3.0, args.seconds / 3))
-        for url in urls.values():
-            run_wrk(url, key["key"], warm, args.connections)  # caches the key everywhere
+        for target, url in urls.items():  # caches the key everywhere
+            run_wrk(url, key["key"], warm, args.connections, scripts.get(target))
         raw: dict[str, list[WrkResult]] = {t: [] for t in urls}
         print(f"{'round':<6} " + "  ".join(f"{t}: {'req/s':>8} {'p50':>6} {'p99':>6}"
                                             for t in urls) + "   (ms)")
         for n in range(1, args.rounds + 1):
             for target, url in urls.items():
-                raw[target].append(run_wrk(url, key["key"], args.seconds, args.connections))
+                raw[target].append(run_wrk(url, key["key"], args.seconds, args.connections,
+                                           scripts.get(target)))
             print(f"{n:<6} " + "  ".join(
                 f"{t}: {raw[t][-1].rps:8.0f} {raw[t][-1].p50_ms:6.2f} {raw[t][-1].p99_ms:6.2f}"
                 for t in urls), flush=True)
@@ -1019,6 +1042,10 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
                   f"{median([r.p99_ms for r in raw[target]]):8.2f} {rps / base:22.2f}")
         print("(medians over rounds; the p50/p99 columns are medians of each round's "
               "percentile)")
+        new_ratio = median([r.rps for r in raw["h"]]) / median([r.rps for r in raw["g"]])
+        print(f"every head new (g, h: a new X-Bench-Seq per request, so no repeated header "
+              f"block to reuse; wrk's Lua costs it CPU too): authproxy {new_ratio:.2f}x nginx "
+              "+ auth_request")
         rss_e, _, procs_e = process_tree_rss(e.process.pid)
         print(f"RSS after the runs: d {fmt_bytes(process_tree_rss(d.process.pid)[0])}; "
               f"e {fmt_bytes(rss_e)} in {procs_e} processes (supervisor + workers)")
