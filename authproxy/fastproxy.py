@@ -16,6 +16,7 @@ import structlog
 from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time, should_remove_content_length
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web import Response
+from multidict import CIMultiDict
 
 from authproxy import gate
 from authproxy.appkeys import METRICS, STRIP_PREFIXES, TRANSPORT
@@ -24,11 +25,12 @@ from authproxy.errors import TooManyRequests
 from authproxy.h1client import H1Transport, encode_fields
 from authproxy.headers import (
     HOP_BY_HOP,
+    REQUEST_ID_FROM_END,
     X_REQUEST_ID,
     client_response_headers,
     connection_tokens,
     request_id_from,
-    upstream_request_headers,
+    upstream_request_fields,
 )
 from authproxy.httperrors import error_response, json_error
 from authproxy.log import CLIENT_CLOSED_REQUEST, INTERNAL_ERROR_MESSAGE
@@ -157,13 +159,12 @@ def _upstream_request(conn: FastConnection, request: FastRequest, principal: Pri
     else:
         who = gate.identity(app, principal, peer=conn.peer, headers=headers, scheme="http",
                             host=headers["Host"], request_id=request_id)
-        up_headers = upstream_request_headers(headers.items(), who,
-                                              headers.getall("Connection", []),
-                                              app[STRIP_PREFIXES])
+        fields = upstream_request_fields(headers.items(), who, headers.getall("Connection", []),
+                                         app[STRIP_PREFIXES])
         if not encoded:
-            return transport.request(request.method, request.target, up_headers, None)
-        fields = list(up_headers.items())
-        at = next(i for i, (name, _) in enumerate(fields) if name == X_REQUEST_ID)
+            return transport.request(request.method, request.target, CIMultiDict(fields),
+                                     None)
+        at = len(fields) + REQUEST_ID_FROM_END
         before, after = encode_fields(fields[:at]), encode_fields(fields[at + 1:])
         conn.upstream_fields = (headers, principal, before, after)
     return cast(H1Transport, transport).request_encoded(

@@ -8,8 +8,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from multidict import CIMultiDict, MultiMapping
 
@@ -50,8 +49,10 @@ def connection_tokens(values: Iterable[str]) -> set[str]:
     return {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
+    """Immutable; a NamedTuple, not a frozen dataclass, whose __init__ cost 0.9 µs per
+    request against 0.4 (issue 6)."""
+
     space_id: str
     key_id: str
     key_prefix: str
@@ -155,6 +156,18 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identi
 
     ``strip_prefixes`` must be given normalized (lower case, "-" not "_").
     """
+    return CIMultiDict(upstream_request_fields(client, identity, connection, strip_prefixes))
+
+
+# Where upstream_request_fields puts X-Request-Id, counted from the end.
+REQUEST_ID_FROM_END: Final = -4
+
+
+def upstream_request_fields(client: Iterable[tuple[str, str]], identity: Identity,
+                            connection: Iterable[str],
+                            strip_prefixes: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """upstream_request_headers as a list of fields, ours last (X-Request-Id at
+    REQUEST_ID_FROM_END)."""
     # "Connection: keep-alive" or "close" lists nothing that is not dropped anyway.
     listed = connection_tokens(connection) - _ALWAYS_DROPPED - {"close"} if connection else None
     kept: list[tuple[str, str]] = []
@@ -178,7 +191,7 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identi
              (X_API_KEY_PREFIX, identity.key_prefix), (X_REQUEST_ID, identity.request_id),
              (X_FORWARDED_FOR, identity.client_ip), (X_FORWARDED_PROTO, identity.scheme),
              (X_FORWARDED_HOST, identity.host))
-    return CIMultiDict(kept)
+    return kept
 
 
 def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -11,9 +11,11 @@ from multidict import CIMultiDict
 
 from authproxy.headers import (
     HOP_BY_HOP,
+    REQUEST_ID_FROM_END,
     Identity,
     client_response_headers,
     request_id_from,
+    upstream_request_fields,
     upstream_request_headers,
 )
 
@@ -126,6 +128,14 @@ class TestIdentityHeaders:
         """Each of our headers carries the matching Identity field."""
         out = forward([])
         assert dict(out) == OURS
+
+    def test_request_id_where_the_fast_path_splits_the_fields(self) -> None:
+        """fastproxy keeps the fields around X-Request-Id and puts each request's id back
+        at REQUEST_ID_FROM_END."""
+        for client in ([], [("Accept", "*/*"), ("X-Request-Id", "spoofed")]):
+            fields = upstream_request_fields(client, IDENTITY, [])
+            assert fields[REQUEST_ID_FROM_END] == ("X-Request-Id", IDENTITY.request_id)
+            assert [n for n, _ in fields].count("X-Request-Id") == 1
 
     def test_authorization_is_gone_and_identity_present(self) -> None:
         """A typical request loses its credential and gains our headers."""
