@@ -75,6 +75,8 @@ def parse_head(head: bytes, limits: HeadLimits, memo: FieldMemo) -> FastRequest 
     llhttp judges every head, repeated or not; the fields are then split from the bytes
     (one pass, not a Python callback per field), or taken from ``memo``.
     """
+    if head[:1] in (b"\r", b"\n"):
+        return None  # llhttp skips an empty line before the request line; we would not
     sink = _Head()
     try:
         sink.parser.feed_data(head)

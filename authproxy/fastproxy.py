@@ -200,7 +200,9 @@ def _head(request: FastRequest, status: int, reason: str, upstream: Fields,
     method = request.method
     empty = must_be_empty_body(method, status)
     overridden = {name.lower().encode("latin-1") for name in extra} if extra else None
-    lines = [b"HTTP/1.1 %d %s" % (status, reason.encode("latin-1"))]
+    # As the whole head was encoded before: UTF-8 keeping stray bytes (aiohttp decodes a
+    # reason that way, h1connection as latin-1; either way no answer fails on it).
+    lines = [b"HTTP/1.1 %d %s" % (status, reason.encode("utf-8", "surrogateescape"))]
     length: bytes | None = None
     has_type = has_date = has_server = False
     for name, value in upstream:

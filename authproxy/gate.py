@@ -86,6 +86,9 @@ async def _authenticate_with_io(app: web.Application, client: str,
     except Exception as exc:
         _count_failure(app, client, exc, started)
         raise
+    except BaseException:  # cancelled (the client left): still timed, as every attempt is
+        app[METRICS].auth_seconds.observe(time.perf_counter() - started)
+        raise
     app[METRICS].auth_seconds.observe(time.perf_counter() - started)
     return principal
 

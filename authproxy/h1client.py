@@ -11,6 +11,7 @@ both ways with flow control, reuse connections, and time out stalls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
@@ -97,8 +98,8 @@ class H1Transport:
         if conn is None:
             conn = await self._connect()
         while True:
-            self._send(conn, method, target, headers, body)
             try:
+                self._send(conn, method, target, headers, body)
                 await conn.head
                 if conn.error is not None and not conn.status:
                     raise conn.error
@@ -183,6 +184,11 @@ class Slots:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot as we were cancelled: pass it on
+            else:
+                # Still queued, unless release() already skipped it: a hung upstream must
+                # not pile up cancelled waiters.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:

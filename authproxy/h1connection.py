@@ -75,11 +75,17 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received_any = True
         if self.complete:
-            return  # bytes after a complete response (e.g. a HEAD answer's body): ignore
+            # Bytes after a complete response (a body on a HEAD answer, a second response):
+            # the upstream is out of step with us. The answer stands; the connection goes.
+            self.close()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamUnavailable(f"malformed response: {exc}"))
+            if self.complete:  # _OutOfStep, or garbage after the answer: as above
+                self.close()
+            else:
+                self._fail(UpstreamUnavailable(f"malformed response: {exc}"))
 
     def eof_received(self) -> bool:
         if self.head.done() and not self.complete and self._until_close():
@@ -106,6 +112,12 @@ class Connection(asyncio.Protocol):
         self._can_write.set()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second response in the bytes of the first: stop before its status and
+            # fields are taken for the answer's (the parser is reused: see _reset).
+            raise _OutOfStep
+
     def on_status(self, status: bytes) -> None:
         self.reason += status.decode("latin-1")
 
@@ -124,6 +136,8 @@ class Connection(asyncio.Protocol):
             self._finish()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:  # a body on an answer that has none (HEAD, 204, 304)
+            raise _OutOfStep
         self._chunks.append(body)
         self._buffered += len(body)
         self._wake()
@@ -236,6 +250,10 @@ class Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return (self.complete and self.keep_alive and self.error is None and not self.closed
                 and not self._chunks)
+
+
+class _OutOfStep(Exception):
+    """Raised in a parser callback: the upstream sent more than the one answer asked for."""
 
 
 def send_error(error: BaseException | None) -> BaseException:

@@ -152,6 +152,19 @@ class TestRepeatedFields:
         one, two = (first.record.id, "plant-7"), (second.record.id, "plant-9")
         assert seen == [one, one, two, one]
 
+    async def test_empty_line_before_a_request(self, client: Client,
+                                               upstream: Upstream) -> None:
+        """RFC 9112 §2.2 lets a server skip an empty line before the request line; the
+        request line must never be read as a header field (found by review)."""
+        created = await new_key(client)
+        payload = (request("GET", "/a", created.key) + b"\r\n"
+                   + request("GET", "/b:c", created.key))
+        answers = await exchange(client, payload, expect=2)
+        assert [a.status for a in answers] == [200, 200]
+        assert [r.raw_path for r in upstream.requests] == ["/a", "/b:c"]
+        names = {name.lower() for name, _ in upstream.requests[-1].headers}
+        assert not any(name.startswith("get ") for name in names), names
+
     async def test_repeated_refused_block_is_refused_again(self, client: Client) -> None:
         """A block aiohttp must judge (two Host fields: 400) is never served from memory."""
         created = await new_key(client)
@@ -246,6 +259,35 @@ class TestFraming:
         assert answer.header("X-Kept") == "yes"
         assert answer.header("X-Upstream-Private") is None
         assert answer.header("Keep-Alive") is None and answer.header("Connection") is None
+
+
+class TestUpstreamReasonPhrase:
+    @pytest.mark.parametrize("transport", ["h1", "aiohttp"])
+    async def test_reason_with_stray_bytes_is_passed_on(self, app_client: AppClient,
+                                                        transport: str) -> None:
+        """A reason phrase that is not UTF-8 reaches the client, on either upstream
+        transport, instead of failing the answer (found by review)."""
+        async def raw_upstream(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 Caf\xe9 \xff\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(raw_upstream, "127.0.0.1", 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            client = await app_client(upstream={"url": f"http://127.0.0.1:{port}",
+                                                "transport": transport})
+            created = await new_key(client)
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write(request("GET", "/reason", created.key, close=True))
+            data = await asyncio.wait_for(reader.read(), 10)
+            await close(writer)
+        finally:
+            server.close()
+        assert data.startswith(b"HTTP/1.1 200 Caf"), data[:80]
+        assert data.endswith(b"\r\n\r\nok")
 
 
 class TestFlowControl:

@@ -170,6 +170,43 @@ class TestFraming:
         assert upstream.connections == 1
 
 
+class TestOutOfStepUpstream:
+    """An upstream that sends more than the one answer asked for: the answer stands, the
+    connection is never reused (its parser is shared across responses)."""
+
+    @pytest.mark.parametrize(("method", "first", "extra"), [
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n",
+         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\n\r\n", b"HT"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", b"abc"),
+    ], ids=["second-response-after-204", "garbage-after-304", "body-on-head"])
+    async def test_extra_bytes_end_the_connection(self, method: str, first: bytes,
+                                                  extra: bytes) -> None:
+        answered = 0
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal answered
+            while True:
+                try:
+                    await read_request(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                answered += 1
+                writer.write(first + extra if answered == 1 else ok(b"fresh"))
+                await writer.drain()
+
+        upstream = Scripted(handler)
+        async with upstream as url:
+            t = transport(url)
+            status, body, headers = await fetch(t, method)
+            assert status == int(first.split()[1]) and body == b""
+            assert ("Content-Length", "5") not in headers
+            await asyncio.sleep(0.05)  # the rest of the bytes, if they came apart
+            assert (await fetch(t))[:2] == (200, b"fresh")
+            await t.close()
+        assert upstream.connections == 2
+
+
 class TestPoolLimit:
     async def test_no_more_connections_than_the_limit(self) -> None:
         """upstream.max_connections=2: 6 concurrent requests, at most 2 upstream connections
