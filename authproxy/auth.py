@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +26,7 @@ from authproxy.errors import (
 )
 from authproxy.keys import KEY_LEN, KeyHasher, ParsedKey, parse_key
 from authproxy.metrics import Metrics
+from authproxy.principal import Principal, PrincipalPacker, Verified
 from authproxy.store import KeyRecord, Store
 from authproxy.usage import UsageRecorder
 
@@ -40,31 +39,9 @@ _MAX_CREDENTIAL_LEN = 256
 _DIGEST_SIZE = 16
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The identity a valid key stands for; what the upstream is told."""
-
-    key_id: str
-    space_id: str
-    prefix: str
-    expires_at: datetime | None
-    rate_limit: float | None = None  # requests/s for this key; None: the default
-
-
-@dataclass(frozen=True, slots=True)
-class Verified:
-    """A positive cache entry: who, and which stored hash the key was verified against.
-
-    The hash is kept as a 16-byte keyed fingerprint, not the ~96-character string: a
-    cache of 100,000 keys is 100,000 of these (issue 6 measured the memory per key).
-    """
-
-    principal: Principal
-    hash_fingerprint: bytes
-
-
-# Negative entries hold the refusal's error class, so the log keeps the precise reason.
-CacheValue = Verified | type[AuthError]
+# A positive entry is a Verified packed by PrincipalPacker (its key id is the entry's own);
+# a negative one holds the refusal's error class, so the log keeps the precise reason.
+CacheValue = bytes | type[AuthError]
 
 
 def bearer_token(authorizations: Sequence[str], max_len: int = _MAX_CREDENTIAL_LEN) -> str:
@@ -120,6 +97,7 @@ class Authenticator:
         # Verified against when a lookup id is unknown, so that answer costs the same argon2
         # work as a wrong secret and response timing does not tell which ids exist.
         self._dummy_hash = hasher.hash(secrets.token_urlsafe(16))
+        self._packer = PrincipalPacker()
 
     def authenticate(self, authorizations: Sequence[str]
                      ) -> Principal | Coroutine[Any, Any, Principal]:
@@ -142,7 +120,7 @@ class Authenticator:
                                  key=self._digest_key, digest_size=_DIGEST_SIZE).digest()
         now = self._now()
         entry = self._cache.get(digest)
-        if entry is not None and (not isinstance(entry.value, Verified)
+        if entry is not None and (not isinstance(entry.value, bytes)
                                   or self._cache.is_fresh(entry)):
             return self._from_cache(entry, now)
         return self._authenticate_with_io(raw, digest, now, entry)
@@ -155,18 +133,26 @@ class Authenticator:
             if entry is None:
                 self._metrics.cache_misses.inc()
                 return self._admit(await self._verify_once(parsed, digest, now), now)
-        if not isinstance(entry.value, Verified) or self._cache.is_fresh(entry):
+        if not isinstance(entry.value, bytes) or self._cache.is_fresh(entry):
             return self._from_cache(entry, now)
         self._metrics.cache_stale_hits.inc()
-        cached = entry.value
+        cached = self._unpack(entry)
         return self._admit(await self._revalidate(parse_key(raw), digest, now, cached), now)
 
     def _from_cache(self, entry: Entry[CacheValue], now: datetime) -> Principal:
         """A negative entry's refusal, or a fresh positive entry's Principal."""
         self._metrics.cache_hits.inc()
-        if not isinstance(entry.value, Verified):
+        if not isinstance(entry.value, bytes):
             raise entry.value("refused (cached)")
-        return self._admit(entry.value.principal, now)
+        if entry.key_id is None:
+            raise TypeError("a positive cache entry without a key id")
+        return self._admit(self._packer.principal(entry.key_id, entry.value), now)
+
+    def _unpack(self, entry: Entry[CacheValue]) -> Verified:
+        value, key_id = entry.value, entry.key_id
+        if not isinstance(value, bytes) or key_id is None:
+            raise TypeError("not a positive cache entry")
+        return self._packer.unpack(key_id, value)
 
     def _admit(self, principal: Principal, now: datetime) -> Principal:
         if principal.expires_at is not None and principal.expires_at <= now:
@@ -221,8 +207,8 @@ class Authenticator:
         if expires_at is not None:
             left = (expires_at - now).total_seconds()
             ttl, grace = min(ttl, left), min(grace, left)
-        self._cache.put(digest, verified, key_id=verified.principal.key_id, ttl=ttl,
-                        grace=grace, generation=generation)
+        self._cache.put(digest, self._packer.pack(verified), key_id=verified.principal.key_id,
+                        ttl=ttl, grace=grace, generation=generation)
         return verified.principal
 
     async def _check(self, record: KeyRecord | None, parsed: ParsedKey, now: datetime,
@@ -241,8 +227,7 @@ class Authenticator:
             raise ExpiredKey("expired")
         if self._hasher.should_rehash(record.secret_hash):
             asyncio.create_task(self._rehash(record, parsed.secret))  # noqa: RUF006
-        # Interned: a space has many keys, and the cache need not hold its id once per key.
-        principal = Principal(record.id, sys.intern(record.space_id), record.prefix,
+        principal = Principal(record.id, record.space_id, record.prefix,
                               record.expires_at, record.rate_limit_per_second)
         return Verified(principal, self._fingerprint(record.secret_hash))
 

@@ -20,7 +20,6 @@ from multidict import CIMultiDict
 
 from authproxy import gate
 from authproxy.appkeys import METRICS, STRIP_PREFIXES, TRANSPORT
-from authproxy.auth import Principal
 from authproxy.errors import TooManyRequests
 from authproxy.h1client import H1Transport, encode_fields
 from authproxy.headers import (
@@ -34,6 +33,7 @@ from authproxy.headers import (
 )
 from authproxy.httperrors import error_response, json_error
 from authproxy.log import CLIENT_CLOSED_REQUEST, INTERNAL_ERROR_MESSAGE
+from authproxy.principal import Principal
 from authproxy.upstream import UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -146,15 +146,16 @@ def _upstream_request(conn: FastConnection, request: FastRequest, principal: Pri
     """The upstream exchange for this request.
 
     With the h1 transport, a connection's repeated request (the same header block, which
-    fasthead's FieldMemo hands over as the same object, and the same key) reuses the
-    encoded fields of the one before: the upstream's fields depend on nothing else but
-    the request id, which is put back in its place here.
+    fasthead's FieldMemo hands over as the same object, and an equal Principal: a cache
+    hit makes a new one each time) reuses the encoded fields of the one before: the
+    upstream's fields depend on nothing else but the request id, which is put back in its
+    place here.
     """
     app, headers = conn.app, request.headers
     transport = app[TRANSPORT]
     encoded = isinstance(transport, H1Transport)
     memo = conn.upstream_fields
-    if encoded and memo is not None and memo[0] is headers and memo[1] is principal:
+    if encoded and memo is not None and memo[0] is headers and memo[1] == principal:
         before, after = memo[2], memo[3]
     else:
         who = gate.identity(app, principal, peer=conn.peer, headers=headers, scheme="http",

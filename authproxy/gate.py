@@ -24,11 +24,11 @@ from authproxy.appkeys import (
     METRICS,
     TRUSTED_PROXIES,
 )
-from authproxy.auth import Principal
 from authproxy.errors import AuthError, MissingKey, Overloaded, StoreUnavailable, TooManyRequests
 from authproxy.headers import Identity, client_address, forwarded_values
 from authproxy.httperrors import json_error
 from authproxy.keys import KEY_PREFIX, KEY_REGEX
+from authproxy.principal import Principal
 from authproxy.ratelimit import seconds_header
 from authproxy.upstream import UpstreamTimeout
 

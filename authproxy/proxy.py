@@ -10,11 +10,11 @@ from aiohttp import web
 
 from authproxy import gate
 from authproxy.appkeys import CONFIG, METRICS, STRIP_PREFIXES, TRANSPORT
-from authproxy.auth import Principal
 from authproxy.continuation import send_continue
 from authproxy.errors import BodyTooLarge, TooManyRequests
 from authproxy.headers import client_response_headers, upstream_request_headers
 from authproxy.log import REQUEST_ID
+from authproxy.principal import Principal
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
 
 

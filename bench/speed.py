@@ -629,20 +629,22 @@ def cache_rss(entries: int) -> None:
     record for any lookup id (its secret_hash a distinct string shaped exactly like a real
     argon2id hash of the shipped parameters) and a hasher whose verify() says yes without
     spending argon2. So the cache holds what the daemon's holds after `entries` distinct
-    cold verifications: digest -> Entry(Verified(Principal, hash fingerprint)), plus the key-id
-    index. The usage recorder's pending last_used entries are flushed every 1,000 keys, as
-    the daemon's flush every usage.flush_interval would.
+    cold verifications: digest -> Entry(a packed Verified: fingerprint, expiry, rate limit,
+    space number, prefix), plus the key-id index. The usage recorder's pending last_used
+    entries are flushed every 1,000 keys, as the daemon's flush every usage.flush_interval
+    would.
     """
     import base64
     import uuid
     from concurrent.futures import Executor, Future
     from datetime import UTC, datetime
 
-    from authproxy.auth import Authenticator, CacheValue, Principal
+    from authproxy.auth import Authenticator, CacheValue
     from authproxy.cache import VerifiedKeyCache
     from authproxy.config import CacheConfig
     from authproxy.keys import KeyHasher, generate_key
     from authproxy.metrics import Metrics
+    from authproxy.principal import Principal
     from authproxy.store import KeyRecord
     from authproxy.usage import UsageRecorder
 
@@ -1095,7 +1097,7 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
               f"+{fmt_bytes(filled - before)}, {(filled - before) / n:.0f} B per key; "
               f"peak (VmHWM) {fmt_bytes(result['filled']['VmHWM'])}")
         print(f"  filled by Authenticator.authenticate itself (a store that knows every key, "
-              f"no argon2): blake2b digest -> Verified(Principal, fingerprint of a stored "
+              f"no argon2): blake2b digest -> packed Verified (fingerprint of a stored "
               f"hash of {result['hash_len']} chars like '{result['hash_head']}$…'), the key-id "
               f"index; "
               f"last_used flushed every {result['flush_every']:,} keys")
