@@ -19,7 +19,16 @@ FINGERPRINT = bytes(range(16))
               datetime(2031, 2, 3, 4, 5, 6, 789012, tzinfo=UTC), 0.25),
     Principal(KEY_ID, "plant-9", "asc_0000000000",
               datetime.now(UTC) + timedelta(microseconds=1), None),
-], ids=["plain", "rate-limited", "expiring", "expiring-now"])
+    # Found by review: a float of POSIX seconds loses microseconds from ~2255 on and turned
+    # the last moments of 9999 into year 10000 (a 500 on every cache hit).
+    Principal(KEY_ID, "plant-9", "asc_0000000000",
+              datetime(3000, 1, 1, 0, 0, 0, 1, tzinfo=UTC), None),
+    Principal(KEY_ID, "plant-9", "asc_0000000000",
+              datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), None),
+    Principal(KEY_ID, "plant-9", "asc_0000000000",
+              datetime(1969, 7, 20, 20, 17, 40, 5, tzinfo=UTC), None),
+], ids=["plain", "rate-limited", "expiring", "expiring-now", "year-3000", "year-9999",
+        "before-the-epoch"])
 def test_round_trip(principal: Principal) -> None:
     packer = PrincipalPacker()
     packed = packer.pack(Verified(principal, FINGERPRINT))
