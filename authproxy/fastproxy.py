@@ -2,19 +2,18 @@
 
 The same decisions as proxy.py (they live in gate.py) and the same answers: error bodies
 come from httperrors, the access line and log context are log.py's, headers are framed
-the way aiohttp frames them. Only the writing differs: straight to the socket.
+the way aiohttp frames them (responsehead.py). Only the writing differs: straight to the
+socket.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, cast
 
 import structlog
-from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time, should_remove_content_length
-from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.helpers import must_be_empty_body
 from aiohttp.web import Response
 from multidict import CIMultiDict
 
@@ -23,17 +22,15 @@ from authproxy.appkeys import METRICS, STRIP_PREFIXES, TRANSPORT
 from authproxy.errors import TooManyRequests
 from authproxy.h1client import H1Transport, encode_fields
 from authproxy.headers import (
-    HOP_BY_HOP,
     REQUEST_ID_FROM_END,
     X_REQUEST_ID,
-    client_response_headers,
-    connection_tokens,
     request_id_from,
     upstream_request_fields,
 )
 from authproxy.httperrors import error_response, json_error
 from authproxy.log import CLIENT_CLOSED_REQUEST, INTERNAL_ERROR_MESSAGE
 from authproxy.principal import Principal
+from authproxy.responsehead import framed, response_head
 from authproxy.upstream import UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -113,17 +110,18 @@ async def _proxy(conn: FastConnection, request: FastRequest, request_id: str,
             async with _upstream_request(conn, request, principal, request_id) as up:
                 metrics.upstream_seconds.observe(time.perf_counter() - sent)
                 status = str(up.status)
-                head, chunked = _head(request, up.status, up.reason, up.raw_headers,
-                                      rate_headers, request_id, keep_alive)
+                head, chunked = response_head(request.method, up.status, up.reason,
+                                              up.raw_headers, rate_headers, request_id,
+                                              keep_alive)
                 conn.head_sent = True
                 whole = up.take_whole_body() if up.take_whole_body is not None else None
                 if whole is not None:  # the common small answer: one write
-                    conn.write(head + _framed(whole, chunked, last=True))
+                    conn.write(head + framed(whole, chunked, last=True))
                     return up.status
                 conn.write(head)
                 async for chunk in up.body:
                     if chunk:
-                        conn.write(_framed(chunk, chunked, last=False))
+                        conn.write(framed(chunk, chunked, last=False))
                         await conn.drain()
                 if chunked:
                     conn.write(b"0\r\n\r\n")
@@ -173,89 +171,6 @@ def _upstream_request(conn: FastConnection, request: FastRequest, principal: Pri
         b"%sX-Request-Id: %s\r\n%s" % (before, request_id.encode("ascii"), after))
 
 
-def _framed(data: bytes, chunked: bool, *, last: bool) -> bytes:
-    if not chunked:
-        return data
-    framed = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
-    return framed + b"0\r\n\r\n" if last else framed
-
-
-# Upstream response header names _head treats specially, by lower-cased name.
-_DROP, _CONNECTION, _LENGTH, _TYPE, _DATE, _SERVER = range(6)
-_SPECIAL: Final = {**dict.fromkeys((n.encode() for n in HOP_BY_HOP - {"connection"}), _DROP),
-                   b"connection": _CONNECTION, b"x-request-id": _DROP,
-                   b"content-length": _LENGTH, b"content-type": _TYPE, b"date": _DATE,
-                   b"server": _SERVER}
-_SERVER_LINE: Final = f"Server: {SERVER_SOFTWARE}".encode()
-Fields = Iterable[tuple[bytes, bytes]]
-
-
-def _head(request: FastRequest, status: int, reason: str, upstream: Fields,
-          extra: Mapping[str, str], request_id: str, keep_alive: bool) -> tuple[bytes, bool]:
-    """Status line and headers, framed as aiohttp frames them; and whether chunked.
-
-    One pass over the upstream's header fields, as bytes (they are copied, not decoded),
-    drops hop-by-hop ones (headers.py's rule) and notes the framing ones; this runs on
-    every request.
-    """
-    method = request.method
-    empty = must_be_empty_body(method, status)
-    overridden = {name.lower().encode("latin-1") for name in extra} if extra else None
-    # As the whole head was encoded before: UTF-8 keeping stray bytes (aiohttp decodes a
-    # reason that way, h1connection as latin-1; either way no answer fails on it).
-    lines = [b"HTTP/1.1 %d %s" % (status, reason.encode("utf-8", "surrogateescape"))]
-    length: bytes | None = None
-    has_type = has_date = has_server = False
-    for name, value in upstream:
-        lower = name.lower()
-        kind = _SPECIAL.get(lower)
-        if kind is not None:
-            if kind == _DROP:
-                continue
-            if kind == _CONNECTION:
-                if connection_tokens([value.decode("latin-1")]) - HOP_BY_HOP - {"close"}:
-                    # Rare: the upstream's Connection header names more headers to drop.
-                    return _head(request, status, reason, _without_listed(upstream), extra,
-                                 request_id, keep_alive)
-                continue
-            if kind == _LENGTH:
-                if empty and should_remove_content_length(method, status):
-                    continue
-                length = value.strip()
-            elif kind == _TYPE:
-                has_type = True
-            elif kind == _DATE:
-                has_date = True
-            else:
-                has_server = True
-        if overridden is not None and lower in overridden:
-            continue
-        lines.append(name + b": " + value)
-    if extra:
-        lines.extend(f"{name}: {value}".encode("latin-1") for name, value in extra.items())
-    lines.append(b"X-Request-Id: " + request_id.encode("ascii"))
-    chunked = not empty and length is None
-    if chunked:
-        lines.append(b"Transfer-Encoding: chunked")
-    if not empty and length != b"0" and not has_type:
-        lines.append(b"Content-Type: application/octet-stream")
-    if not has_date:
-        lines.append(b"Date: " + rfc822_formatted_time().encode("ascii"))
-    if not has_server:
-        lines.append(_SERVER_LINE)
-    if not keep_alive:
-        lines.append(b"Connection: close")
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines), chunked
-
-
-def _without_listed(fields: Fields) -> list[tuple[bytes, bytes]]:
-    """headers.client_response_headers on raw fields (latin-1 keeps every byte)."""
-    kept = client_response_headers([(n.decode("latin-1"), v.decode("latin-1"))
-                                    for n, v in fields])
-    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in kept]
-
-
 def _write_response(conn: FastConnection, request: FastRequest, response: Response,
                     request_id: str, keep_alive: bool) -> None:
     """Send one of our own complete answers (errors, refusals)."""
@@ -263,7 +178,7 @@ def _write_response(conn: FastConnection, request: FastRequest, response: Respon
     headers = [(name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
                for name, value in response.headers.items()]
     headers.append((b"Content-Length", b"%d" % len(body)))
-    head, _ = _head(request, response.status, response.reason, headers, {}, request_id,
-                    keep_alive)
+    head, _ = response_head(request.method, response.status, response.reason, headers, {},
+                            request_id, keep_alive)
     conn.head_sent = True
     conn.write(head if must_be_empty_body(request.method, response.status) else head + body)
