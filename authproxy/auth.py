@@ -44,6 +44,13 @@ _DIGEST_SIZE = 16
 CacheValue = bytes | type[AuthError]
 
 
+def _positive(entry: Entry[CacheValue]) -> tuple[str, bytes]:
+    """(key id, packed Verified) of a positive entry; put() always gives those a key id."""
+    if not isinstance(entry.value, bytes) or entry.key_id is None:
+        raise TypeError("not a positive cache entry")
+    return entry.key_id, entry.value
+
+
 def bearer_token(authorizations: Sequence[str], max_len: int = _MAX_CREDENTIAL_LEN) -> str:
     """Extract the token of the ``Authorization: Bearer <token>`` header (RFC 6750 §2.1).
 
@@ -120,8 +127,7 @@ class Authenticator:
                                  key=self._digest_key, digest_size=_DIGEST_SIZE).digest()
         now = self._now()
         entry = self._cache.get(digest)
-        if entry is not None and (not isinstance(entry.value, bytes)
-                                  or self._cache.is_fresh(entry)):
+        if entry is not None and self._answers_alone(entry):
             return self._from_cache(entry, now)
         return self._authenticate_with_io(raw, digest, now, entry)
 
@@ -133,26 +139,25 @@ class Authenticator:
             if entry is None:
                 self._metrics.cache_misses.inc()
                 return self._admit(await self._verify_once(parsed, digest, now), now)
-        if not isinstance(entry.value, bytes) or self._cache.is_fresh(entry):
+        if self._answers_alone(entry):
             return self._from_cache(entry, now)
         self._metrics.cache_stale_hits.inc()
         cached = self._unpack(entry)
         return self._admit(await self._revalidate(parse_key(raw), digest, now, cached), now)
+
+    def _answers_alone(self, entry: Entry[CacheValue]) -> bool:
+        """A refusal (negative entry) or a fresh positive entry: no database needed."""
+        return not isinstance(entry.value, bytes) or self._cache.is_fresh(entry)
 
     def _from_cache(self, entry: Entry[CacheValue], now: datetime) -> Principal:
         """A negative entry's refusal, or a fresh positive entry's Principal."""
         self._metrics.cache_hits.inc()
         if not isinstance(entry.value, bytes):
             raise entry.value("refused (cached)")
-        if entry.key_id is None:
-            raise TypeError("a positive cache entry without a key id")
-        return self._admit(self._packer.principal(entry.key_id, entry.value), now)
+        return self._admit(self._packer.principal(*_positive(entry)), now)
 
     def _unpack(self, entry: Entry[CacheValue]) -> Verified:
-        value, key_id = entry.value, entry.key_id
-        if not isinstance(value, bytes) or key_id is None:
-            raise TypeError("not a positive cache entry")
-        return self._packer.unpack(key_id, value)
+        return self._packer.unpack(*_positive(entry))
 
     def _admit(self, principal: Principal, now: datetime) -> Principal:
         if principal.expires_at is not None and principal.expires_at <= now:

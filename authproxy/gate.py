@@ -1,7 +1,7 @@
 """What every proxied request passes before it may go upstream, whichever server parsed it.
 
 Both front ends use these: proxy.py (aiohttp's server: requests with a body, HTTP/1.0,
-anything unusual) and fastpath.py (bodiless HTTP/1.1 requests, the hot path). Inputs are
+anything unusual) and fastproxy.py (bodiless HTTP/1.1 requests, the hot path). Inputs are
 plain values, so the two cannot drift apart in what they allow.
 """
 
@@ -70,7 +70,8 @@ def authenticate(app: web.Application, peer: str, headers: MultiMapping[str]
     try:
         result = app[AUTHENTICATOR].authenticate(headers.getall("Authorization", []))
     except Exception as exc:
-        _count_failure(app, client, exc, started)
+        metrics.auth_seconds.observe(time.perf_counter() - started)
+        _count_failure(app, client, exc)
         raise
     if isinstance(result, Principal):
         metrics.auth_seconds.observe(time.perf_counter() - started)
@@ -82,21 +83,17 @@ async def _authenticate_with_io(app: web.Application, client: str,
                                 pending: Coroutine[Any, Any, Principal],
                                 started: float) -> Principal:
     try:
-        principal = await pending
+        return await pending
     except Exception as exc:
-        _count_failure(app, client, exc, started)
+        _count_failure(app, client, exc)
         raise
-    except BaseException:  # cancelled (the client left): still timed, as every attempt is
+    finally:  # cancelled too (the client left): every attempt is timed
         app[METRICS].auth_seconds.observe(time.perf_counter() - started)
-        raise
-    app[METRICS].auth_seconds.observe(time.perf_counter() - started)
-    return principal
 
 
-def _count_failure(app: web.Application, client: str, exc: Exception, started: float) -> None:
+def _count_failure(app: web.Application, client: str, exc: Exception) -> None:
     """Log and count a failed authentication; refused keys count against the client."""
     metrics = app[METRICS]
-    metrics.auth_seconds.observe(time.perf_counter() - started)
     if isinstance(exc, AuthError):
         log.info("auth_refused", reason=exc.reason, detail=str(exc))
         metrics.count_request(exc.reason, "401")

@@ -31,10 +31,10 @@ _SPECIAL: Final = {**dict.fromkeys((n.encode() for n in HOP_BY_HOP - {"connectio
                    b"content-length": _LENGTH, b"content-type": _TYPE, b"date": _DATE,
                    b"server": _SERVER}
 _SERVER_LINE: Final = f"Server: {SERVER_SOFTWARE}".encode()
-Fields = Iterable[tuple[bytes, bytes]]
+RawFields = Iterable[tuple[bytes, bytes]]  # as received: names and values in bytes
 
 
-def response_head(method: str, status: int, reason: str, upstream: Fields,
+def response_head(method: str, status: int, reason: str, upstream: RawFields,
           extra: Mapping[str, str], request_id: str, keep_alive: bool) -> tuple[bytes, bool]:
     """Status line and headers, framed as aiohttp frames them; and whether chunked.
 
@@ -92,7 +92,7 @@ def response_head(method: str, status: int, reason: str, upstream: Fields,
     return b"\r\n".join(lines), chunked
 
 
-def _without_listed(fields: Fields) -> list[tuple[bytes, bytes]]:
+def _without_listed(fields: RawFields) -> list[tuple[bytes, bytes]]:
     """headers.client_response_headers on raw fields (latin-1 keeps every byte)."""
     kept = client_response_headers([(n.decode("latin-1"), v.decode("latin-1"))
                                     for n, v in fields])
