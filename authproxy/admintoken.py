@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jwt
+from typing import TYPE_CHECKING, Any
 
 from authproxy.config import AdminConfig
 from authproxy.errors import AdminTokenInvalid, ConfigError
+
+if TYPE_CHECKING:
+    from jwt import PyJWKSet
 
 _HMAC = ("HS256",)
 _ASYMMETRIC = ("RS256", "ES256")
@@ -40,7 +41,15 @@ class AdminTokenVerifier:
         self._secret = cfg.jwt_secret
         self._pem = _read(cfg.jwt_public_key_file)
         jwks = _read(cfg.jwks_file)
-        self._jwks = jwt.PyJWKSet.from_json(jwks) if jwks is not None else None
+        self._jwks: PyJWKSet | None = None
+        if self._secret or self._pem or jwks is not None:
+            # pyjwt loads cryptography: about 9 MiB of RSS that a daemon without admin tokens
+            # never needs (issue 6 measures the whole daemon's memory). At startup, not on
+            # the first admin request, so a broken install fails early.
+            import jwt  # noqa: PLC0415
+
+            if jwks is not None:
+                self._jwks = jwt.PyJWKSet.from_json(jwks)
 
     @property
     def is_configured(self) -> bool:
@@ -48,6 +57,8 @@ class AdminTokenVerifier:
 
     def verify(self, token: str) -> AdminPrincipal:
         """Return the caller, or raise AdminTokenInvalid (the reason is for logs only)."""
+        import jwt  # noqa: PLC0415 - loaded by __init__ when tokens are configured
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
