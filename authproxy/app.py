@@ -24,7 +24,6 @@ from authproxy.appkeys import (
     TRUSTED_PROXIES,
     USAGE,
 )
-from authproxy.auth import CacheValue
 from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
 from authproxy.continuation import defer_continue
@@ -33,6 +32,7 @@ from authproxy.httperrors import json_error
 from authproxy.keys import KeyHasher
 from authproxy.log import add_request_id, request_context
 from authproxy.metrics import Metrics
+from authproxy.principal import Verdict, VerdictCodec
 from authproxy.proxy import proxy_handler
 from authproxy.ratelimit import FailureLimiter, KeyRateLimiter
 from authproxy.state import Lifecycle
@@ -120,8 +120,9 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     app[ADMIN_TOKENS] = AdminTokenVerifier(cfg.admin)
     app[HASHER] = hasher or KeyHasher.from_config(cfg.hashing)
     app[METRICS] = metrics = Metrics()
-    app[CACHE] = VerifiedKeyCache[CacheValue](max_entries=cfg.cache.max_entries)
-    app[CACHE].on_evict = metrics.cache_evictions.labels(reason="capacity").inc
+    app[CACHE] = VerifiedKeyCache[Verdict](max_entries=cfg.cache.max_entries,
+                                           codec=VerdictCodec())
+    app[CACHE].on_evict = lambda reason: metrics.cache_evictions.labels(reason=reason).inc()
     app[USAGE] = UsageRecorder(metrics)
     app[LIFECYCLE] = Lifecycle()
     app[TRUSTED_PROXIES] = parse_networks(cfg.server.trusted_proxies)

@@ -7,13 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from authproxy.admintoken import AdminTokenVerifier
-from authproxy.auth import Authenticator, CacheValue
+from authproxy.auth import Authenticator
 from authproxy.cache import VerifiedKeyCache
 from authproxy.config import Config
 from authproxy.headers import Networks
 from authproxy.keys import KeyHasher
 from authproxy.keyservice import KeyService
 from authproxy.metrics import Metrics
+from authproxy.principal import Verdict
 from authproxy.ratelimit import FailureLimiter, KeyRateLimiter
 from authproxy.revocations import RevocationListener
 from authproxy.state import Lifecycle
@@ -23,7 +24,7 @@ from authproxy.usage import UsageRecorder
 
 CONFIG = web.AppKey("config", Config)
 HASHER = web.AppKey("hasher", KeyHasher)
-CACHE = web.AppKey("cache", VerifiedKeyCache[CacheValue])
+CACHE = web.AppKey("cache", VerifiedKeyCache[Verdict])
 USAGE = web.AppKey("usage", UsageRecorder)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)

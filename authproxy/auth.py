@@ -26,7 +26,7 @@ from authproxy.errors import (
 )
 from authproxy.keys import KEY_LEN, KeyHasher, ParsedKey, parse_key
 from authproxy.metrics import Metrics
-from authproxy.principal import Principal, PrincipalPacker, Verified
+from authproxy.principal import Principal, Verdict, Verified
 from authproxy.store import KeyRecord, Store
 from authproxy.usage import UsageRecorder
 
@@ -39,16 +39,12 @@ _MAX_CREDENTIAL_LEN = 256
 _DIGEST_SIZE = 16
 
 
-# A positive entry is a Verified packed by PrincipalPacker (its key id is the entry's own);
-# a negative one holds the refusal's error class, so the log keeps the precise reason.
-CacheValue = bytes | type[AuthError]
 
-
-def _positive(entry: Entry[CacheValue]) -> tuple[str, bytes]:
-    """(key id, packed Verified) of a positive entry; put() always gives those a key id."""
-    if not isinstance(entry.value, bytes) or entry.key_id is None:
+def _verified(entry: Entry[Verdict]) -> Verified:
+    """The Verified of a positive entry."""
+    if not isinstance(entry.value, Verified):
         raise TypeError("not a positive cache entry")
-    return entry.key_id, entry.value
+    return entry.value
 
 
 def bearer_token(authorizations: Sequence[str], max_len: int = _MAX_CREDENTIAL_LEN) -> str:
@@ -83,7 +79,7 @@ class Authenticator:
     is unchanged; if PostgreSQL cannot answer, the stale entry still admits the key.
     """
 
-    def __init__(self, *, store: Store, cache: VerifiedKeyCache[CacheValue], hasher: KeyHasher,
+    def __init__(self, *, store: Store, cache: VerifiedKeyCache[Verdict], hasher: KeyHasher,
                  executor: Executor, usage: UsageRecorder, settings: CacheConfig,
                  metrics: Metrics, max_pending: int = 64,
                  wall_clock: WallClock = lambda: datetime.now(UTC)) -> None:
@@ -104,7 +100,6 @@ class Authenticator:
         # Verified against when a lookup id is unknown, so that answer costs the same argon2
         # work as a wrong secret and response timing does not tell which ids exist.
         self._dummy_hash = hasher.hash(secrets.token_urlsafe(16))
-        self._packer = PrincipalPacker()
 
     def authenticate(self, authorizations: Sequence[str]
                      ) -> Principal | Coroutine[Any, Any, Principal]:
@@ -132,7 +127,7 @@ class Authenticator:
         return self._authenticate_with_io(raw, digest, now, entry)
 
     async def _authenticate_with_io(self, raw: str, digest: bytes, now: datetime,
-                                    entry: Entry[CacheValue] | None) -> Principal:
+                                    entry: Entry[Verdict] | None) -> Principal:
         if entry is None:
             parsed = parse_key(raw)
             entry = await self._after_concurrent_miss(digest)
@@ -142,22 +137,20 @@ class Authenticator:
         if self._answers_alone(entry):
             return self._from_cache(entry, now)
         self._metrics.cache_stale_hits.inc()
-        cached = self._unpack(entry)
+        cached = _verified(entry)
         return self._admit(await self._revalidate(parse_key(raw), digest, now, cached), now)
 
-    def _answers_alone(self, entry: Entry[CacheValue]) -> bool:
+    def _answers_alone(self, entry: Entry[Verdict]) -> bool:
         """A refusal (negative entry) or a fresh positive entry: no database needed."""
-        return not isinstance(entry.value, bytes) or self._cache.is_fresh(entry)
+        return not isinstance(entry.value, Verified) or self._cache.is_fresh(entry)
 
-    def _from_cache(self, entry: Entry[CacheValue], now: datetime) -> Principal:
+    def _from_cache(self, entry: Entry[Verdict], now: datetime) -> Principal:
         """A negative entry's refusal, or a fresh positive entry's Principal."""
         self._metrics.cache_hits.inc()
-        if not isinstance(entry.value, bytes):
-            raise entry.value("refused (cached)")
-        return self._admit(self._packer.principal(*_positive(entry)), now)
-
-    def _unpack(self, entry: Entry[CacheValue]) -> Verified:
-        return self._packer.unpack(*_positive(entry))
+        verdict = entry.value
+        if not isinstance(verdict, Verified):
+            raise verdict("refused (cached)")
+        return self._admit(verdict.principal, now)
 
     def _admit(self, principal: Principal, now: datetime) -> Principal:
         if principal.expires_at is not None and principal.expires_at <= now:
@@ -165,7 +158,7 @@ class Authenticator:
         self._usage.record(principal.key_id, now)
         return principal
 
-    async def _after_concurrent_miss(self, digest: bytes) -> Entry[CacheValue] | None:
+    async def _after_concurrent_miss(self, digest: bytes) -> Entry[Verdict] | None:
         """If this key is being verified right now, wait for that and use its result.
 
         Without this, N connections presenting the same new key at once (a client pool
@@ -212,7 +205,7 @@ class Authenticator:
         if expires_at is not None:
             left = (expires_at - now).total_seconds()
             ttl, grace = min(ttl, left), min(grace, left)
-        self._cache.put(digest, self._packer.pack(verified), key_id=verified.principal.key_id,
+        self._cache.put(digest, verified, key_id=verified.principal.key_id,
                         ttl=ttl, grace=grace, generation=generation)
         return verified.principal
 

@@ -5,55 +5,85 @@ An entry is *fresh* for ``ttl`` seconds; after that, and until ``usable_until``,
 when the database is unreachable (the outage grace window).
 
 Entries are keyed by a digest of the presented key (never the key itself). A positive
-entry remembers the key id so a revoke can evict it; a negative entry remembers that a
+entry remembers the key id so a revoke can refuse it; a negative entry remembers that a
 well-formed key failed, so floods of the same wrong key cost no database query.
 
+Memory (issue 6: 100,000 cached keys in 100 MB for the whole daemon). Each entry is one
+bytes record: its times, the generation it was looked up in, its key id and the value
+as the caller's codec encodes it. Python objects per entry (an entry object, two floats,
+a key-id string, a key-id index) cost more than the data they hold. The entries of keys
+used lately are kept decoded (``RECENT``), so a cache hit decodes nothing.
+
+Revocation. ``invalidate_key`` records a tombstone (key id -> generation); there is no
+index from key id to entry. ``get`` refuses an entry that was looked up before a later
+tombstone of its key id. So a revoke takes effect on the very next request, and the
+revoked entry's memory goes when it is next asked for or falls off the LRU.
+
 Revocation race: a lookup that read the database before a revoke must not put the key
-back after the revoke evicted it. Callers take a ``generation()`` token before they read
-the database and hand it to ``put``; the cache refuses inserts older than the last
+back after the revoke. Callers take a ``generation()`` token before they read the
+database and hand it to ``put``; the cache refuses inserts older than the last
 invalidation of that key id (or the last full flush).
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Final, Generic, NamedTuple, Protocol, TypeVar
 
 V = TypeVar("V")
 Clock = Callable[[], float]
 
-# How many per-key invalidation records to remember; beyond it the oldest is folded
-# into the flush generation, which is conservative (refuses a few more inserts).
+# Tombstones kept before a sweep folds them away: each is a few hundred bytes, and
+# revocations come from people, so this many within one entry lifetime is a bulk revoke.
 _MAX_TOMBSTONES = 10_000
+# Decoded entries kept for the keys used lately: the keys in use now, not the whole cache.
+RECENT: Final = 4096
+
+# fresh_until, usable_until (the cache's clock), generation, key-id length (_NO_KEY_ID:
+# a negative entry); then the key id (UTF-8), then the encoded value.
+_HEAD: Final = struct.Struct("<ddqH")
+_NO_KEY_ID: Final = 0xFFFF
 
 
-@dataclass(frozen=True, slots=True)
-class Entry(Generic[V]):
+class Codec(Protocol[V]):
+    """Turns a cached value into bytes and back; decode gets the entry's key id too."""
+
+    def encode(self, value: V) -> bytes: ...
+
+    def decode(self, key_id: str | None, data: bytes) -> V: ...
+
+
+class Entry(NamedTuple, Generic[V]):
     value: V
     key_id: str | None
     fresh_until: float  # on the cache's clock: trusted without asking the database
     usable_until: float  # after fresh_until: only when the database cannot be asked
+    generation: int  # the token the lookup that stored it took
 
 
 class VerifiedKeyCache(Generic[V]):
     """LRU + TTL cache; ``max_entries == 0`` disables caching entirely."""
 
-    def __init__(self, *, max_entries: int, clock: Clock = time.monotonic) -> None:
+    def __init__(self, *, max_entries: int, codec: Codec[V],
+                 clock: Clock = time.monotonic) -> None:
         self._max = max_entries
+        self._codec = codec
         self._clock = clock
-        self._entries: OrderedDict[bytes, Entry[V]] = OrderedDict()
-        self._digest_by_key_id: dict[str, bytes] = {}
+        self._records: OrderedDict[bytes, bytes] = OrderedDict()  # digest -> record
+        self._decoded: dict[bytes, Entry[V]] = {}  # record -> Entry, for RECENT records
         self._generation = 0
-        self._flushed_at = 0
-        self._tombstones: OrderedDict[str, int] = OrderedDict()
+        self._refused_before = 0  # puts with an older generation are refused
+        self._last_invalidation = 0  # entries at or past this need no tombstone check
+        self._tombstones: dict[str, int] = {}  # key id -> generation of its invalidation
         self.hits = self.stale_hits = self.misses = self.evictions = 0
-        self.on_evict: Callable[[], None] | None = None  # metrics hook
+        # metrics hook, called with "capacity" or "revoked" for each entry dropped
+        self.on_evict: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._records)
 
     def generation(self) -> int:
         """Token to pass to ``put``; take it before reading the database."""
@@ -61,16 +91,24 @@ class VerifiedKeyCache(Generic[V]):
 
     def get(self, digest: bytes) -> Entry[V] | None:
         """The entry, fresh or stale (see ``is_fresh``), or None."""
-        entry = self._entries.get(digest)
-        if entry is None:
+        record = self._records.get(digest)
+        if record is None:
             self.misses += 1
             return None
+        entry = self._decoded.get(record)
+        if entry is None:
+            entry = self._decode(record)
         now = self._clock()
         if entry.usable_until <= now:
-            self._remove(digest)
+            del self._records[digest]
             self.misses += 1
             return None
-        self._entries.move_to_end(digest)
+        if entry.generation < self._last_invalidation and self._revoked(entry):
+            del self._records[digest]
+            self._evicted("revoked")
+            self.misses += 1
+            return None
+        self._records.move_to_end(digest)
         if entry.fresh_until > now:
             self.hits += 1
         else:
@@ -86,47 +124,82 @@ class VerifiedKeyCache(Generic[V]):
 
         ``grace`` (>= ttl to matter) is how long the entry stays usable as a fallback.
         """
-        if self._max == 0 or ttl <= 0 or generation < self._flushed_at:
+        if self._max == 0 or ttl <= 0 or generation < self._refused_before:
             return False
         if key_id is not None and self._tombstones.get(key_id, -1) > generation:
             return False
-        self._remove(digest)
         now = self._clock()
-        self._entries[digest] = Entry(value, key_id, now + ttl, now + max(ttl, grace))
-        if key_id is not None:
-            self._digest_by_key_id[key_id] = digest
-        while len(self._entries) > self._max:
-            oldest = next(iter(self._entries))
-            self._remove(oldest)
-            self.evictions += 1
-            if self.on_evict is not None:
-                self.on_evict()
+        if key_id is None:
+            head = _HEAD.pack(now + ttl, now + max(ttl, grace), generation, _NO_KEY_ID)
+        else:
+            encoded_id = key_id.encode("utf-8", "surrogateescape")
+            if len(encoded_id) >= _NO_KEY_ID:
+                raise ValueError("key id too long to cache")
+            head = _HEAD.pack(now + ttl, now + max(ttl, grace), generation,
+                              len(encoded_id)) + encoded_id
+        self._records.pop(digest, None)  # a replaced entry becomes the most recent
+        self._records[digest] = head + self._codec.encode(value)
+        while len(self._records) > self._max:
+            self._records.popitem(last=False)
+            self._evicted("capacity")
         return True
 
-    def invalidate_key(self, key_id: str) -> bool:
-        """Evict a key everywhere it is cached and block in-flight re-inserts of it."""
+    def invalidate_key(self, key_id: str) -> None:
+        """Refuse the key's cached entries from now on, and in-flight re-inserts of it."""
         self._generation += 1
+        self._last_invalidation = self._generation
         self._tombstones[key_id] = self._generation
-        self._tombstones.move_to_end(key_id)
         if len(self._tombstones) > _MAX_TOMBSTONES:
-            _, oldest_generation = self._tombstones.popitem(last=False)
-            self._flushed_at = max(self._flushed_at, oldest_generation)
-        digest = self._digest_by_key_id.get(key_id)
-        if digest is None:
-            return False
-        self._remove(digest)
-        return True
+            self._sweep()
 
     def clear(self) -> None:
         """Forget everything, and refuse every insert started before now."""
         self._generation += 1
-        self._flushed_at = self._generation
+        self._refused_before = self._generation
         self._tombstones.clear()
-        self._entries.clear()
-        self._digest_by_key_id.clear()
+        self._records.clear()
+        self._decoded.clear()
 
-    def _remove(self, digest: bytes) -> None:
-        entry = self._entries.pop(digest, None)
-        if entry is not None and entry.key_id is not None:
-            if self._digest_by_key_id.get(entry.key_id) == digest:
-                del self._digest_by_key_id[entry.key_id]
+    def _revoked(self, entry: Entry[V]) -> bool:
+        """Whether the key of an entry stored before the last invalidation was invalidated."""
+        return (entry.key_id is not None
+                and self._tombstones.get(entry.key_id, -1) > entry.generation)
+
+    def _sweep(self) -> None:
+        """Drop every revoked entry, then the tombstones: one pass per _MAX_TOMBSTONES
+        revocations, instead of an index from key id to entry for every cached key.
+
+        In-flight lookups still need the tombstones to be refused; they are refused
+        wholesale instead (their keys are verified again next time).
+        """
+        for digest, record in list(self._records.items()):
+            generation, key_id, _ = self._split(record)
+            if key_id is not None and self._tombstones.get(key_id, -1) > generation:
+                del self._records[digest]
+                self._evicted("revoked")
+        self._tombstones.clear()
+        self._refused_before = self._generation
+
+    def _decode(self, record: bytes) -> Entry[V]:
+        fresh_until, usable_until, _, _ = _HEAD.unpack_from(record)
+        generation, key_id, value_at = self._split(record)
+        entry = Entry(self._codec.decode(key_id, record[value_at:]), key_id, fresh_until,
+                      usable_until, generation)
+        if len(self._decoded) >= RECENT:
+            self._decoded.clear()
+        self._decoded[record] = entry
+        return entry
+
+    @staticmethod
+    def _split(record: bytes) -> tuple[int, str | None, int]:
+        """A record's generation, its key id and where its encoded value starts."""
+        _, _, generation, id_len = _HEAD.unpack_from(record)
+        if id_len == _NO_KEY_ID:
+            return generation, None, _HEAD.size
+        end = _HEAD.size + id_len
+        return generation, record[_HEAD.size:end].decode("utf-8", "surrogateescape"), end
+
+    def _evicted(self, reason: str) -> None:
+        self.evictions += 1
+        if self.on_evict is not None:
+            self.on_evict(reason)

@@ -24,6 +24,7 @@ from authproxy.errors import StoreUnavailable
 from authproxy.keys import KeyHasher
 from authproxy.keyservice import KeyService, key_object
 from authproxy.migrations import migrate as apply_migrations
+from authproxy.principal import VerdictCodec
 from authproxy.sample_upstream import create_sample_upstream
 from authproxy.store import Store
 
@@ -94,7 +95,7 @@ async def _key_service(cfg: Config) -> AsyncIterator[KeyService]:
         with ThreadPoolExecutor(max_workers=1) as executor:
             yield KeyService(store=Store(pool, query_timeout=cfg.db.query_timeout),
                              hasher=KeyHasher.from_config(cfg.hashing), executor=executor,
-                             cache=VerifiedKeyCache[Any](max_entries=0))
+                             cache=VerifiedKeyCache(max_entries=0, codec=VerdictCodec()))
     finally:
         await pool.close()
 

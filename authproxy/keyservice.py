@@ -146,7 +146,7 @@ class KeyService:
         return await self._store.list_keys(validate_space_id(space_id))
 
     async def revoke(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
-        """Revoke in the database, then evict from this process's cache at once."""
+        """Revoke in the database, then refuse it from this process's cache at once."""
         record = await self._store.revoke_key(
             space_id=validate_space_id(space_id), key_id=key_id, audit=audit)
         self._cache.invalidate_key(record.id)

@@ -50,12 +50,11 @@ class RevocationListener:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         key_id, sent_at = parse_notification(payload)
-        evicted = self._cache.invalidate_key(key_id)
+        # Its cached entry, if any, is refused from now on and counted as evicted then.
+        self._cache.invalidate_key(key_id)
         if sent_at is not None:
             self._metrics.revocation_lag.observe(max(0.0, time.time() - sent_at))
-        if evicted:
-            self._metrics.cache_evictions.labels(reason="revoked").inc()
-        log.info("revocation_received", key_id=key_id, evicted=evicted)
+        log.info("revocation_received", key_id=key_id)
 
     async def run(self) -> None:
         """Listen until cancelled; reconnect with exponential backoff after any failure."""

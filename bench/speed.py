@@ -282,6 +282,7 @@ async def bulk_create_keys(db_url: str, n: int, *, cheap_hashing: bool = False,
     from authproxy.cache import VerifiedKeyCache
     from authproxy.keys import KeyHasher
     from authproxy.keyservice import KeyService
+    from authproxy.principal import VerdictCodec
     from authproxy.store import Store
 
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=concurrency)
@@ -289,7 +290,7 @@ async def bulk_create_keys(db_url: str, n: int, *, cheap_hashing: bool = False,
         with ThreadPoolExecutor(max_workers=2) as executor:
             service = KeyService(store=Store(pool), executor=executor,
                                  hasher=KeyHasher.from_config(hashing_config(cheap_hashing)),
-                                 cache=VerifiedKeyCache[Any](max_entries=0))
+                                 cache=VerifiedKeyCache(max_entries=0, codec=VerdictCodec()))
             audit = AuditContext(actor="bench")
             keys: list[str] = []
             gate = asyncio.Semaphore(concurrency)
@@ -639,12 +640,12 @@ def cache_rss(entries: int) -> None:
     from concurrent.futures import Executor, Future
     from datetime import UTC, datetime
 
-    from authproxy.auth import Authenticator, CacheValue
+    from authproxy.auth import Authenticator
     from authproxy.cache import VerifiedKeyCache
     from authproxy.config import CacheConfig
     from authproxy.keys import KeyHasher, generate_key
     from authproxy.metrics import Metrics
-    from authproxy.principal import Principal
+    from authproxy.principal import Principal, Verdict, VerdictCodec
     from authproxy.store import KeyRecord
     from authproxy.usage import UsageRecorder
 
@@ -687,7 +688,8 @@ def cache_rss(entries: int) -> None:
         store = OneRecordStore()
         metrics = Metrics()
         usage = UsageRecorder(metrics)
-        cache = VerifiedKeyCache[CacheValue](max_entries=settings.max_entries)
+        cache = VerifiedKeyCache[Verdict](max_entries=settings.max_entries,
+                                         codec=VerdictCodec())
         with InlineExecutor() as executor:
             authenticator = Authenticator(
                 store=store, cache=cache,  # type: ignore[arg-type]

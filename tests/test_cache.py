@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authproxy.cache import VerifiedKeyCache
+from authproxy.cache import RECENT, VerifiedKeyCache
 
 
 class FakeClock:
@@ -17,6 +17,20 @@ class FakeClock:
         return self.now
 
 
+class TextCodec:
+    """Caches str values as UTF-8; counts decodes, to see what a hit costs."""
+
+    def __init__(self) -> None:
+        self.decodes = 0
+
+    def encode(self, value: str) -> bytes:
+        return value.encode()
+
+    def decode(self, key_id: str | None, data: bytes) -> str:
+        self.decodes += 1
+        return data.decode()
+
+
 def digest(name: str) -> bytes:
     return name.encode().ljust(32, b"\0")
 
@@ -27,7 +41,7 @@ def clock() -> FakeClock:
 
 
 def make_cache(clock: FakeClock, max_entries: int = 100) -> VerifiedKeyCache[str]:
-    return VerifiedKeyCache(max_entries=max_entries, clock=clock)
+    return VerifiedKeyCache(max_entries=max_entries, codec=TextCodec(), clock=clock)
 
 
 def put(cache: VerifiedKeyCache[str], name: str, *, key_id: str | None = None,
@@ -145,9 +159,12 @@ class TestLruBound:
     def test_eviction_order_follows_insertion_without_reads(self, clock: FakeClock) -> None:
         """Without reads, entries are evicted in insertion order and each is counted."""
         cache = make_cache(clock, max_entries=2)
+        evicted: list[str] = []
+        cache.on_evict = evicted.append
         for name in ("a", "b", "c", "d", "e"):
             put(cache, name)
         assert cache.evictions == 3
+        assert evicted == ["capacity"] * 3
         assert len(cache) == 2
         assert [cached(cache, n) for n in ("a", "b", "c", "d", "e")] == [
             None, None, None, "value-d", "value-e"]
@@ -162,13 +179,14 @@ class TestLruBound:
         assert cached(cache, "b") is None
         assert cached(cache, "a") == "value-a"
 
-    def test_evicted_key_id_is_no_longer_indexed(self, clock: FakeClock) -> None:
-        """After an LRU eviction, invalidating that key finds nothing to evict."""
+    def test_invalidating_an_evicted_key_leaves_the_others(self, clock: FakeClock) -> None:
+        """After an LRU eviction, invalidating that key changes nothing else."""
         cache = make_cache(clock, max_entries=1)
         put(cache, "a", key_id="k1")
         put(cache, "b", key_id="k2")
-        assert cache.invalidate_key("k1") is False
+        cache.invalidate_key("k1")
         assert cached(cache, "b") == "value-b"
+        assert len(cache) == 1
 
     def test_zero_max_entries_stores_nothing(self, clock: FakeClock) -> None:
         """max_entries=0 disables the cache: every put is refused and nothing is evicted."""
@@ -181,21 +199,40 @@ class TestLruBound:
 
 
 class TestInvalidation:
-    def test_invalidate_key_evicts_its_entry(self, clock: FakeClock) -> None:
-        """invalidate_key removes the cached entry of that key id and reports it."""
+    def test_invalidated_key_is_refused_from_the_next_get(self, clock: FakeClock) -> None:
+        """After invalidate_key, the key's entry is a miss (and is dropped, counted as a
+        revoked eviction); other keys are untouched."""
         cache = make_cache(clock)
+        evicted: list[str] = []
+        cache.on_evict = evicted.append
         put(cache, "a", key_id="k1")
         put(cache, "b", key_id="k2")
-        assert cache.invalidate_key("k1") is True
+        assert cached(cache, "a") == "value-a"  # decoded and remembered: still refused below
+        cache.invalidate_key("k1")
         assert cached(cache, "a") is None
         assert cached(cache, "b") == "value-b"
+        assert (len(cache), evicted) == (1, ["revoked"])
 
-    def test_invalidate_unknown_key_reports_nothing_evicted(self, clock: FakeClock) -> None:
-        """invalidate_key of a key that is not cached returns False and keeps others."""
+    def test_invalidate_unknown_key_keeps_the_others(self, clock: FakeClock) -> None:
+        """invalidate_key of a key that is not cached refuses nothing that is."""
         cache = make_cache(clock)
         put(cache, "a", key_id="k1")
-        assert cache.invalidate_key("k9") is False
-        assert len(cache) == 1
+        put(cache, "wrong", key_id=None)
+        cache.invalidate_key("k9")
+        assert cached(cache, "a") == "value-a"
+        assert cached(cache, "wrong") == "value-wrong"
+
+    def test_key_looked_up_again_after_its_invalidation_is_served(
+            self, clock: FakeClock) -> None:
+        """A key invalidated (say a revoke that failed, then was undone) and cached again by
+        a lookup that started afterwards is a hit, for as long as no newer invalidation."""
+        cache = make_cache(clock)
+        put(cache, "a", key_id="k1")
+        cache.invalidate_key("k1")
+        assert put(cache, "a", key_id="k1") is True
+        assert cached(cache, "a") == "value-a"
+        cache.invalidate_key("k1")
+        assert cached(cache, "a") is None
 
     def test_insert_with_generation_from_before_invalidation_is_refused(
             self, clock: FakeClock) -> None:
@@ -239,7 +276,7 @@ class TestInvalidation:
             put(cache, name, key_id=f"id-{name}")
         cache.clear()
         assert len(cache) == 0
-        assert cache.invalidate_key("id-a") is False
+        assert [cached(cache, name) for name in ("a", "b", "c")] == [None, None, None]
 
     def test_clear_refuses_inserts_started_before_it(self, clock: FakeClock) -> None:
         """After clear(), inserts with older generations are refused for every key."""
@@ -261,8 +298,28 @@ class TestInvalidation:
 
 
 class TestTombstoneBound:
+    def test_many_invalidations_sweep_the_revoked_entries(self, clock: FakeClock) -> None:
+        """Past 10,000 tombstones, one pass drops every revoked entry and forgets the
+        tombstones; entries of keys never invalidated stay and are still hits."""
+        cache = make_cache(clock, max_entries=100_000)
+        evicted: list[str] = []
+        cache.on_evict = evicted.append
+        for i in range(200):
+            put(cache, f"revoked-{i}", key_id=f"k{i}")
+            put(cache, f"kept-{i}", key_id=f"other-{i}")
+        put(cache, "wrong", key_id=None)
+        for i in range(10_001):
+            cache.invalidate_key(f"k{i}")
+        assert len(cache) == 201  # swept without a get
+        assert evicted == ["revoked"] * 200
+        assert cached(cache, "kept-7") == "value-kept-7"
+        assert cached(cache, "wrong") == "value-wrong"
+        assert cached(cache, "revoked-7") is None
+        assert len(cache._tombstones) == 0  # noqa: SLF001 - the point of the bound
+
     def test_many_invalidations_stay_conservative(self, clock: FakeClock) -> None:
-        """Beyond 10,000 remembered revokes, old-generation inserts of any key are refused."""
+        """After the sweep forgot the tombstones, every insert whose lookup started before
+        it is refused, whichever key: the forgotten revokes may have been of that key."""
         cache = make_cache(clock, max_entries=100_000)
         before_all = cache.generation()
         taken_before: dict[str, int] = {}
@@ -272,8 +329,6 @@ class TestTombstoneBound:
             cache.invalidate_key(key_id)
         for key_id, generation in taken_before.items():
             assert put(cache, "x", key_id=key_id, generation=generation) is False, key_id
-        # Keys never invalidated are refused too for a generation older than the oldest
-        # forgotten revoke: the bound folds it into the flush generation.
         assert put(cache, "y", key_id="never-revoked", generation=before_all) is False
         assert put(cache, "z", key_id=None, generation=before_all) is False
         assert len(cache) == 0
@@ -288,3 +343,47 @@ class TestTombstoneBound:
         assert put(cache, "a", key_id="k0", generation=now) is True
         assert put(cache, "b", key_id="k10049", generation=now) is True
         assert put(cache, "c", key_id="other", generation=now) is True
+        assert [cached(cache, n) for n in "abc"] == ["value-a", "value-b", "value-c"]
+
+
+class TestCompactEntries:
+    def test_a_hit_decodes_nothing(self, clock: FakeClock) -> None:
+        """Keys in use are decoded once, not on every hit."""
+        codec = TextCodec()
+        cache = VerifiedKeyCache(max_entries=100, codec=codec, clock=clock)
+        put(cache, "a", key_id="k1")
+        for _ in range(50):
+            assert cached(cache, "a") == "value-a"
+        assert codec.decodes == 1
+
+    def test_decoded_entries_are_bounded(self, clock: FakeClock) -> None:
+        """More keys in use than RECENT: every value still comes back right, and the
+        decoded ones kept stay bounded."""
+        cache = make_cache(clock, max_entries=RECENT * 2)
+        names = [f"n{i}" for i in range(RECENT + 10)]
+        for name in names:
+            put(cache, name, key_id=f"id-{name}")
+        for _ in range(2):
+            for name in names:
+                entry = cache.get(digest(name))
+                assert entry is not None
+                assert (entry.value, entry.key_id) == (f"value-{name}", f"id-{name}")
+        assert len(cache._decoded) <= RECENT  # noqa: SLF001
+
+    def test_entry_keeps_times_generation_and_key_id(self, clock: FakeClock) -> None:
+        """What goes in comes out: times to the exact float, generation, key id, value."""
+        cache = make_cache(clock)
+        cache.invalidate_key("x")
+        generation = cache.generation()
+        clock.now = 1234.000001
+        cache.put(digest("a"), "é\u20ac", key_id="kéy", ttl=0.5, grace=300.25,
+                  generation=generation)
+        entry = cache.get(digest("a"))
+        assert entry is not None
+        assert entry == ("é\u20ac", "kéy", 1234.000001 + 0.5, 1234.000001 + 300.25, generation)
+
+    def test_a_key_id_too_long_to_record_is_refused_loudly(self, clock: FakeClock) -> None:
+        """Key ids are UUIDs; a 64 KiB one is a bug upstream of the cache, not data to cut."""
+        cache = make_cache(clock)
+        with pytest.raises(ValueError, match="key id too long"):
+            put(cache, "a", key_id="k" * 70_000)

@@ -1,4 +1,4 @@
-"""The packed form of a cached key gives back exactly the Principal and fingerprint packed."""
+"""The cache's encoding of a verdict gives back exactly the verdict encoded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from authproxy.principal import RECENT, Principal, PrincipalPacker, Verified
+from authproxy.errors import AuthError, ExpiredKey, InvalidKey, MissingKey, RevokedKey
+from authproxy.principal import Principal, VerdictCodec, Verified
 
 KEY_ID = "3f1c0b8e-5d2a-4c11-9e77-0a1b2c3d4e5f"
 FINGERPRINT = bytes(range(16))
@@ -30,31 +31,27 @@ FINGERPRINT = bytes(range(16))
 ], ids=["plain", "rate-limited", "expiring", "expiring-now", "year-3000", "year-9999",
         "before-the-epoch"])
 def test_round_trip(principal: Principal) -> None:
-    packer = PrincipalPacker()
-    packed = packer.pack(Verified(principal, FINGERPRINT))
+    codec = VerdictCodec()
+    packed = codec.encode(Verified(principal, FINGERPRINT))
     assert isinstance(packed, bytes) and len(packed) < 64
-    assert packer.unpack(principal.key_id, packed) == Verified(principal, FINGERPRINT)
+    assert codec.decode(principal.key_id, packed) == Verified(principal, FINGERPRINT)
+
+
+@pytest.mark.parametrize("refusal", [MissingKey, InvalidKey, ExpiredKey, RevokedKey])
+def test_refusals_are_one_byte_each(refusal: type[AuthError]) -> None:
+    """A cached refusal keeps its precise class (the log says why) in one byte."""
+    codec = VerdictCodec()
+    packed = codec.encode(refusal)
+    assert len(packed) == 1
+    assert codec.decode(None, packed) is refusal
 
 
 def test_spaces_are_numbered_once() -> None:
     """Many keys of a few spaces: each space id is stored once, every key gets its own back."""
-    packer = PrincipalPacker()
+    codec = VerdictCodec()
     spaces = ["a", "b", "a", "c", "b", "a"]
-    packed = [packer.pack(Verified(Principal(f"k{n}", space, "asc_x", None), FINGERPRINT))
+    packed = [codec.encode(Verified(Principal(f"k{n}", space, "asc_x", None), FINGERPRINT))
               for n, space in enumerate(spaces)]
-    assert [packer.unpack(f"k{n}", p).principal.space_id for n, p in enumerate(packed)] == spaces
-    assert len(packer._spaces) == 3  # noqa: SLF001 - the point of the numbering
-
-
-def test_recent_principals_are_reused_and_bounded() -> None:
-    """A key in use is unpacked once; the memory of recent ones stays bounded."""
-    packer = PrincipalPacker()
-    keys = [(f"key-{n}", packer.pack(Verified(Principal(f"key-{n}", "s", f"asc_{n}", None),
-                                             FINGERPRINT[:-4] + n.to_bytes(4, "big"))))
-            for n in range(RECENT + 10)]
-    first = packer.principal(*keys[0])
-    assert first == packer.unpack(*keys[0]).principal
-    assert packer.principal(*keys[0]) is first  # not unpacked again
-    for key_id, packed in keys:
-        assert packer.principal(key_id, packed).key_id == key_id
-    assert len(packer._recent) <= RECENT  # noqa: SLF001
+    decoded = [codec.decode(f"k{n}", p) for n, p in enumerate(packed)]
+    assert [v.principal.space_id for v in decoded if isinstance(v, Verified)] == spaces
+    assert len(codec._spaces) == 3  # noqa: SLF001 - the point of the numbering
