@@ -123,7 +123,7 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     app[CACHE] = VerifiedKeyCache[Verdict](max_entries=cfg.cache.max_entries,
                                            codec=VerdictCodec())
     app[CACHE].on_evict = lambda reason: metrics.cache_evictions.labels(reason=reason).inc()
-    app[USAGE] = UsageRecorder(metrics)
+    app[USAGE] = UsageRecorder(metrics, max_pending=cfg.usage.max_pending)
     app[LIFECYCLE] = Lifecycle()
     app[TRUSTED_PROXIES] = parse_networks(cfg.server.trusted_proxies)
     app[STRIP_PREFIXES] = tuple(normalized(p) for p in cfg.upstream.strip_header_prefixes)

@@ -148,6 +148,8 @@ class LimitsConfig:
 @dataclass(frozen=True, slots=True)
 class UsageConfig:
     flush_interval: float = field(default=10.0, metadata=_rule(0.05, 3600))
+    # Keys whose last use may wait in memory; reaching it flushes at once (bounds memory).
+    max_pending: int = field(default=10_000, metadata=_rule(1, 10_000_000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,9 +110,10 @@ def update_pool_gauge(app: web.Application, pool: asyncpg.Pool) -> None:
 
 
 async def _housekeeping(app: web.Application, pool: asyncpg.Pool) -> None:
-    """Every usage.flush_interval: write last_used_at in one statement, refresh gauges."""
+    """Every usage.flush_interval, or sooner once usage.max_pending keys wait: write
+    last_used_at in one statement, refresh gauges."""
     while True:
-        await asyncio.sleep(app[CONFIG].usage.flush_interval)
+        await app[USAGE].due(app[CONFIG].usage.flush_interval)
         await app[USAGE].flush(app[STORE])
         update_pool_gauge(app, pool)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from datetime import datetime
 
@@ -19,22 +21,42 @@ class UsageRecorder:
 
     A write per request would make PostgreSQL the bottleneck of the proxy; the product
     only promises "last used" to the minute, so batching loses nothing users can see.
+
+    Once ``max_pending`` keys wait, the next flush is due at once (``due``): with 100,000
+    keys in use, a 10 s interval held them all, about 180 bytes each, and the flush built
+    a batch of them all at once (issue 6 measured the daemon at 130 MiB after using every
+    one of 100,000 cached keys). While flushes fail, only the interval applies.
     """
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, max_pending: int = 10_000) -> None:
         self._pending: dict[str, datetime] = {}
         self._metrics = metrics
+        self._max_pending = max_pending
         self._oldest: float | None = None  # monotonic time of the oldest pending use
+        self._full = asyncio.Event()
+        self._failing = False  # the last flush failed: wait for the interval, not _full
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def record(self, key_id: str, used_at: datetime) -> None:
         previous = self._pending.get(key_id)
-        if previous is None or used_at > previous:
+        if previous is None:
+            self._pending[key_id] = used_at
+            if len(self._pending) >= self._max_pending and not self._failing:
+                self._full.set()
+        elif used_at > previous:
             self._pending[key_id] = used_at
         if self._oldest is None:
             self._oldest = time.monotonic()
+
+    async def due(self, interval: float) -> None:
+        """Return after ``interval`` seconds, or as soon as max_pending keys wait."""
+        if len(self._pending) >= self._max_pending and not self._failing:
+            return  # they filled up again while the last flush was being written
+        self._full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._full.wait(), interval)
 
     async def flush(self, store: Store) -> int:
         """Write pending uses; on failure keep them for the next flush. Returns rows sent."""
@@ -45,12 +67,14 @@ class UsageRecorder:
         try:
             await store.record_usage(list(batch.items()))
         except StoreUnavailable as exc:
+            self._failing = True
             for key_id, used_at in batch.items():
                 self.record(key_id, used_at)
             self._oldest = oldest
             self._metrics.last_used_flush_failures.inc()
             log.warning("last_used_flush_failed", pending=len(self._pending), error=str(exc))
             return 0
+        self._failing = False
         self._metrics.last_used_flush_keys.observe(len(batch))
         if oldest is not None:
             self._metrics.last_used_flush_lag.observe(time.monotonic() - oldest)

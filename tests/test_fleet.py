@@ -343,6 +343,26 @@ class TestLastUsedBatching:
         seen = last_used((await list_keys(launcher))[key["id"]])
         assert seen is not None and seen >= used_at
 
+    async def test_many_waiting_keys_are_written_at_once(
+            self, launcher: DaemonLauncher, http: aiohttp.ClientSession) -> None:
+        """With usage.max_pending 3 and an hour's interval, one key's use waits, and the
+        use of a third key writes all three at once: the memory of waiting uses is bounded
+        by max_pending, not by the keys used within an interval."""
+        daemon = await launcher.start(usage={"flush_interval": 3600, "max_pending": 3},
+                                      server=QUICK_STOP)
+        keys = [await launcher.create_key(SPACE, f"k{n}") for n in range(3)]
+        used_at = datetime.now(UTC)
+        assert await call(http, daemon, keys[0]["key"]) == 200
+        assert await call(http, daemon, keys[1]["key"]) == 200
+        await asyncio.sleep(0.3)
+        assert last_used((await list_keys(launcher))[keys[0]["id"]]) is None, "flushed early"
+        assert await call(http, daemon, keys[2]["key"]) == 200
+        for key in keys:
+            await wait_last_used(launcher, key["id"], used_at, timeout=5.0)
+        text = await scrape(http, daemon)
+        assert metric_total(text, "authproxy_last_used_flush_keys_sum") == 3
+        assert await daemon.stop() == 0
+
     async def test_a_late_flush_never_moves_last_used_back(
             self, launcher: DaemonLauncher, http: aiohttp.ClientSession) -> None:
         """X uses a key, then Y uses it and flushes; X's later shutdown flush of the older
@@ -416,6 +436,35 @@ class TestPostgresOutage:
             assert await wait_for(k2_admitted, 10.0, 0.1) is not None
             print(f"\nrecovered {time.monotonic() - restarted:.2f} s after PostgreSQL restart")
             await wait_last_used(launcher, k1["id"], outage_use)
+            assert await daemon.stop() == 0
+
+
+    async def test_failed_flushes_wait_for_the_interval(
+            self, tmp_path: Path, private_pg: StoppablePostgres, upstream: Upstream,
+            http: aiohttp.ClientSession) -> None:
+        """PostgreSQL stopped with more than usage.max_pending keys' uses waiting: the
+        flush is retried every flush_interval, not in a loop, and the uses still reach
+        last_used_at after the restart."""
+        async with DaemonLauncher(tmp_path, database_url=private_pg.url,
+                                  upstream_url=upstream.url) as launcher:
+            migrated = await launcher.cli("migrate")
+            assert migrated.exit_code == 0, migrated.stderr
+            key = await launcher.create_key(SPACE, "k1")
+            daemon = await launcher.start(
+                cache={"ttl": 60, "outage_grace": 300},
+                db={"connect_timeout": 1, "query_timeout": 1},
+                usage={"flush_interval": 1.0, "max_pending": 1}, server=QUICK_STOP)
+            assert await call(http, daemon, key["key"]) == 200  # cached now
+            private_pg.stop()
+            outage_use = datetime.now(UTC)
+            assert await call(http, daemon, key["key"]) == 200  # 1 key waits: flush due
+            await asyncio.sleep(3.5)
+            failures = metric_total(await scrape(http, daemon),
+                                    "authproxy_last_used_flush_failures_total")
+            print(f"\n{failures:.0f} failed last_used flushes in 3.5 s of outage")
+            assert 1 <= failures <= 6
+            private_pg.restart()
+            await wait_last_used(launcher, key["id"], outage_use, timeout=15.0)
             assert await daemon.stop() == 0
 
 
