@@ -35,8 +35,11 @@ log = structlog.get_logger(__name__)
 WallClock = Callable[[], datetime]
 # Longest Authorization value we even look at; a valid one is "Bearer " + 48 chars.
 _MAX_CREDENTIAL_LEN = 256
-# Cache digests and hash fingerprints: 128 bits, keyed per process (no offline guessing).
-_DIGEST_SIZE = 16
+# Cache digests: 120 bits, keyed per process (no offline guessing). Not 128: CPython keeps
+# 15 bytes in a 48-byte object and 16 in a 64-byte one, and the cache holds one per key.
+_DIGEST_SIZE = 15
+# Fingerprints of stored hashes: 128 bits, keyed the same way; they live inside a record.
+_FINGERPRINT_SIZE = 16
 
 
 
@@ -231,7 +234,7 @@ class Authenticator:
 
     def _fingerprint(self, secret_hash: str) -> bytes:
         return hashlib.blake2b(secret_hash.encode("ascii", "replace"), key=self._digest_key,
-                               digest_size=_DIGEST_SIZE).digest()
+                               digest_size=_FINGERPRINT_SIZE).digest()
 
     async def _argon2(self, stored: str, secret: str) -> bool:
         if self._pending >= self._max_pending:

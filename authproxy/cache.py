@@ -43,9 +43,11 @@ _MAX_TOMBSTONES = 10_000
 RECENT: Final = 4096
 
 # fresh_until, usable_until (the cache's clock), generation, key-id length (_NO_KEY_ID:
-# a negative entry); then the key id (UTF-8), then the encoded value.
+# a negative entry; _UUID_KEY_ID: 16 bytes of a UUID); then the key id (UTF-8 or the
+# UUID's bytes), then the encoded value.
 _HEAD: Final = struct.Struct("<ddqH")
 _NO_KEY_ID: Final = 0xFFFF
+_UUID_KEY_ID: Final = 0xFFFE
 
 
 class Codec(Protocol[V]):
@@ -129,13 +131,16 @@ class VerifiedKeyCache(Generic[V]):
         if key_id is not None and self._tombstones.get(key_id, -1) > generation:
             return False
         now = self._clock()
+        fresh_until, usable_until = now + ttl, now + max(ttl, grace)
         if key_id is None:
-            head = _HEAD.pack(now + ttl, now + max(ttl, grace), generation, _NO_KEY_ID)
+            head = _HEAD.pack(fresh_until, usable_until, generation, _NO_KEY_ID)
+        elif (as_uuid := _uuid_bytes(key_id)) is not None:
+            head = _HEAD.pack(fresh_until, usable_until, generation, _UUID_KEY_ID) + as_uuid
         else:
             encoded_id = key_id.encode("utf-8", "surrogateescape")
-            if len(encoded_id) >= _NO_KEY_ID:
+            if len(encoded_id) >= _UUID_KEY_ID:
                 raise ValueError("key id too long to cache")
-            head = _HEAD.pack(now + ttl, now + max(ttl, grace), generation,
+            head = _HEAD.pack(fresh_until, usable_until, generation,
                               len(encoded_id)) + encoded_id
         self._records.pop(digest, None)  # a replaced entry becomes the most recent
         self._records[digest] = head + self._codec.encode(value)
@@ -196,6 +201,9 @@ class VerifiedKeyCache(Generic[V]):
         _, _, generation, id_len = _HEAD.unpack_from(record)
         if id_len == _NO_KEY_ID:
             return generation, None, _HEAD.size
+        if id_len == _UUID_KEY_ID:
+            end = _HEAD.size + 16
+            return generation, _uuid_text(record[_HEAD.size:end]), end
         end = _HEAD.size + id_len
         return generation, record[_HEAD.size:end].decode("utf-8", "surrogateescape"), end
 
@@ -203,3 +211,24 @@ class VerifiedKeyCache(Generic[V]):
         self.evictions += 1
         if self.on_evict is not None:
             self.on_evict(reason)
+
+
+def _uuid_bytes(key_id: str) -> bytes | None:
+    """The 16 bytes of a key id written as PostgreSQL writes a uuid, else None.
+
+    Key ids are uuids: as 16 bytes instead of 36 characters, a cached entry's record fits
+    CPython's 128-byte size class instead of the 160-byte one.
+    """
+    if len(key_id) != 36:
+        return None
+    try:
+        raw = bytes.fromhex(key_id.replace("-", ""))
+    except ValueError:
+        return None
+    # Only the canonical text (lowercase, dashes in place) comes back from _uuid_text.
+    return raw if _uuid_text(raw) == key_id else None
+
+
+def _uuid_text(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -382,6 +382,25 @@ class TestCompactEntries:
         assert entry is not None
         assert entry == ("é\u20ac", "kéy", 1234.000001 + 0.5, 1234.000001 + 300.25, generation)
 
+    @pytest.mark.parametrize("key_id", [
+        "3f1c0b8e-5d2a-4c11-9e77-0a1b2c3d4e5f",  # as PostgreSQL writes a uuid: kept in 16 bytes
+        "3F1C0B8E-5D2A-4C11-9E77-0A1B2C3D4E5F",  # not canonical: kept as text, not lowercased
+        "3f1c0b8e5d2a4c119e770a1b2c3d4e5f----",  # 36 characters, dashes elsewhere
+        "zz1c0b8e-5d2a-4c11-9e77-0a1b2c3d4e5f",  # 36 characters, not hex
+        "",
+    ])
+    def test_key_ids_come_back_exactly(self, clock: FakeClock, key_id: str) -> None:
+        """Whatever form a key id has, get gives back that exact string, and invalidating
+        that exact string refuses it."""
+        cache = make_cache(clock)
+        put(cache, "a", key_id=key_id)
+        entry = cache.get(digest("a"))
+        assert entry is not None and entry.key_id == key_id
+        cache.invalidate_key(key_id.lower() if key_id != key_id.lower() else key_id + "x")
+        assert cached(cache, "a") == "value-a"  # another key id's tombstone
+        cache.invalidate_key(key_id)
+        assert cached(cache, "a") is None
+
     def test_a_key_id_too_long_to_record_is_refused_loudly(self, clock: FakeClock) -> None:
         """Key ids are UUIDs; a 64 KiB one is a bug upstream of the cache, not data to cut."""
         cache = make_cache(clock)
