@@ -630,8 +630,9 @@ def cache_rss(entries: int) -> None:
     record for any lookup id (its secret_hash a distinct string shaped exactly like a real
     argon2id hash of the shipped parameters) and a hasher whose verify() says yes without
     spending argon2. So the cache holds what the daemon's holds after `entries` distinct
-    cold verifications: digest -> Entry(a packed Verified: fingerprint, expiry, rate limit,
-    space number, prefix), plus the key-id index. The usage recorder's pending last_used
+    cold verifications: digest -> one record (times, generation, key id, the encoded
+    Verified: fingerprint, expiry, rate limit, space number, prefix). The usage recorder's
+    pending last_used
     entries are flushed every 1,000 keys, as the daemon's flush every usage.flush_interval
     would.
     """
@@ -1099,10 +1100,10 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
               f"+{fmt_bytes(filled - before)}, {(filled - before) / n:.0f} B per key; "
               f"peak (VmHWM) {fmt_bytes(result['filled']['VmHWM'])}")
         print(f"  filled by Authenticator.authenticate itself (a store that knows every key, "
-              f"no argon2): blake2b digest -> packed Verified (fingerprint of a stored "
-              f"hash of {result['hash_len']} chars like '{result['hash_head']}$…'), the key-id "
-              f"index; "
-              f"last_used flushed every {result['flush_every']:,} keys")
+              f"no argon2): blake2b digest -> one record with the encoded Verified "
+              f"(fingerprint of a stored hash of {result['hash_len']} chars like "
+              f"'{result['hash_head']}$…'); last_used flushed every "
+              f"{result['flush_every']:,} keys")
 
     # -- memory of a real daemon
     if args.daemon_rss_keys > 0:
@@ -1142,6 +1143,15 @@ def daemon_rss(lab: Lab, n: int) -> None:
           f"{misses:.0f} cache misses counted); daemon RSS {fmt_bytes(before)} -> "
           f"{fmt_bytes(filled)} (+{fmt_bytes(filled - before)}, "
           f"{(filled - before) / (n - 1):.0f} B per key), peak {fmt_bytes(peak)}")
+    # Then every key again: all of them in use at once, as with n devices polling. Each
+    # answer now comes from the cache, and each use waits in memory for the next last_used
+    # flush.
+    elapsed = run_async(send_each_key(base, keys))
+    used, peak, _ = process_tree_rss(proc.process.pid)
+    hits = metric_values(base).get("authproxy_cache_hits_total", 0)
+    print(f"sent all {n:,} keys again in {elapsed:.0f} s ({n / elapsed:.0f}/s, {hits:.0f} "
+          f"cache hits counted); daemon RSS {fmt_bytes(used)}, peak {fmt_bytes(peak)} "
+          f"({peak / 1e6:.1f} MB)")
     time.sleep(0.5)
 
 
