@@ -23,9 +23,11 @@ class UsageRecorder:
     only promises "last used" to the minute, so batching loses nothing users can see.
 
     Once ``max_pending`` keys wait, the next flush is due at once (``due``): with 100,000
-    keys in use, a 10 s interval held them all, about 180 bytes each, and the flush built
+    keys in use, a 10 s interval held them all, about 190 bytes each, and the flush built
     a batch of them all at once (issue 6 measured the daemon at 130 MiB after using every
-    one of 100,000 cached keys). While flushes fail, only the interval applies.
+    one of 100,000 cached keys). The trade: with more distinct keys than max_pending in
+    use per interval, repeat uses merge less, so keys are written more often (at most
+    once per use, still in batches). While flushes fail, only the interval applies.
     """
 
     def __init__(self, metrics: Metrics, *, max_pending: int = 10_000) -> None:
@@ -65,18 +67,27 @@ class UsageRecorder:
         batch, self._pending = self._pending, {}
         oldest, self._oldest = self._oldest, None
         try:
-            await store.record_usage(list(batch.items()))
+            await store.record_usage(batch.items())
         except StoreUnavailable as exc:
             self._failing = True
-            for key_id, used_at in batch.items():
-                self.record(key_id, used_at)
-            self._oldest = oldest
+            self._keep(batch, oldest)
             self._metrics.last_used_flush_failures.inc()
             log.warning("last_used_flush_failed", pending=len(self._pending), error=str(exc))
             return 0
+        except asyncio.CancelledError:
+            # Shutdown cancelled a periodic flush mid-write: the final flush writes these.
+            self._keep(batch, oldest)
+            raise
         self._failing = False
         self._metrics.last_used_flush_keys.observe(len(batch))
         if oldest is not None:
             self._metrics.last_used_flush_lag.observe(time.monotonic() - oldest)
         log.debug("last_used_flushed", keys=len(batch))
         return len(batch)
+
+    def _keep(self, batch: dict[str, datetime], oldest: float | None) -> None:
+        """Put back a batch that was not written (rows already written are written again:
+        the update only moves forward)."""
+        for key_id, used_at in batch.items():
+            self.record(key_id, used_at)
+        self._oldest = oldest
