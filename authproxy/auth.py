@@ -42,7 +42,6 @@ _DIGEST_SIZE = 15
 _FINGERPRINT_SIZE = 16
 
 
-
 def _verified(entry: Entry[Verdict]) -> Verified:
     """The Verified of a positive entry."""
     if not isinstance(entry.value, Verified):
@@ -189,6 +188,10 @@ class Authenticator:
         try:
             return await self._verify(parsed, digest, now, cached=cached)
         except StoreUnavailable as exc:
+            # The key may have been revoked (or the cache flushed) while PostgreSQL was
+            # being asked: only an entry the cache still holds may answer.
+            if self._cache.get(digest) is None:
+                raise
             log.warning("served_from_cache_during_outage", key_id=cached.principal.key_id,
                         error=str(exc))
             return cached.principal

@@ -68,6 +68,38 @@ class TestRevokeDuringLookup:
         assert upstream.requests == []
 
 
+class TestRevokeDuringOutage:
+    async def test_a_revoke_during_the_recheck_of_a_stale_key_wins(
+            self, app_client: Any, database_url: str, upstream: Upstream) -> None:
+        """A stale cached key is being re-checked, PostgreSQL does not answer in time, and
+        the key's revocation arrives meanwhile: the answer is 503, not the cached 200."""
+        client = await app_client(cache={"ttl": 0.2, "outage_grace": 300},
+                                  db={"query_timeout": 1.0})
+        created = await new_key(client)
+        assert (await client.get("/x", headers=bearer(created.key))).status == 200
+        await asyncio.sleep(0.3)  # past cache.ttl: the next use asks PostgreSQL again
+        locker = await asyncpg.connect(database_url)
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            # The re-check's SELECT waits behind this lock until query_timeout.
+            await locker.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+            request = asyncio.create_task(client.get("/x", headers=bearer(created.key)))
+            await asyncio.sleep(0.3)
+            # What the revocation listener does when the NOTIFY of a revoke arrives.
+            client.app[CACHE].invalidate_key(created.record.id)
+            response = await request
+            await transaction.rollback()
+        finally:
+            await locker.close()
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "key_store_unavailable"
+        upstream.requests.clear()
+        # And once PostgreSQL answers, the key is looked up afresh (not revoked in the
+        # database here: the test stood in for a NOTIFY).
+        assert (await client.get("/x", headers=bearer(created.key))).status == 200
+
+
 class TestListener:
     async def test_reconnect_flushes_cache(self, client: Client, database_url: str) -> None:
         """Killing the LISTEN connection leads to a reconnect that empties the cache."""
