@@ -123,7 +123,7 @@ class Metrics:
                                        "Upstream failures, by kind.", ["kind"], registry=r)
         self.revocation_lag = Histogram(
             "authproxy_revocation_lag_seconds",
-            "Time from a revoke's NOTIFY in PostgreSQL to the eviction here.",
+            "Time from a revoke's NOTIFY in PostgreSQL to its key being refused here.",
             buckets=_LAG, registry=r)
         self.listener_reconnects = Counter(
             "authproxy_revocation_listener_reconnects",

@@ -1,4 +1,4 @@
-"""Hear revokes from every process through PostgreSQL LISTEN/NOTIFY and evict them here.
+"""Hear revokes from every process through PostgreSQL LISTEN/NOTIFY and refuse them here.
 
 A revoke NOTIFYs inside its own transaction, so listeners only hear of committed
 revokes. Notifications sent while our LISTEN connection was down are lost for good, so
