@@ -8,8 +8,8 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -90,10 +90,22 @@ def _record(row: Any) -> KeyRecord:
     return KeyRecord(
         id=str(row["id"]), space_id=row["space_id"], name=row["name"],
         lookup_id=row["lookup_id"], prefix=row["prefix"], secret_hash=row["secret_hash"],
-        created_at=row["created_at"], last_used_at=row["last_used_at"],
-        expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+        created_at=_aware(row["created_at"]), last_used_at=_aware(row["last_used_at"]),
+        expires_at=_aware(row["expires_at"]), revoked_at=_aware(row["revoked_at"]),
         rate_limit_per_second=row["rate_limit_per_second"],
     )
+
+
+_Moment = TypeVar("_Moment", datetime, None)
+
+
+def _aware(moment: _Moment) -> _Moment:
+    """asyncpg gives PostgreSQL's 'infinity' and '-infinity' as naive datetime.max and
+    datetime.min, every other timestamptz in UTC; make those UTC too, so they compare,
+    cache and print like any other time (a naive one failed every request with a 500)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 def _as_uuid(key_id: str) -> uuid.UUID:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from structlog.contextvars import merge_contextvars
@@ -16,6 +17,7 @@ from structlog.testing import capture_logs
 from authproxy.appkeys import KEYS
 from authproxy.audit import AuditContext
 from authproxy.keys import generate_key
+from authproxy.keyservice import key_object
 from tests.conftest import AppClient, Upstream, bearer, new_key
 from tests.rawhttp import get, raw_request
 from tests.recording_upstream import GZIPPED
@@ -171,6 +173,28 @@ class TestRefusals:
         upstream.requests.clear()
         resp = await client.get("/x", headers=bearer(created.key))
         await assert_refused(resp, upstream)
+
+    @pytest.mark.parametrize(("written", "status", "listed"), [
+        ("infinity", 200, "9999-12-31T23:59:59.999999Z"),
+        ("-infinity", 401, "0001-01-01T00:00:00Z"),
+    ])
+    @pytest.mark.parametrize("cached", [0, 100], ids=["uncached", "cached"])
+    async def test_an_infinite_expiry_written_by_sql(
+            self, app_client: AppClient, database_url: str, upstream: Upstream,
+            written: str, status: int, listed: str, cached: int) -> None:
+        """PostgreSQL's 'infinity' / '-infinity' in expires_at (only direct SQL can write
+        them) mean never / always expired; they used to fail every request with a 500."""
+        client = await app_client(cache={"max_entries": cached})
+        created = await new_key(client)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"UPDATE api_keys SET expires_at = '{written}'")
+        finally:
+            await conn.close()
+        for _ in range(2):
+            assert (await client.get("/x", headers=bearer(created.key))).status == status
+        [record] = await client.app[KEYS].list_keys("plant-7")
+        assert key_object(record, datetime.now(UTC))["expires_at"] == listed
 
     async def test_refusal_reason_logged_without_key(self, client: Client,
                                                      upstream: Upstream) -> None:
