@@ -181,7 +181,7 @@ async def main() -> None:
                   f"p99 {pct[98] * 1000:.2f}  max {lags[-1] * 1000:.2f}")
             total = await metric(session, b, "authproxy_revocation_lag_seconds_sum")
             count = await metric(session, b, "authproxy_revocation_lag_seconds_count")
-            print(f"  of which NOTIFY -> eviction inside B (its metric): mean "
+            print(f"  of which NOTIFY -> the key refused inside B (its metric): mean "
                   f"{total / max(count, 1) * 1000:.2f} ms over {count:.0f}; the rest is B's "
                   "next request paying one argon2 verification before it can say 401")
             sent, flushed = await steady_load(session, a, b, args.seconds, args.rate)
