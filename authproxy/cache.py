@@ -106,7 +106,8 @@ class VerifiedKeyCache(Generic[V]):
             del self._records[digest]
             self.misses += 1
             return None
-        if entry.generation < self._last_invalidation and self._revoked(entry):
+        if (entry.generation < self._last_invalidation
+                and self._revoked(entry.key_id, entry.generation)):
             del self._records[digest]
             self._evicted("revoked")
             self.misses += 1
@@ -166,10 +167,9 @@ class VerifiedKeyCache(Generic[V]):
         self._records.clear()
         self._decoded.clear()
 
-    def _revoked(self, entry: Entry[V]) -> bool:
-        """Whether the key of an entry stored before the last invalidation was invalidated."""
-        return (entry.key_id is not None
-                and self._tombstones.get(entry.key_id, -1) > entry.generation)
+    def _revoked(self, key_id: str | None, generation: int) -> bool:
+        """Whether the key of an entry looked up in ``generation`` was invalidated since."""
+        return key_id is not None and self._tombstones.get(key_id, -1) > generation
 
     def _sweep(self) -> None:
         """Drop every revoked entry, then the tombstones: one pass per _MAX_TOMBSTONES
@@ -179,16 +179,16 @@ class VerifiedKeyCache(Generic[V]):
         wholesale instead (their keys are verified again next time).
         """
         for digest, record in list(self._records.items()):
-            generation, key_id, _ = self._split(record)
-            if key_id is not None and self._tombstones.get(key_id, -1) > generation:
+            _, _, generation, id_len = _HEAD.unpack_from(record)
+            if self._revoked(_key_id(record, id_len)[0], generation):
                 del self._records[digest]
                 self._evicted("revoked")
         self._tombstones.clear()
         self._refused_before = self._generation
 
     def _decode(self, record: bytes) -> Entry[V]:
-        fresh_until, usable_until, _, _ = _HEAD.unpack_from(record)
-        generation, key_id, value_at = self._split(record)
+        fresh_until, usable_until, generation, id_len = _HEAD.unpack_from(record)
+        key_id, value_at = _key_id(record, id_len)
         entry = Entry(self._codec.decode(key_id, record[value_at:]), key_id, fresh_until,
                       usable_until, generation)
         if len(self._decoded) >= RECENT:
@@ -196,22 +196,21 @@ class VerifiedKeyCache(Generic[V]):
         self._decoded[record] = entry
         return entry
 
-    @staticmethod
-    def _split(record: bytes) -> tuple[int, str | None, int]:
-        """A record's generation, its key id and where its encoded value starts."""
-        _, _, generation, id_len = _HEAD.unpack_from(record)
-        if id_len == _NO_KEY_ID:
-            return generation, None, _HEAD.size
-        if id_len == _UUID_KEY_ID:
-            end = _HEAD.size + 16
-            return generation, _uuid_text(record[_HEAD.size:end]), end
-        end = _HEAD.size + id_len
-        return generation, record[_HEAD.size:end].decode("utf-8", "surrogateescape"), end
-
     def _evicted(self, reason: str) -> None:
         self.evictions += 1
         if self.on_evict is not None:
             self.on_evict(reason)
+
+
+def _key_id(record: bytes, id_len: int) -> tuple[str | None, int]:
+    """A record's key id (``id_len`` from its head) and where its encoded value starts."""
+    if id_len == _NO_KEY_ID:
+        return None, _HEAD.size
+    if id_len == _UUID_KEY_ID:
+        end = _HEAD.size + 16
+        return _uuid_text(record[_HEAD.size:end]), end
+    end = _HEAD.size + id_len
+    return record[_HEAD.size:end].decode("utf-8", "surrogateescape"), end
 
 
 def _uuid_bytes(key_id: str) -> bytes | None:

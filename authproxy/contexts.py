@@ -111,7 +111,7 @@ def update_pool_gauge(app: web.Application, pool: asyncpg.Pool) -> None:
 
 async def _housekeeping(app: web.Application, pool: asyncpg.Pool) -> None:
     """Every usage.flush_interval, or sooner once usage.max_pending keys wait: write
-    last_used_at in one statement, refresh gauges."""
+    last_used_at (statements of up to 10,000 rows), refresh gauges."""
     while True:
         await app[USAGE].due(app[CONFIG].usage.flush_interval)
         await app[USAGE].flush(app[STORE])

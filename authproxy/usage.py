@@ -45,7 +45,7 @@ class UsageRecorder:
         previous = self._pending.get(key_id)
         if previous is None:
             self._pending[key_id] = used_at
-            if len(self._pending) >= self._max_pending and not self._failing:
+            if self._is_full():
                 self._full.set()
         elif used_at > previous:
             self._pending[key_id] = used_at
@@ -54,11 +54,15 @@ class UsageRecorder:
 
     async def due(self, interval: float) -> None:
         """Return after ``interval`` seconds, or as soon as max_pending keys wait."""
-        if len(self._pending) >= self._max_pending and not self._failing:
+        if self._is_full():
             return  # they filled up again while the last flush was being written
         self._full.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._full.wait(), interval)
+
+    def _is_full(self) -> bool:
+        """max_pending keys wait, and flushes are not failing (then the interval rules)."""
+        return len(self._pending) >= self._max_pending and not self._failing
 
     async def flush(self, store: Store) -> int:
         """Write pending uses; on failure keep them for the next flush. Returns rows sent."""
