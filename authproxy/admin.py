@@ -23,6 +23,7 @@ from authproxy.errors import (
     InvalidInput,
     MalformedBody,
     MissingKey,
+    UnsupportedEncoding,
     UnsupportedMediaType,
 )
 from authproxy.headers import client_address
@@ -93,12 +94,16 @@ async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dic
     """The body as a JSON object with only ``allowed`` fields; 400/413/415/422 otherwise."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType(request.content_type)
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        # The server never inflates bodies (they are proxied as sent), so a compressed
+        # admin body would be read as JSON bytes it is not.
+        raise UnsupportedEncoding(request.headers["Content-Encoding"])
     await send_continue(request)  # authorised by now: the client may send its body
     try:
         raw = await request.read()  # capped by the app's client_max_size
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge() from None
-    except web.RequestPayloadError:  # e.g. a Content-Encoding the body does not match
+    except web.RequestPayloadError:  # a body cut short, bad chunk framing
         raise MalformedBody() from None
     try:
         body = json.loads(raw, object_pairs_hook=_refuse_duplicates)

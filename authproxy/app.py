@@ -91,12 +91,15 @@ async def _methods_for(request: web.Request) -> set[str]:
     return allowed
 
 
-def handler_args(cfg: Config) -> dict[str, float]:
+def handler_args(cfg: Config) -> dict[str, float | bool]:
     """Limits of aiohttp's HTTP parser and connection handling, from config."""
     return {
         # 0: a body nobody read (a refused upload) is not drained to keep the connection
         # alive; the connection is closed instead.
         "lingering_time": 0,
+        # Bodies are forwarded as sent (issue 13): aiohttp must not inflate a gzip or
+        # deflate upload, which would go upstream under the client's Content-Length.
+        "auto_decompress": False,
         "keepalive_timeout": cfg.server.idle_timeout,
         "max_line_size": cfg.server.max_url_bytes,
         "max_field_size": cfg.server.max_header_bytes,

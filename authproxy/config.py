@@ -96,6 +96,11 @@ class UpstreamConfig:
     # There is deliberately no total timeout: long downloads must not be cut.
     read_timeout: float = field(default=60.0, metadata=_rule(0.1, 86400))
     max_connections: int = field(default=100, metadata=_rule(1, 100000))
+    # The upstream's response head (status line, fields, and any interim 1xx heads before
+    # it), in bytes and in fields; past either: 502 and the connection closed. Between
+    # nginx's proxy_buffer_size (4-8 KiB) and Envoy's 60 KiB; trailers share the limits.
+    max_header_bytes: int = field(default=32768, metadata=_rule(1024, 1 << 24))
+    max_headers: int = field(default=100, metadata=_rule(8, 10_000))
     # Client headers whose names start with one of these (case-insensitive, "_" as "-")
     # never reach the upstream: room for identity headers the upstream may trust.
     strip_header_prefixes: tuple[str, ...] = ("X-Authproxy-",)

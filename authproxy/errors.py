@@ -1,4 +1,4 @@
-"""Domain errors of authproxy; HTTP mapping happens in one place (proxy.py / admin.py).
+"""Domain errors of authproxy; HTTP mapping happens in one place (httperrors.py).
 
     AuthProxyError
     ├── ConfigError              bad settings; carries every problem found
@@ -18,6 +18,7 @@
     ├── MalformedBody            not JSON, or not a JSON object (400)
     ├── BodyTooLarge             body over the configured cap (413)
     ├── UnsupportedMediaType     body is not application/json (415)
+    │   └── UnsupportedEncoding  body has a Content-Encoding (415)
     └── MigrationError           a migration failed or the schema is newer than the code
 """
 
@@ -80,6 +81,10 @@ class BodyTooLarge(AuthProxyError):
 
 class UnsupportedMediaType(AuthProxyError):
     """The request body is not declared as application/json."""
+
+
+class UnsupportedEncoding(UnsupportedMediaType):
+    """The request body is compressed; the admin API reads bodies only as sent."""
 
 
 class StoreUnavailable(AuthProxyError):

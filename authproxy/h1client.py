@@ -21,7 +21,13 @@ from yarl import URL
 
 from authproxy.config import UpstreamConfig
 from authproxy.h1connection import Connection
-from authproxy.upstream import UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
+from authproxy.upstream import (
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    declared_length,
+    exactly,
+)
 
 _IDLE_SECONDS = 30.0  # below typical upstream keep-alive timeouts (nginx: 75 s)
 # Safe to send again when a reused connection turns out dead before any response byte.
@@ -58,7 +64,7 @@ class H1Transport:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(loop.create_connection(
-                lambda: Connection(loop), self._host, self._port, ssl=self._ssl or None),
+                self._new_connection, self._host, self._port, ssl=self._ssl or None),
                 self._cfg.connect_timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"connect timed out after {self._cfg.connect_timeout} s"
@@ -66,6 +72,10 @@ class H1Transport:
         except OSError as exc:
             raise UpstreamUnavailable(f"connect failed: {exc}") from exc
         return conn
+
+    def _new_connection(self) -> Connection:
+        return Connection(asyncio.get_running_loop(), max_head_bytes=self._cfg.max_header_bytes,
+                          max_fields=self._cfg.max_headers)
 
     def _take_idle(self) -> Connection | None:
         while self._idle:
@@ -106,8 +116,6 @@ class H1Transport:
                 return conn
             except BaseException as exc:
                 conn.close()
-                if conn.sender is not None:
-                    conn.sender.cancel()
                 # A reused connection the upstream had already closed: nothing of this
                 # request can have been processed, so an idempotent one without a body
                 # may go again, once, on a fresh connection.
@@ -121,29 +129,33 @@ class H1Transport:
 
     def _send(self, conn: Connection, method: str, target: str, headers: Fields,
               body: AsyncIterable[bytes] | None) -> None:
-        chunked = body is not None and "Content-Length" not in headers
+        length = None
+        if body is not None and not isinstance(headers, bytes):
+            length = declared_length(headers)
         conn.start(head_only=method == "HEAD")
-        conn.write(self._head(method, target, headers, chunked))
+        conn.write(self._head(method, target, headers, body is not None and length is None))
         conn.sender = None
-        if body is not None:
-            conn.sender = asyncio.ensure_future(self._send_body(conn, body, chunked))
+        if body is None:
+            conn.request_sent = True
+        else:
+            conn.sender = asyncio.ensure_future(self._send_body(conn, body, length))
             conn.sender.add_done_callback(conn.on_sender_done)
         conn.watch_head(self._cfg.read_timeout)
 
     async def _send_body(self, conn: Connection, body: AsyncIterable[bytes],
-                         chunked: bool) -> None:
-        async for chunk in body:
-            if not chunk:
-                continue
-            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                         length: int | None) -> None:
+        """Write the body framed by ``length`` (None: chunked); only a body that ends
+        exactly where its framing says marks the request sent."""
+        async for chunk in exactly(body, length):
+            conn.write(chunk if length is not None else b"%x\r\n%b\r\n" % (len(chunk), chunk))
             await conn.drain()
-        if chunked:
+        if length is None:
             conn.write(b"0\r\n\r\n")
+        conn.request_sent = True
 
     def _release(self, conn: Connection) -> None:
-        if conn.sender is not None and not conn.sender.done():
-            conn.sender.cancel()  # the upstream answered before taking the whole body
-            conn.close()
+        """Back to the pool only under the one rule (Connection.reusable); else closed,
+        which also stops a body still being sent."""
         if conn.reusable:
             conn.mark_idle()
             self._idle.append(conn)

@@ -1,4 +1,12 @@
-"""One upstream HTTP/1.1 connection: an asyncio protocol parsing responses with httptools."""
+"""One upstream HTTP/1.1 connection: an asyncio protocol parsing responses with httptools.
+
+All tenants share these connections, and the upstream believes the identity headers on
+every request head it parses, so a connection that is out of step with its framing would
+let bytes one client chose be read as a request head (issue 13). Hence one rule, checked
+by the pool on release (``reusable``): a connection carries another request only when the
+whole request as framed was written and the whole response as framed was read, with no
+byte left over. Anything else closes it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from typing import cast
 import httptools
 
 from authproxy.errors import AuthProxyError
-from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
+from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable, refusal
 
 _HIGH_WATER = 256 * 1024  # buffered response bytes before we stop reading the socket
 _LOW_WATER = 64 * 1024
@@ -19,8 +27,11 @@ _LOW_WATER = 64 * 1024
 class Connection(asyncio.Protocol):
     """One upstream connection; parses one response at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_head_bytes: int,
+                 max_fields: int) -> None:
         self._loop = loop
+        self._max_head_bytes = max_head_bytes
+        self._max_fields = max_fields
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._idle_since = loop.time()
@@ -43,10 +54,19 @@ class Connection(asyncio.Protocol):
         if head_only or self._head_only:
             self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
-        self.status = 0
+        self.status = 0  # of the final answer: interim 1xx heads leave it 0
         self.reason = ""
         self.headers: list[tuple[bytes, bytes]] = []  # as received: see UpstreamResponse
+        self.request_sent = False  # the whole request, as framed, is written
         self.received_any = False
+        # Bytes fed to the parser before the final head completed (None after it): the
+        # head limit must hold before llhttp buffers a field, not after.
+        self._head_fed: int | None = 0
+        self._fields = 0
+        # After the head: bytes fed that were not body (chunk framing, trailers), and what
+        # chunk framing may take of them.
+        self._framing_fed = 0
+        self._framing_allowed = self._max_head_bytes  # trailers share the head limit
         self.head: asyncio.Future[None] = self._loop.create_future()
         self.complete = False
         self.keep_alive = False
@@ -79,10 +99,39 @@ class Connection(asyncio.Protocol):
             # the upstream is out of step with us. The answer stands; the connection goes.
             self.close()
             return
+        if self._head_fed is not None:
+            room = self._max_head_bytes - self._head_fed
+            if len(data) > room:
+                self._head_fed += room
+                self._feed(data[:room])
+                if self._head_fed is not None and not self.closed:
+                    self._fail_oversize("response head")
+                    return
+                data = data[room:]
+                if not data or self.closed:
+                    return
+            else:
+                self._head_fed += len(data)
+        else:
+            self._framing_fed += len(data)
+        self._feed(data)
+        if self._framing_fed > self._framing_allowed and not self.closed:
+            self._fail_oversize("chunk framing and trailers")
+
+    def _fail_oversize(self, what: str) -> None:
+        self._fail(UpstreamUnavailable(
+            f"{what} over upstream.max_header_bytes ({self._max_head_bytes})"))
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if self.complete:  # _OutOfStep, or garbage after the answer: as above
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refused):
+                self._fail(UpstreamUnavailable(str(exc.__context__)))
+            else:  # _OutOfStep: bytes after the answer
+                self.close()
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.complete:  # garbage after the answer: the connection goes
                 self.close()
             else:
                 self._fail(UpstreamUnavailable(f"malformed response: {exc}"))
@@ -122,22 +171,45 @@ class Connection(asyncio.Protocol):
         self.reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > self._max_fields:
+            raise _Refused(f"more than upstream.max_headers ({self._max_fields}) fields")
+        if self._head_fed is None:
+            # A trailer field (RFC 9110 §6.5): never merged into the head, which may be
+            # on its way to the client already; dropped, as nginx and Envoy's HTTP/1 do.
+            return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        if 100 <= self.status < 200 and self.status != 101:
-            self.headers, self.reason = [], ""  # interim response: wait for the final one
+        status = self._parser.get_status_code()
+        # A 101 is the upstream out of step (no request asks for an upgrade: Upgrade is
+        # hop-by-hop and never forwarded); relaying it would open a tunnel in any proxy
+        # in front of us with HTTP still flowing here. The head size is held in
+        # data_received, before llhttp buffers it.
+        problem = refusal(status, 0, self._max_head_bytes)
+        if problem is not None:
+            raise _Refused(problem)
+        self._fields = 0
+        if status < 200:
+            # Interim (100, 102, 103): consumed, never relayed; wait for the final head.
+            self.headers, self.reason = [], ""
             return
+        self.status = status
+        self._head_fed = None
         self.keep_alive = self._parser.should_keep_alive()
         if not self.head.done():
             self.head.set_result(None)
-        if self._head_only or self.status in (204, 304):
+        if self._head_only or status in (204, 304):
             self._finish()
+
+    def on_chunk_header(self) -> None:
+        # A chunk-size line and its CRLFs: room for 16 hex digits and a short extension.
+        self._framing_allowed += 64
 
     def on_body(self, body: bytes) -> None:
         if self.complete:  # a body on an answer that has none (HEAD, 204, 304)
             raise _OutOfStep
+        self._framing_fed -= len(body)
         self._chunks.append(body)
         self._buffered += len(body)
         self._wake()
@@ -146,7 +218,7 @@ class Connection(asyncio.Protocol):
             self._reading_paused = True
 
     def on_message_complete(self) -> None:
-        if self.status and not (100 <= self.status < 200 and self.status != 101):
+        if self.status:  # not after an interim head
             self._finish()
 
     def _finish(self) -> None:
@@ -154,11 +226,14 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def _fail(self, error: Exception) -> None:
+        """The exchange cannot complete: the error goes to whoever waits, the connection
+        closes (no more bytes are read into a parser that is out of step)."""
         if self.error is None:
             self.error = error
         if not self.head.done():
             self.head.set_exception(error)
         self._wake()
+        self.close()
 
     def _wake(self) -> None:
         waiter = self._data_waiter
@@ -233,13 +308,19 @@ class Connection(asyncio.Protocol):
         return data
 
     def on_sender_done(self, sender: asyncio.Future[None]) -> None:
-        """A failed body send ends the wait for the response head with that failure."""
-        if sender.cancelled() or sender.exception() is None or self.head.done():
+        """A request that could not be sent whole ends the exchange: the wait for the
+        response head ends with that failure, and a response already under way is cut
+        (the connection closes; bytes already received are still delivered)."""
+        if sender.cancelled() or sender.exception() is None:
             return
-        self.head.set_exception(send_error(sender.exception()))
+        if not self.head.done():
+            self.head.set_exception(send_error(sender.exception()))
+        self.close()
 
     def close(self) -> None:
         self.closed = True
+        if self.sender is not None and not self.sender.done():
+            self.sender.cancel()
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -248,12 +329,18 @@ class Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return (self.complete and self.keep_alive and self.error is None and not self.closed
-                and not self._chunks)
+        """The pool's one rule (see the module docstring): both messages completed
+        exactly, the upstream keeps the connection, and nothing went wrong or is left."""
+        return (self.request_sent and self.complete and self.keep_alive
+                and self.error is None and not self.closed and not self._chunks)
 
 
 class _OutOfStep(Exception):
     """Raised in a parser callback: the upstream sent more than the one answer asked for."""
+
+
+class _Refused(Exception):
+    """Raised in a parser callback: a response this hop never relays (502)."""
 
 
 def send_error(error: BaseException | None) -> BaseException:

@@ -20,6 +20,7 @@ from authproxy.errors import (
     Overloaded,
     StoreUnavailable,
     TooManyRequests,
+    UnsupportedEncoding,
     UnsupportedMediaType,
 )
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
@@ -42,6 +43,8 @@ _TABLE: Final[list[tuple[type[Exception], int, str, str]]] = [
     (Forbidden, 403, "forbidden", "Only owners and admins of this space may manage its keys."),
     (MalformedBody, 400, "malformed_json", "The body must be a JSON object."),
     (BodyTooLarge, 413, "body_too_large", "The request body is too large."),
+    (UnsupportedEncoding, 415, "unsupported_content_encoding",
+     "Send the body uncompressed, without a Content-Encoding."),
     (UnsupportedMediaType, 415, "unsupported_media_type",
      "Send the body as 'Content-Type: application/json'."),
     (StoreUnavailable, 503, "key_store_unavailable",
@@ -71,6 +74,8 @@ def error_response(exc: Exception) -> web.Response | None:
             headers = {"WWW-Authenticate": _challenge(exc)} if status == 401 else None
             if isinstance(exc, Overloaded):
                 headers = {"Retry-After": "1"}
+            elif isinstance(exc, UnsupportedEncoding):
+                headers = {"Accept-Encoding": "identity"}  # RFC 9110 §15.5.16
             return json_error(status, code, message, headers)
     return None
 

@@ -1,7 +1,11 @@
 """The upstream transport: one pooled HTTP/1.1 client for the whole process.
 
-The proxy talks to the upstream only through ``UpstreamTransport``, so a leaner transport
-can replace aiohttp's ClientSession later without touching the proxy's rules.
+The proxy talks to the upstream only through ``UpstreamTransport``; h1client.py is the
+default, ClientSessionTransport below the alternative. Both keep the rules of issue 13:
+bodies go out and come back byte for byte (nothing decoded or re-framed), a request body
+must end exactly where its framing says, answers this hop never relays (101 to a request
+that asked for no upgrade, a status outside 100-599, a head over the limits) are 502, and
+a connection is pooled again only after an exchange that completed exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -26,7 +33,43 @@ class UpstreamTimeout(Exception):
 
 
 class UpstreamUnavailable(Exception):
-    """The upstream refused, reset or broke the connection (502)."""
+    """The upstream refused, reset or broke the connection, or answered what this hop
+    never relays (502)."""
+
+
+def declared_length(headers: CIMultiDict[str]) -> int | None:
+    """The request body's Content-Length (validated by the front end's parser), or None
+    when the body goes chunked."""
+    value = headers.get("Content-Length")
+    return None if value is None else int(value)
+
+
+async def exactly(body: AsyncIterable[bytes], length: int | None) -> AsyncIterator[bytes]:
+    """The body's non-empty chunks, held to its framing: never a byte past ``length``, and
+    an error rather than a quiet end before it. A body that stops short must not leave the
+    upstream waiting for bytes that the next request on the connection would supply."""
+    sent = 0
+    async for chunk in body:
+        if not chunk:
+            continue
+        sent += len(chunk)
+        if length is not None and sent > length:
+            raise UpstreamUnavailable(f"request body longer than its Content-Length {length}")
+        yield chunk
+    if length is not None and sent != length:
+        raise UpstreamUnavailable(f"request body ended after {sent} of {length} bytes")
+
+
+def refusal(status: int, head_bytes: int, max_head_bytes: int) -> str | None:
+    """Why a response head must not be relayed (502), or None. Shared by both transports
+    (h1connection applies the same rules while parsing)."""
+    if status == 101:
+        return "101 Switching Protocols to a request that asked for no upgrade"
+    if not 100 <= status <= 599:
+        return f"invalid response status {status:03d}"
+    if head_bytes > max_head_bytes:
+        return f"response head over upstream.max_header_bytes ({max_head_bytes})"
+    return None
 
 
 @dataclass(slots=True)
@@ -61,17 +104,22 @@ class ClientSessionTransport:
     """UpstreamTransport on aiohttp.ClientSession: no redirects, no decompression, streaming."""
 
     def __init__(self, cfg: UpstreamConfig) -> None:
+        self._max_head_bytes = cfg.max_header_bytes
         base = URL(cfg.url)
         self._origin = str(base.origin())
         self._base_path = base.raw_path.rstrip("/")
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=cfg.max_connections, ttl_dns_cache=60),
+            connector=_InStepConnector(limit=cfg.max_connections, ttl_dns_cache=60),
             # No total timeout: long downloads and uploads must not be cut, only stalls.
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout,
                                           sock_read=cfg.read_timeout),
             auto_decompress=False,
             skip_auto_headers=_NO_AUTO_HEADERS,
             cookie_jar=aiohttp.DummyCookieJar(),
+            # Per line and per field; the whole head is checked against the same number
+            # below, so both transports refuse the same heads.
+            max_line_size=cfg.max_header_bytes, max_field_size=cfg.max_header_bytes,
+            max_headers=cfg.max_headers,
         )
 
     def url_for(self, target: str) -> URL:
@@ -81,16 +129,26 @@ class ClientSessionTransport:
     @asynccontextmanager
     async def request(self, method: str, target: str, headers: CIMultiDict[str],
                       body: AsyncIterable[bytes] | None) -> AsyncIterator[UpstreamResponse]:
+        sent = _Sent(body, None if body is None else declared_length(headers))
         try:
             async with self._session.request(
-                method, self.url_for(target), headers=headers, data=body,
+                method, self.url_for(target), headers=headers, data=sent.data,
                 allow_redirects=False, compress=None, chunked=None,
             ) as resp:
-                yield UpstreamResponse(
-                    status=resp.status, reason=resp.reason or "",
-                    raw_headers=resp.raw_headers,
-                    body=_chunks(resp),
-                )
+                try:
+                    problem = refusal(resp.status, _head_bytes(resp), self._max_head_bytes)
+                    if problem is not None:
+                        raise UpstreamUnavailable(problem)
+                    yield UpstreamResponse(
+                        status=resp.status, reason=resp.reason or "",
+                        raw_headers=resp.raw_headers,
+                        body=_chunks(resp),
+                    )
+                finally:
+                    # The pool's rule, as in h1connection: back to the pool only after an
+                    # exchange that completed exactly; aiohttp's own checks cover the rest.
+                    if not (sent.complete and resp.content.at_eof()):
+                        resp.close()
         except TimeoutError as exc:
             # First: aiohttp's ServerTimeoutError subclasses both TimeoutError and ClientError.
             raise UpstreamTimeout(str(exc) or type(exc).__name__) from exc
@@ -99,6 +157,39 @@ class ClientSessionTransport:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+class _InStepConnector(aiohttp.TCPConnector):
+    """aiohttp's pool hands out a kept-alive connection even when the upstream has sent
+    bytes on it since its last answer; those would be read as the next request's response
+    (another tenant's). Such a connection is closed here and another one taken."""
+
+    async def connect(self, req: ClientRequest, traces: list[Trace],
+                      timeout: aiohttp.ClientTimeout) -> Connection:
+        while True:
+            conn = await super().connect(req, traces, timeout)
+            if conn.protocol is None or not conn.protocol.should_close:
+                return conn
+            conn.close()
+
+
+class _Sent:
+    """A request body held to its framing (``exactly``), noting whether it all went."""
+
+    def __init__(self, body: AsyncIterable[bytes] | None, length: int | None) -> None:
+        self.complete = body is None
+        self.data = None if body is None else self._track(exactly(body, length))
+
+    async def _track(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in body:
+            yield chunk
+        self.complete = True
+
+
+def _head_bytes(resp: aiohttp.ClientResponse) -> int:
+    """The response head's size on the wire, as near as aiohttp's parsed form tells."""
+    line = len(b"HTTP/1.1 000 \r\n") + len((resp.reason or "").encode("latin-1", "replace"))
+    return line + sum(len(name) + len(value) + 4 for name, value in resp.raw_headers) + 2
 
 
 async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -285,6 +285,23 @@ class TestInputRules:
         assert resp.status == status
         assert await error_code(resp) == code
 
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+    async def test_compressed_body_is_415(self, admin: Client, encoding: str) -> None:
+        """A body with a Content-Encoding (valid or not) is refused with 415 and
+        Accept-Encoding: identity: the server never inflates bodies, so it would read
+        bytes that are not the JSON they encode; nothing is created."""
+        import gzip
+
+        for body in (gzip.compress(b'{"name": "zipped"}'), b'{"name": "zipped"}'):
+            resp = await admin.post(KEYS.format(space="plant-7"), data=body, headers={
+                **auth(mint(OWNER)), "Content-Type": "application/json",
+                "Content-Encoding": encoding})
+            assert resp.status == 415
+            assert resp.headers["Accept-Encoding"] == "identity"
+            assert await error_code(resp) == "unsupported_content_encoding"
+        resp = await admin.get(KEYS.format(space="plant-7"), headers=auth(mint(OWNER)))
+        assert (await resp.json())["keys"] == []
+
     async def test_oversize_chunked_body_is_413(self, admin: Client) -> None:
         """A chunked body over the cap is refused too."""
         async def chunks() -> Any:
