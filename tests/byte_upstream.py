@@ -133,8 +133,12 @@ class ByteUpstream:
     # Connections the proxy closed (EOF or reset seen while waiting for a request head).
     ended_by_peer: set[int] = field(default_factory=set)
     _server: asyncio.Server | None = None
+    _open: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._open[task] = writer
         self.connections += 1
         conn = self.connections
         try:
@@ -163,6 +167,8 @@ class ByteUpstream:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+            if task is not None:
+                self._open.pop(task, None)
 
     def record(self, head: bytes, conn: int) -> Parsed | None:
         parsed = parse_head(head, conn)
@@ -177,9 +183,13 @@ class ByteUpstream:
         port = self._server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop listening, end every open connection and wait for its script."""
         if self._server is not None:
             self._server.close()
+        for writer in self._open.values():
+            writer.close()
+        await asyncio.gather(*self._open, return_exceptions=True)
 
     def seen(self, target: str) -> list[Parsed]:
         return [r for r in self.requests if r.target == target]

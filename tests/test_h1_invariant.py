@@ -1,5 +1,5 @@
 """The pool's one rule, as a property: the lean upstream client reuses a connection only
-after a response that ended exactly where its framing says, with nothing after it.
+after a request and a response that each ended exactly where their framing says.
 
 Hypothesis builds response byte streams (valid ones, and ones cut short, padded with
 extra bytes, corrupted, or of impossible status), and a real loopback upstream writes
@@ -7,12 +7,16 @@ each one in the pieces Hypothesis chose, pausing between them so they arrive as
 separate reads. A second request then shows whether the connection was reused. h11, an
 independent HTTP/1.1 parser, is the oracle: a reused connection must have carried
 exactly one complete keep-alive response, whose status and body we relayed unchanged.
+The request side: bodies that end short, run past their Content-Length or fail, with the
+upstream answering before or after reading them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import h11
@@ -24,6 +28,7 @@ from multidict import CIMultiDict
 from authproxy.config import UpstreamConfig
 from authproxy.h1client import H1Transport
 from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
+from tests.byte_upstream import ByteUpstream, Exchange, response
 
 MAX_HEAD = 4096
 SECOND = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
@@ -226,3 +231,83 @@ class TestPoolInvariant:
         if generated.valid:
             assert reused, generated.pieces  # and a clean exchange does keep it
             assert first == (oracle.status, oracle.body)
+
+
+@dataclass
+class Upload:
+    """A request body as a client might deliver it, and how the upstream answers it."""
+
+    chunks: list[bytes]
+    chunked: bool  # else a Content-Length of the intended size
+    ending: str  # exact | short (ends quietly early) | long (runs past) | fails (raises)
+    early: bool  # the upstream answers right after the head, before reading the body
+
+    @property
+    def exact(self) -> bool:
+        return self.ending == "exact" or (self.chunked and self.ending in ("short", "long"))
+
+    async def body(self) -> AsyncIterator[bytes]:
+        sent = self.chunks[:-1] if self.ending in ("short", "fails") else self.chunks
+        for chunk in sent:
+            await asyncio.sleep(0.002)
+            yield chunk
+        if self.ending == "long" and not self.chunked:
+            yield b"GET /smuggled HTTP/1.1\r\nHost: up\r\n\r\n"
+        if self.ending == "fails":
+            raise ConnectionResetError("the client went away")
+
+
+@st.composite
+def uploads(draw: st.DrawFn) -> Upload:
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=200), min_size=2, max_size=5))
+    return Upload(chunks, draw(st.booleans()),
+                  draw(st.sampled_from(["exact", "short", "long", "fails"])), draw(st.booleans()))
+
+
+async def _upload_then_ask(upload: Upload) -> tuple[bool, ByteUpstream]:
+    """POST the upload, then GET /second; whether /second went on the first connection."""
+    upstream = ByteUpstream()
+
+    async def first(ex: Exchange) -> bool:
+        if upload.early:
+            await ex.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", pause=0.05)
+            await ex.send(b"early")
+            await ex.read_body()
+        else:
+            await ex.read_body()
+            await ex.send(response(200, b"after"))
+        return True
+
+    upstream.scripts["/first"] = first
+    url = await upstream.start()
+    transport = H1Transport(UpstreamConfig(url=url, read_timeout=0.5))
+    size = sum(len(c) for c in upload.chunks)
+    headers = CIMultiDict() if upload.chunked else CIMultiDict({"Content-Length": str(size)})
+    try:
+        with contextlib.suppress(UpstreamUnavailable, UpstreamTimeout):
+            async with transport.request("POST", "/first", headers, upload.body()) as resp:
+                async for _ in resp.body:
+                    pass
+        await asyncio.sleep(0.01)
+        async with transport.request("GET", "/second", CIMultiDict(), None) as resp:
+            assert resp.status == 200
+            answer = json.loads(b"".join([chunk async for chunk in resp.body]))
+    finally:
+        await transport.close()
+        await upstream.close()
+    return answer["conn"] == upstream.seen("/first")[0].conn, upstream
+
+
+class TestRequestSide:
+    @settings(max_examples=60, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(upload=uploads())
+    def test_reused_only_after_the_whole_request_went(self, own_loop: asyncio.AbstractEventLoop,
+                                                      upload: Upload) -> None:
+        """A request body that ended short, ran past its Content-Length or failed never
+        leaves its connection in the pool, whenever the upstream answered; the upstream
+        never reads a byte of it as a request head."""
+        reused, upstream = own_loop.run_until_complete(_upload_then_ask(upload))
+        assert upstream.garbage == []
+        assert upstream.seen("/smuggled") == []
+        assert reused == upload.exact, upload

@@ -100,7 +100,7 @@ def transport_kind(request: pytest.FixtureRequest) -> str:
 async def byte_upstream() -> AsyncIterator[ByteUpstream]:
     upstream = ByteUpstream()
     yield upstream
-    upstream.close()
+    await upstream.close()
 
 
 MakeTenants = Callable[..., Any]
