@@ -54,7 +54,8 @@ class ServerConfig:
     # other peer those headers are replaced, so a client cannot choose its own address.
     trusted_proxies: tuple[str, ...] = ()
     # Bodiless HTTP/1.1 proxied requests (the hot path) are parsed and answered by our own
-    # lean front end (fastpath.py); everything else, or everything when false, by aiohttp.
+    # lean front end (fastconn.py, fastproxy.py); everything else, or everything when
+    # false, by aiohttp.
     fast_path: bool = True
 
     @property
