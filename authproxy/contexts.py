@@ -114,7 +114,10 @@ async def _housekeeping(app: web.Application, pool: asyncpg.Pool) -> None:
     last_used_at (statements of up to 10,000 rows), refresh gauges."""
     while True:
         await app[USAGE].due(app[CONFIG].usage.flush_interval)
-        await app[USAGE].flush(app[STORE])
+        try:
+            await app[USAGE].flush(app[STORE])
+        except Exception:  # noqa: BLE001 - this loop must outlive any one failed flush
+            log.error("last_used_flush_crashed", exc_info=True)
         update_pool_gauge(app, pool)
 
 

@@ -28,6 +28,9 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # A query that timed out on a connection the server dropped leaves asyncpg's protocol
+    # mid-operation; returning that connection to the pool then raises this.
+    asyncpg.InternalClientError,
 )
 
 _KEY_COLUMNS = ("id, space_id, name, lookup_id, prefix, secret_hash, created_at, "

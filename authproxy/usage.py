@@ -78,8 +78,11 @@ class UsageRecorder:
             self._metrics.last_used_flush_failures.inc()
             log.warning("last_used_flush_failed", pending=len(self._pending), error=str(exc))
             return 0
-        except asyncio.CancelledError:
-            # Shutdown cancelled a periodic flush mid-write: the final flush writes these.
+        except BaseException:
+            # Shutdown cancelled a periodic flush mid-write (the final flush writes these),
+            # or something unforeseen failed (the housekeeping loop logs it): nothing is
+            # lost, and the next try waits for the interval.
+            self._failing = True
             self._keep(batch, oldest)
             raise
         self._failing = False
