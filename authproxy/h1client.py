@@ -22,11 +22,11 @@ from yarl import URL
 from authproxy.config import UpstreamConfig
 from authproxy.h1connection import Connection
 from authproxy.upstream import (
+    FramedBody,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
     declared_length,
-    exactly,
 )
 
 _IDLE_SECONDS = 30.0  # below typical upstream keep-alive timeouts (nginx: 75 s)
@@ -145,9 +145,12 @@ class H1Transport:
     async def _send_body(self, conn: Connection, body: AsyncIterable[bytes],
                          length: int | None) -> None:
         """Write the body framed by ``length`` (None: chunked); only a body that ends
-        exactly where its framing says marks the request sent."""
-        async for chunk in exactly(body, length):
+        exactly where its framing says marks the request sent (a Content-Length body as
+        its last byte is written, before an answer to it can arrive)."""
+        framed = FramedBody(body, length)
+        async for chunk in framed:
             conn.write(chunk if length is not None else b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            conn.request_sent = framed.whole
             await conn.drain()
         if length is None:
             conn.write(b"0\r\n\r\n")

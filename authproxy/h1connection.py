@@ -4,8 +4,8 @@ All tenants share these connections, and the upstream believes the identity head
 every request head it parses, so a connection that is out of step with its framing would
 let bytes one client chose be read as a request head (issue 13). Hence one rule, checked
 by the pool on release (``reusable``): a connection carries another request only when the
-whole request as framed was written and the whole response as framed was read, with no
-byte left over. Anything else closes it.
+whole request as framed was written before the answer came, and the whole response as
+framed was read, with no byte left over. Anything else closes it.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Connection(asyncio.Protocol):
         self.reason = ""
         self.headers: list[tuple[bytes, bytes]] = []  # as received: see UpstreamResponse
         self.request_sent = False  # the whole request, as framed, is written
+        self._answered_early = False  # the final head came before the request was sent
         self.received_any = False
         # Bytes fed to the parser before the final head completed (None after it): the
         # head limit must hold before llhttp buffers a field, not after.
@@ -196,6 +197,9 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         self._head_fed = None
+        # An answer before the whole body went: the upstream may or may not read the rest
+        # of it (RFC 9112 §9.3 lets it close instead); never bet another request on it.
+        self._answered_early = not self.request_sent
         self.keep_alive = self._parser.should_keep_alive()
         if not self.head.done():
             self.head.set_result(None)
@@ -209,6 +213,11 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.complete:  # a body on an answer that has none (HEAD, 204, 304)
             raise _OutOfStep
+        if not self.status:
+            # RFC 9110 §15.2: a 1xx ends with its head. llhttp reads a body on one that
+            # declares framing (a 199 with Content-Length); those bytes must never be
+            # taken for the final answer's.
+            raise _Refused("an interim 1xx response with a body")
         self._framing_fed -= len(body)
         self._chunks.append(body)
         self._buffered += len(body)
@@ -331,8 +340,9 @@ class Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         """The pool's one rule (see the module docstring): both messages completed
         exactly, the upstream keeps the connection, and nothing went wrong or is left."""
-        return (self.request_sent and self.complete and self.keep_alive
-                and self.error is None and not self.closed and not self._chunks)
+        return (self.request_sent and not self._answered_early and self.complete
+                and self.keep_alive and self.error is None and not self.closed
+                and not self._chunks)
 
 
 class _OutOfStep(Exception):

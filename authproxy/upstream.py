@@ -44,20 +44,41 @@ def declared_length(headers: CIMultiDict[str]) -> int | None:
     return None if value is None else int(value)
 
 
-async def exactly(body: AsyncIterable[bytes], length: int | None) -> AsyncIterator[bytes]:
+class FramedBody:
     """The body's non-empty chunks, held to its framing: never a byte past ``length``, and
     an error rather than a quiet end before it. A body that stops short must not leave the
-    upstream waiting for bytes that the next request on the connection would supply."""
-    sent = 0
-    async for chunk in body:
-        if not chunk:
-            continue
-        sent += len(chunk)
-        if length is not None and sent > length:
-            raise UpstreamUnavailable(f"request body longer than its Content-Length {length}")
-        yield chunk
-    if length is not None and sent != length:
-        raise UpstreamUnavailable(f"request body ended after {sent} of {length} bytes")
+    upstream waiting for bytes that the next request on the connection would supply.
+
+    ``whole`` turns true with the chunk that completes the framing (the last byte of a
+    Content-Length body: its end need not be awaited to know it) or at the end of a
+    chunked one; ``ended`` once the source ran out without error.
+    """
+
+    __slots__ = ("_body", "_length", "ended", "whole")
+
+    def __init__(self, body: AsyncIterable[bytes], length: int | None) -> None:
+        self._body = body
+        self._length = length
+        self.whole = self.ended = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        sent, length = 0, self._length
+        async for chunk in self._body:
+            if not chunk:
+                continue
+            sent += len(chunk)
+            if length is not None:
+                if sent > length:
+                    raise UpstreamUnavailable(
+                        f"request body longer than its Content-Length {length}")
+                self.whole = sent == length
+            yield chunk
+        if length is not None and sent != length:
+            raise UpstreamUnavailable(f"request body ended after {sent} of {length} bytes")
+        self.whole = self.ended = True
 
 
 def refusal(status: int, head_bytes: int, max_head_bytes: int) -> str | None:
@@ -129,12 +150,13 @@ class ClientSessionTransport:
     @asynccontextmanager
     async def request(self, method: str, target: str, headers: CIMultiDict[str],
                       body: AsyncIterable[bytes] | None) -> AsyncIterator[UpstreamResponse]:
-        sent = _Sent(body, None if body is None else declared_length(headers))
+        sent = None if body is None else FramedBody(body, declared_length(headers))
         try:
             async with self._session.request(
-                method, self.url_for(target), headers=headers, data=sent.data,
+                method, self.url_for(target), headers=headers, data=sent,
                 allow_redirects=False, compress=None, chunked=None,
             ) as resp:
+                answered_early = sent is not None and not sent.whole  # as in h1connection
                 try:
                     problem = refusal(resp.status, _head_bytes(resp), self._max_head_bytes)
                     if problem is not None:
@@ -147,7 +169,8 @@ class ClientSessionTransport:
                 finally:
                     # The pool's rule, as in h1connection: back to the pool only after an
                     # exchange that completed exactly; aiohttp's own checks cover the rest.
-                    if not (sent.complete and resp.content.at_eof()):
+                    if (answered_early or (sent is not None and not sent.ended)
+                            or not resp.content.at_eof()):
                         resp.close()
         except TimeoutError as exc:
             # First: aiohttp's ServerTimeoutError subclasses both TimeoutError and ClientError.
@@ -171,19 +194,6 @@ class _InStepConnector(aiohttp.TCPConnector):
             if conn.protocol is None or not conn.protocol.should_close:
                 return conn
             conn.close()
-
-
-class _Sent:
-    """A request body held to its framing (``exactly``), noting whether it all went."""
-
-    def __init__(self, body: AsyncIterable[bytes] | None, length: int | None) -> None:
-        self.complete = body is None
-        self.data = None if body is None else self._track(exactly(body, length))
-
-    async def _track(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in body:
-            yield chunk
-        self.complete = True
 
 
 def _head_bytes(resp: aiohttp.ClientResponse) -> int:

@@ -257,6 +257,33 @@ class TestUpstreamMisbehaviour:
         assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
         t.assert_clean()
 
+    @pytest.mark.parametrize("framing", [
+        b"Content-Length: 5\r\n\r\nEVIL!",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nEVIL!\r\n0\r\n\r\n",
+    ], ids=["content-length", "chunked"])
+    async def test_interim_answer_with_a_body(self, make_tenants: MakeTenants,
+                                              transport_kind: str, framing: bytes) -> None:
+        """A 1xx ends with its head (RFC 9110 §15.2); bytes an upstream frames as its body
+        never reach the client as part of the final answer. The h1 transport refuses the
+        exchange (502); aiohttp's client drops those bytes and relays the final answer."""
+        t: Tenants = await make_tenants()
+
+        async def interim_body(ex: Exchange) -> bool:
+            await ex.send(b"HTTP/1.1 199 Odd\r\n" + framing + response(200, b"hi"))
+            return True
+
+        t.upstream.scripts["/a/interim"] = interim_body
+        resp = await t.client.get("/a/interim", headers=bearer(t.a.key))
+        body = await resp.read()
+        assert b"EVIL" not in body
+        if transport_kind == "h1":
+            assert resp.status == 502
+            await t.assert_closed(t.conn_of("/a/interim"))
+        else:
+            assert (resp.status, body) == (200, b"hi")
+        await t.ask_as_b()
+        t.assert_clean()
+
     @pytest.mark.parametrize("split", [True, False], ids=["split", "one-write"])
     async def test_trailers_never_become_header_fields(self, make_tenants: MakeTenants,
                                                        split: bool) -> None:
