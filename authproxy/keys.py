@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import argon2
@@ -39,7 +39,7 @@ class ParsedKey:
     """A key that passed the format and checksum checks; not yet verified."""
 
     lookup_id: str
-    secret: str
+    secret: str = field(repr=False)  # out of repr: no traceback may print it
 
     @property
     def display_prefix(self) -> str:
@@ -51,7 +51,7 @@ class ParsedKey:
 class NewKey:
     """A freshly generated key; ``full`` is shown to the user exactly once."""
 
-    full: str
+    full: str = field(repr=False)  # out of repr: no traceback may print it
     parsed: ParsedKey
 
 

@@ -6,7 +6,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +29,9 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]
 @dataclass(frozen=True, slots=True)
 class CreatedKey:
     record: KeyRecord
-    key: str  # the full key: shown once, never stored
+    # The full key: shown once, never stored; kept out of repr, so no traceback or
+    # assertion message can print it.
+    key: str = field(repr=False)
 
 
 def validate_space_id(space_id: str) -> str:

@@ -7,7 +7,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -74,7 +74,7 @@ class KeyRecord:
     name: str
     lookup_id: str
     prefix: str
-    secret_hash: str
+    secret_hash: str = field(repr=False)  # out of repr: no traceback may print it
     created_at: datetime
     last_used_at: datetime | None
     expires_at: datetime | None

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from authproxy.keys import generate_key
 from authproxy.log import redact_secrets
-from tests.conftest import Upstream
+from tests.conftest import Upstream, new_key
 from tests.daemon import DaemonLauncher
 from tests.tokens import ADMIN_SECRET, mint
 
@@ -89,3 +91,16 @@ class TestRedactionProcessor:
             except ValueError:
                 structlog.get_logger().error("boom", exc_info=True)
         assert key not in str(logs)
+
+
+class TestReprs:
+    async def test_key_objects_never_print_their_secrets(
+            self, client: TestClient[Any, Any]) -> None:
+        """repr of a created key, its record and a parsed key (what a traceback or a
+        failed assertion prints) holds neither the full key, the secret nor the hash."""
+        created = await new_key(client)
+        parsed = generate_key().parsed
+        text = repr(created) + repr(created.record) + repr(parsed)
+        assert created.key not in text and created.record.secret_hash not in text
+        assert parsed.secret not in text and "$argon2" not in text
+        assert created.record.id in text  # the rest is still there to debug with
