@@ -25,7 +25,7 @@ ENV PATH=/opt/authproxy/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     AUTHPROXY_LISTEN=0.0.0.0:8080
 # Fail the build here, not at the first start, if the copied venv does not fit this base.
-RUN authproxy --version && python3 -c "import authproxy.app, authproxy.server"
+RUN authproxy --version && python3 -c "import authproxy.app, authproxy.server.runner"
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /var/lib/authproxy

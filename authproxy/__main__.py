@@ -1,3 +1,3 @@
-from authproxy.cli import main
+from authproxy.cli.main import main
 
 raise SystemExit(main())

@@ -9,8 +9,9 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from authproxy import admin, contexts, health
-from authproxy.admintoken import AdminTokenVerifier
+from authproxy import contexts
+from authproxy.admin import api as admin
+from authproxy.admin.tokens import AdminTokenVerifier
 from authproxy.appkeys import (
     ADMIN_TOKENS,
     CACHE,
@@ -24,19 +25,20 @@ from authproxy.appkeys import (
     TRUSTED_PROXIES,
     USAGE,
 )
-from authproxy.cache import VerifiedKeyCache
-from authproxy.config import Config
-from authproxy.continuation import defer_continue
-from authproxy.headers import normalized, parse_networks
-from authproxy.httperrors import json_error
-from authproxy.keys import KeyHasher
-from authproxy.log import add_request_id, request_context
-from authproxy.metrics import Metrics
-from authproxy.principal import Verdict, VerdictCodec
-from authproxy.proxy import proxy_handler
-from authproxy.ratelimit import FailureLimiter, KeyRateLimiter
-from authproxy.state import Lifecycle
-from authproxy.usage import UsageRecorder
+from authproxy.auth.cache import VerifiedKeyCache
+from authproxy.auth.limits import FailureLimiter, KeyRateLimiter
+from authproxy.auth.usage import UsageRecorder
+from authproxy.auth.verdict import Verdict, VerdictCodec
+from authproxy.config.schema import Config
+from authproxy.http import health
+from authproxy.http.aio.continuation import defer_continue
+from authproxy.http.aio.proxy import proxy_handler
+from authproxy.http.errormap import json_error
+from authproxy.http.headers import normalized, parse_networks
+from authproxy.keys.format import KeyHasher
+from authproxy.observability.logs import add_request_id, request_context
+from authproxy.observability.metrics import Metrics
+from authproxy.server.lifecycle import Lifecycle
 
 log = structlog.get_logger(__name__)
 

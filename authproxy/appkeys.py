@@ -6,21 +6,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from authproxy.admintoken import AdminTokenVerifier
-from authproxy.auth import Authenticator
-from authproxy.cache import VerifiedKeyCache
-from authproxy.config import Config
-from authproxy.headers import Networks
-from authproxy.keys import KeyHasher
-from authproxy.keyservice import KeyService
-from authproxy.metrics import Metrics
-from authproxy.principal import Verdict
-from authproxy.ratelimit import FailureLimiter, KeyRateLimiter
-from authproxy.revocations import RevocationListener
-from authproxy.state import Lifecycle
-from authproxy.store import Store
-from authproxy.upstream import UpstreamTransport
-from authproxy.usage import UsageRecorder
+from authproxy.admin.tokens import AdminTokenVerifier
+from authproxy.auth.authenticator import Authenticator
+from authproxy.auth.cache import VerifiedKeyCache
+from authproxy.auth.limits import FailureLimiter, KeyRateLimiter
+from authproxy.auth.revocations import RevocationListener
+from authproxy.auth.usage import UsageRecorder
+from authproxy.auth.verdict import Verdict
+from authproxy.config.schema import Config
+from authproxy.http.headers import Networks
+from authproxy.keys.format import KeyHasher
+from authproxy.keys.service import KeyService
+from authproxy.keys.store import Store
+from authproxy.observability.metrics import Metrics
+from authproxy.server.lifecycle import Lifecycle
+from authproxy.upstream.transport import UpstreamTransport
 
 CONFIG = web.AppKey("config", Config)
 HASHER = web.AppKey("hasher", KeyHasher)

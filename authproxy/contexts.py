@@ -27,16 +27,16 @@ from authproxy.appkeys import (
     TRANSPORT,
     USAGE,
 )
-from authproxy.auth import Authenticator
-from authproxy.config import Config
+from authproxy.auth.authenticator import Authenticator
+from authproxy.auth.revocations import RevocationListener
+from authproxy.config.schema import Config
+from authproxy.db.migrations import migrate
 from authproxy.errors import StoreUnavailable
-from authproxy.h1client import H1Transport
-from authproxy.health import metrics as metrics_handler
-from authproxy.keyservice import KeyService
-from authproxy.migrations import migrate
-from authproxy.revocations import RevocationListener
-from authproxy.store import Store
-from authproxy.upstream import ClientSessionTransport, UpstreamTransport
+from authproxy.http.health import metrics as metrics_handler
+from authproxy.keys.service import KeyService
+from authproxy.keys.store import Store
+from authproxy.upstream.h1pool import H1Transport
+from authproxy.upstream.transport import ClientSessionTransport, UpstreamTransport
 
 log = structlog.get_logger(__name__)
 

@@ -52,7 +52,7 @@ async def scratch_database() -> tuple[str, str]:
     server = os.environ.get("AUTHPROXY_TEST_DATABASE_URL")
     if not server:
         sys.path.insert(0, str(ROOT))
-        from authproxy.embedded import start_embedded_postgres
+        from authproxy.db.embedded import start_embedded_postgres
 
         server = start_embedded_postgres(tempfile.mkdtemp(prefix="bench-pg-") + "/data")
     name = "authproxy_bench_" + secrets.token_hex(4)

@@ -264,7 +264,7 @@ def authproxy_cli(db_url: str, *args: str) -> str:
 
 
 def hashing_config(cheap: bool) -> Any:
-    from authproxy.config import HashingConfig
+    from authproxy.config.schema import HashingConfig
 
     # cheap: the smallest argon2id the config accepts; only for filling caches quickly.
     return HashingConfig(time_cost=1, memory_cost_kib=8) if cheap else HashingConfig()
@@ -278,12 +278,12 @@ async def bulk_create_keys(db_url: str, n: int, *, cheap_hashing: bool = False,
 
     import asyncpg
 
-    from authproxy.audit import AuditContext
-    from authproxy.cache import VerifiedKeyCache
-    from authproxy.keys import KeyHasher
-    from authproxy.keyservice import KeyService
-    from authproxy.principal import VerdictCodec
-    from authproxy.store import Store
+    from authproxy.auth.cache import VerifiedKeyCache
+    from authproxy.auth.verdict import VerdictCodec
+    from authproxy.keys.audit import AuditContext
+    from authproxy.keys.format import KeyHasher
+    from authproxy.keys.service import KeyService
+    from authproxy.keys.store import Store
 
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=concurrency)
     try:
@@ -571,8 +571,8 @@ def auth_cost(db_url: str, key: str, calls: int) -> None:
 
         from authproxy.app import create_app
         from authproxy.appkeys import AUTHENTICATOR, CACHE
-        from authproxy.config import build_config
-        from authproxy.log import configure_logging
+        from authproxy.config.schema import build_config
+        from authproxy.observability.logs import configure_logging
 
         cfg = build_config({"db": {"url": db_url}, "logging": {"level": "warning"}}, {})
         configure_logging(cfg.logging)
@@ -641,14 +641,14 @@ def cache_rss(entries: int) -> None:
     from concurrent.futures import Executor, Future
     from datetime import UTC, datetime
 
-    from authproxy.auth import Authenticator
-    from authproxy.cache import VerifiedKeyCache
-    from authproxy.config import CacheConfig
-    from authproxy.keys import KeyHasher, generate_key
-    from authproxy.metrics import Metrics
-    from authproxy.principal import Principal, Verdict, VerdictCodec
-    from authproxy.store import KeyRecord
-    from authproxy.usage import UsageRecorder
+    from authproxy.auth.authenticator import Authenticator
+    from authproxy.auth.cache import VerifiedKeyCache
+    from authproxy.auth.usage import UsageRecorder
+    from authproxy.auth.verdict import Principal, Verdict, VerdictCodec
+    from authproxy.config.schema import CacheConfig
+    from authproxy.keys.format import KeyHasher, generate_key
+    from authproxy.keys.store import KeyRecord
+    from authproxy.observability.metrics import Metrics
 
     real_hasher = KeyHasher.from_config(hashing_config(cheap=False))
     sample = real_hasher.hash("a secret")  # $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>
@@ -723,7 +723,7 @@ def cache_rss(entries: int) -> None:
 
 def argon2_verify_seconds(samples: int = 9) -> float:
     """Median time of one argon2id verify with the shipped parameters, in this process."""
-    from authproxy.keys import KeyHasher
+    from authproxy.keys.format import KeyHasher
 
     hasher = KeyHasher.from_config(hashing_config(cheap=False))
     stored = hasher.hash("a secret")

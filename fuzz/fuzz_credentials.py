@@ -14,9 +14,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from authproxy.auth import bearer_token
+    from authproxy.auth.authenticator import bearer_token
     from authproxy.errors import InvalidKey, MissingKey
-    from authproxy.keys import KEY_PREFIX, parse_key
+    from authproxy.keys.format import KEY_PREFIX, parse_key
 
 
 def test_one_input(data: bytes) -> None:

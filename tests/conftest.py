@@ -21,13 +21,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from authproxy.app import create_app
 from authproxy.appkeys import CONFIG, KEYS, LISTENER
-from authproxy.audit import AuditContext
-from authproxy.config import Config, LoggingConfig, build_config
-from authproxy.keys import KeyHasher
-from authproxy.keyservice import CreatedKey
-from authproxy.log import configure_logging
-from authproxy.migrations import migrate
-from authproxy.protocol import Guard, GuardedAppRunner
+from authproxy.config.schema import Config, LoggingConfig, build_config
+from authproxy.db.migrations import migrate
+from authproxy.keys.audit import AuditContext
+from authproxy.keys.format import KeyHasher
+from authproxy.keys.service import CreatedKey
+from authproxy.observability.logs import configure_logging
+from authproxy.server.guards import Guard, GuardedAppRunner
 from tests.daemon import DaemonLauncher
 from tests.recording_upstream import RECORDER, Recorder, create_recording_upstream
 
@@ -50,7 +50,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = os.environ.get(TEST_DATABASE_ENV)
     if url:
         return url
-    from authproxy.embedded import start_embedded_postgres
+    from authproxy.db.embedded import start_embedded_postgres
 
     return start_embedded_postgres(str(tmp_path_factory.mktemp("pg") / "data"))
 

@@ -25,11 +25,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from authproxy.admin import openapi_document
+from authproxy.admin.api import openapi_document
 from authproxy.app import create_app
 from authproxy.errors import InvalidInput
-from authproxy.keys import KeyHasher
-from authproxy.keyservice import validate_space_id
+from authproxy.keys.format import KeyHasher
+from authproxy.keys.service import validate_space_id
 from tests.conftest import MakeConfig
 from tests.tokens import ADMIN_SECRET, mint, unsigned
 

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from authproxy.keys import KEY_PREFIX, KeyHasher, _checksum, generate_key, parse_key
+from authproxy.keys.format import KEY_PREFIX, KeyHasher, _checksum, generate_key, parse_key
 from tests.conftest import AppClient, bearer, new_key
 
 Client = TestClient[Any, Any]

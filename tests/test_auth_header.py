@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from authproxy.auth import bearer_token
+from authproxy.auth.authenticator import bearer_token
 from authproxy.errors import InvalidKey, MissingKey
-from authproxy.keys import generate_key
+from authproxy.keys.format import generate_key
 
 
 class TestMissing:

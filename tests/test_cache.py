@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authproxy.cache import RECENT, VerifiedKeyCache
+from authproxy.auth.cache import RECENT, VerifiedKeyCache
 
 
 class FakeClock:

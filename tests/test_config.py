@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from authproxy.config import (
+from authproxy.config.schema import (
     AdminConfig,
     CacheConfig,
     Config,

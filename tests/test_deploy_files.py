@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from authproxy.config import ServerConfig
+from authproxy.config.schema import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -116,10 +116,10 @@ class TestComposeServices:
 
     def test_sample_upstream_command_exists(self, services: dict[str, Any]) -> None:
         """The upstream's inline program imports a factory the package really has."""
-        from authproxy.sample_upstream import create_sample_upstream
+        from authproxy.cli.sample_upstream import create_sample_upstream
 
         program = services["upstream"]["command"][-1]
-        assert "from authproxy.sample_upstream import create_sample_upstream" in program
+        assert "from authproxy.cli.sample_upstream import create_sample_upstream" in program
         assert "port=8081" in program and callable(create_sample_upstream)
         assert services["upstream"]["expose"] == ["8081"]
 

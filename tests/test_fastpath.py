@@ -18,7 +18,7 @@ import httptools
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authproxy.protocol import GuardedServer
+from authproxy.server.guards import GuardedServer
 from tests.conftest import AppClient, Upstream, new_key
 
 Client = TestClient[Any, Any]

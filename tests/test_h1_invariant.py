@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from authproxy.config import UpstreamConfig
-from authproxy.h1client import H1Transport
-from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
+from authproxy.config.schema import UpstreamConfig
+from authproxy.upstream.h1pool import H1Transport
+from authproxy.upstream.transport import UpstreamTimeout, UpstreamUnavailable
 from tests.byte_upstream import ByteUpstream, Exchange, response
 
 MAX_HEAD = 4096

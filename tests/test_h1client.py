@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from authproxy.config import UpstreamConfig
-from authproxy.h1client import H1Transport
-from authproxy.upstream import UpstreamTimeout, UpstreamUnavailable
+from authproxy.config.schema import UpstreamConfig
+from authproxy.upstream.h1pool import H1Transport
+from authproxy.upstream.transport import UpstreamTimeout, UpstreamUnavailable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

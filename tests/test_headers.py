@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from authproxy.headers import (
+from authproxy.http.headers import (
     HOP_BY_HOP,
     REQUEST_ID_FROM_END,
     Identity,

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from authproxy.keys import generate_key
+from authproxy.keys.format import generate_key
 from tests.conftest import AppClient, Upstream, bearer, new_key
 from tests.rawhttp import get, raw_request
 
@@ -199,7 +199,7 @@ class TestCostOfBadKeys:
         """Malformed keys cost no lookup and no argon2; an unknown id and a wrong secret
         each cost exactly one argon2 verification, so timing does not tell them apart."""
         from authproxy.appkeys import METRICS
-        from authproxy.keys import KEY_PREFIX, _checksum
+        from authproxy.keys.format import KEY_PREFIX, _checksum
 
         metrics = client.app[METRICS]
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authproxy.config import HashingConfig
+from authproxy.config.schema import HashingConfig
 from authproxy.errors import InvalidKey
-from authproxy.keys import (
+from authproxy.keys.format import (
     ALPHABET,
     CHECKSUM_LEN,
     KEY_LEN,

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authproxy import keyservice
 from authproxy.appkeys import KEYS
-from authproxy.keys import NewKey, ParsedKey, generate_key
+from authproxy.keys import service as keyservice
+from authproxy.keys.format import NewKey, ParsedKey, generate_key
 from tests.conftest import bearer, new_key
 
 

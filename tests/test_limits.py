@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestClient
 
 from authproxy.app import create_app
 from authproxy.appkeys import KEYS, LISTENER
-from authproxy.audit import AuditContext
-from authproxy.keys import KeyHasher, generate_key
-from authproxy.ratelimit import FailureLimiter, KeyRateLimiter, seconds_header
+from authproxy.auth.limits import FailureLimiter, KeyRateLimiter, seconds_header
+from authproxy.keys.audit import AuditContext
+from authproxy.keys.format import KeyHasher, generate_key
 from tests.conftest import AppClient, MakeConfig, Upstream, bearer, new_key
 from tests.test_revocation import GatedHasher, wait_for
 

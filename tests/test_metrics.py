@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from authproxy.metrics import MULTIPROC_ENV, BatchedCounter, BatchedHistogram, Metrics
+from authproxy.observability.metrics import MULTIPROC_ENV, BatchedCounter, BatchedHistogram, Metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 # On every bound (prometheus buckets are "<= bound"), between them, below and above all.

@@ -10,8 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from authproxy.db.migrations import migrate
 from authproxy.errors import MigrationError
-from authproxy.migrations import migrate
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 FILENAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")

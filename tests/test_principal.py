@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from authproxy.auth.verdict import Principal, VerdictCodec, Verified
 from authproxy.errors import AuthError, ExpiredKey, InvalidKey, MissingKey, RevokedKey
-from authproxy.principal import Principal, VerdictCodec, Verified
 
 KEY_ID = "3f1c0b8e-5d2a-4c11-9e77-0a1b2c3d4e5f"
 FINGERPRINT = bytes(range(16))

@@ -15,9 +15,9 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from authproxy.appkeys import KEYS
-from authproxy.audit import AuditContext
-from authproxy.keys import generate_key
-from authproxy.keyservice import key_object
+from authproxy.keys.audit import AuditContext
+from authproxy.keys.format import generate_key
+from authproxy.keys.service import key_object
 from tests.conftest import AppClient, Upstream, bearer, new_key
 from tests.rawhttp import get, raw_request
 from tests.recording_upstream import GZIPPED
@@ -135,7 +135,7 @@ class TestRefusals:
         await assert_refused(resp, upstream)
         # Same lookup id, different secret, valid checksum: must fail argon2.
         other = generate_key()
-        from authproxy.keys import KEY_PREFIX, _checksum
+        from authproxy.keys.format import KEY_PREFIX, _checksum
 
         body = KEY_PREFIX + created.record.lookup_id + other.parsed.secret
         forged = body + _checksum(body)

@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from authproxy.app import create_app
 from authproxy.appkeys import CACHE, KEYS, LISTENER
-from authproxy.audit import AuditContext
-from authproxy.keys import KeyHasher
-from authproxy.revocations import parse_notification
+from authproxy.auth.revocations import parse_notification
+from authproxy.keys.audit import AuditContext
+from authproxy.keys.format import KeyHasher
 from tests.conftest import MakeConfig, Upstream, bearer, new_key
 
 Client = TestClient[Any, Any]

@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from authproxy.keys import generate_key
-from authproxy.log import redact_secrets
+from authproxy.keys.format import generate_key
+from authproxy.observability.logs import redact_secrets
 from tests.conftest import Upstream, new_key
 from tests.daemon import DaemonLauncher
 from tests.tokens import ADMIN_SECRET, mint

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authproxy.keyservice import CreatedKey
+from authproxy.keys.service import CreatedKey
 from tests.byte_upstream import ByteUpstream, Exchange, response
 from tests.conftest import AppClient, bearer, new_key
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from authproxy.metrics import Metrics
-from authproxy.store import Store
-from authproxy.usage import UsageRecorder
+from authproxy.auth.usage import UsageRecorder
+from authproxy.keys.store import Store
+from authproxy.observability.metrics import Metrics
 
 
 @pytest.fixture

@@ -1,0 +1,133 @@
+"""What each CLI command does, once cli.py has parsed arguments and loaded config."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from authproxy.app import create_app
+from authproxy.appkeys import CONFIG, KEYS
+from authproxy.auth.cache import VerifiedKeyCache
+from authproxy.auth.verdict import VerdictCodec
+from authproxy.cli.sample_upstream import create_sample_upstream
+from authproxy.config.schema import Config
+from authproxy.contexts import create_pool
+from authproxy.db.migrations import migrate as apply_migrations
+from authproxy.errors import StoreUnavailable
+from authproxy.keys.audit import AuditContext
+from authproxy.keys.format import KeyHasher
+from authproxy.keys.service import KeyService, key_object
+from authproxy.keys.store import Store
+from authproxy.server import runner as server
+
+log = structlog.get_logger(__name__)
+
+DEMO_SPACE = "demo"
+
+
+def serve(cfg: Config, *, worker: bool = False, config_path: str | None = None) -> int:
+    if cfg.server.workers > 1 and not worker:
+        from authproxy.server.supervisor import supervise
+
+        return supervise(cfg, config_path)
+    if worker:
+        from authproxy.server.supervisor import die_with_parent
+
+        die_with_parent()
+    # A supervised worker shares the port (SO_REUSEPORT); the supervisor migrated already.
+    return server.serve(create_app(cfg), cfg, reuse_port=worker)
+
+
+def demo(cfg: Config) -> int:
+    """Serve with a sample upstream on upstream.url and print a first key once."""
+    app = create_app(cfg)
+    app.cleanup_ctx.append(_sample_upstream_ctx)
+    app.on_startup.append(_announce_first_key)
+    return server.serve(app, cfg)
+
+
+async def _sample_upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    upstream = URL(app[CONFIG].upstream.url)
+    runner = web.AppRunner(create_sample_upstream(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, upstream.host, upstream.port).start()
+    yield
+    await runner.cleanup()
+
+
+async def _announce_first_key(app: web.Application) -> None:
+    cfg = app[CONFIG]
+    created = await app[KEYS].create(space_id=DEMO_SPACE, name="demo key",
+                                     audit=AuditContext(actor="cli:demo"))
+    base = f"http://{cfg.server.listen}"
+    print(f"""
+authproxy demo: proxy on {base}, sample upstream on {cfg.upstream.url}
+A first API key for space '{DEMO_SPACE}' (shown once, copy it now):
+
+    {created.key}
+
+Try it through the proxy:
+
+    curl -s -H 'Authorization: Bearer {created.key}' {base}/api/v1/historian/points
+
+Health: curl -s {base}/_authproxy/healthz   Stop: Ctrl-C
+""", file=sys.stderr, flush=True)
+
+
+@asynccontextmanager
+async def _key_service(cfg: Config) -> AsyncIterator[KeyService]:
+    try:
+        pool = await create_pool(cfg)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        if cfg.db.should_migrate_on_start:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            yield KeyService(store=Store(pool, query_timeout=cfg.db.query_timeout),
+                             hasher=KeyHasher.from_config(cfg.hashing), executor=executor,
+                             cache=VerifiedKeyCache(max_entries=0, codec=VerdictCodec()))
+    finally:
+        await pool.close()
+
+
+async def migrate(cfg: Config) -> dict[str, Any]:
+    try:
+        conn = await asyncpg.connect(cfg.db.url, timeout=cfg.db.connect_timeout)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        applied = await apply_migrations(conn)
+        current = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    finally:
+        await conn.close()
+    return {"applied": [f"{m.version:03d}_{m.name}" for m in applied], "version": current}
+
+
+async def create_key(cfg: Config, space: str, name: str, expires_at: str | None,
+                     rate_limit: float | None = None) -> dict[str, Any]:
+    async with _key_service(cfg) as keys:
+        created = await keys.create(space_id=space, name=name, expires_at=expires_at,
+                                    rate_limit=rate_limit, audit=AuditContext.for_cli())
+        return key_object(created.record, keys.now(), key=created.key)
+
+
+async def list_keys(cfg: Config, space: str) -> dict[str, Any]:
+    async with _key_service(cfg) as keys:
+        now = keys.now()
+        return {"keys": [key_object(r, now) for r in await keys.list_keys(space)]}
+
+
+async def revoke_key(cfg: Config, space: str, key_id: str) -> dict[str, Any]:
+    async with _key_service(cfg) as keys:
+        revoked = await keys.revoke(space_id=space, key_id=key_id, audit=AuditContext.for_cli())
+        return key_object(revoked, keys.now())

@@ -1,0 +1,140 @@
+"""Command line: serve | migrate | keys {create,list,revoke} | check-config | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+import structlog
+
+from authproxy import __version__
+from authproxy.config.schema import Config, LoggingConfig, load_config
+from authproxy.errors import (
+    AuthProxyError,
+    ConfigError,
+    InvalidInput,
+    MigrationError,
+    NotFound,
+    StoreUnavailable,
+)
+from authproxy.observability.logs import configure_logging
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1  # a dependency failed: database unreachable, migration failed
+EXIT_USAGE: Final = 2  # bad arguments, bad config, bad input (argparse uses 2 too)
+EXIT_NOT_FOUND: Final = 4
+
+log = structlog.get_logger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authproxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"authproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", help="YAML config file (default: $AUTHPROXY_CONFIG)")
+        return sub
+
+    serve = command("serve", "run the daemon")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes sharing the port (default: server.workers)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    command("migrate", "apply pending sql/ migrations (idempotent)")
+    command("check-config", "validate the configuration; exit 2 listing every problem")
+    command("demo", "embedded database + sample upstream + a first key, then serve")
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key; prints it once")
+    create.add_argument("--space", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--expires-at", help="RFC 3339 date-time, in the future")
+    create.add_argument("--rate-limit", type=float, metavar="PER_SECOND",
+                        help="requests/s for this key (default: limits.key_rate_per_second)")
+    listing = key_commands.add_parser("list", help="list a space's keys, newest first")
+    listing.add_argument("--space", required=True)
+    revoke = key_commands.add_parser("revoke", help="revoke a key for good")
+    revoke.add_argument("--space", required=True)
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    for sub in (create, listing, revoke):
+        sub.add_argument("--config", help="YAML config file (default: $AUTHPROXY_CONFIG)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "check-config":
+        print(json.dumps({"status": "ok", "config": redacted(cfg)}, indent=2))
+        return EXIT_OK
+    configure_logging(cfg.logging if args.command in ("serve", "demo")
+                      else LoggingConfig(level="warning", format=cfg.logging.format))
+    try:
+        return _run(args, cfg)
+    except AuthProxyError as exc:
+        return _report(exc)
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    # Imported late: `check-config` and `--help` should not pay for aiohttp and asyncpg.
+    from authproxy.cli import commands
+    from authproxy.db.embedded import resolve_database
+
+    cfg = resolve_database(cfg)
+    if args.command == "serve":
+        if args.workers is not None:
+            cfg = dataclasses.replace(cfg, server=dataclasses.replace(
+                cfg.server, workers=args.workers))
+        if args.worker:  # started by the supervisor, which has migrated already
+            cfg = dataclasses.replace(cfg, db=dataclasses.replace(cfg.db, auto_migrate=False))
+        return commands.serve(cfg, worker=args.worker, config_path=args.config)
+    if args.command == "demo":
+        return commands.demo(cfg)
+    if args.command == "migrate":
+        _print(asyncio.run(commands.migrate(cfg)))
+        return EXIT_OK
+    if args.keys_command == "create":
+        _print(asyncio.run(commands.create_key(cfg, args.space, args.name, args.expires_at,
+                                               args.rate_limit)))
+    elif args.keys_command == "list":
+        _print(asyncio.run(commands.list_keys(cfg, args.space)))
+    else:
+        _print(asyncio.run(commands.revoke_key(cfg, args.space, args.key_id)))
+    return EXIT_OK
+
+
+def _report(exc: AuthProxyError) -> int:
+    code, status = {
+        InvalidInput: ("invalid_input", EXIT_USAGE),
+        NotFound: ("not_found", EXIT_NOT_FOUND),
+        StoreUnavailable: ("key_store_unavailable", EXIT_FAILURE),
+        MigrationError: ("migration_failed", EXIT_FAILURE),
+    }.get(type(exc), ("error", EXIT_FAILURE))
+    message = "no such key in this space" if isinstance(exc, NotFound) else str(exc)
+    print(json.dumps({"error": {"code": code, "message": message}}), file=sys.stderr)
+    return status
+
+
+def _print(payload: Any) -> None:
+    print(json.dumps(payload, indent=2))
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """The effective config as JSON, secrets masked (for check-config's report)."""
+    data = dataclasses.asdict(cfg)
+    if data["db"]["url"]:
+        data["db"]["url"] = "<redacted>"
+    if data["admin"]["jwt_secret"]:
+        data["admin"]["jwt_secret"] = "<redacted>"
+    return data

@@ -1,0 +1,235 @@
+"""Typed, immutable configuration: YAML file (optional) overridden by AUTHPROXY_* variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from authproxy.config.coerce import build_section, cross_checks, read_yaml
+from authproxy.errors import ConfigError
+
+LogFormat = Literal["auto", "json", "console"]
+TransportKind = Literal["h1", "aiohttp"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+# Environment variables from DESIGN.md and the setting each one overrides.
+ENV_OVERRIDES: Mapping[str, str] = {
+    "AUTHPROXY_DATABASE_URL": "db.url",
+    "AUTHPROXY_UPSTREAM_URL": "upstream.url",
+    "AUTHPROXY_LISTEN": "server.listen",
+    "AUTHPROXY_ADMIN_JWT_SECRET": "admin.jwt_secret",
+}
+CONFIG_PATH_ENV = "AUTHPROXY_CONFIG"
+
+_SECRET = {"secret": True}
+
+
+def _rule(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    return {"min": low, "max": high}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:8080"
+    # After SIGTERM: readyz says 503 for drain_delay seconds while requests are still
+    # served (load balancers notice), then the listener closes and in-flight requests get
+    # shutdown_timeout seconds to finish.
+    drain_delay: float = field(default=5.0, metadata=_rule(0, 3600))
+    shutdown_timeout: float = field(default=10.0, metadata=_rule(0, 3600))
+    workers: int = field(default=1, metadata=_rule(1, 256))
+    # Largest proxied request body (Content-Length or chunked); larger ones get 413.
+    max_body_bytes: int = field(default=1 << 30, metadata=_rule(1, 1 << 50))
+    # A connection must deliver a complete request head within this many seconds.
+    header_timeout: float = field(default=10.0, metadata=_rule(0.1, 3600))
+    # An idle keep-alive connection is closed after this many seconds.
+    idle_timeout: float = field(default=75.0, metadata=_rule(0.1, 86400))
+    max_connections: int = field(default=10_000, metadata=_rule(1, 1_000_000))
+    max_url_bytes: int = field(default=8192, metadata=_rule(256, 1 << 20))  # else 414
+    max_header_bytes: int = field(default=16384, metadata=_rule(256, 1 << 20))  # else 431
+    max_headers: int = field(default=100, metadata=_rule(8, 10_000))  # else 431
+    # Peers (CIDRs) whose X-Forwarded-For/-Proto/-Host are believed and extended; from any
+    # other peer those headers are replaced, so a client cannot choose its own address.
+    trusted_proxies: tuple[str, ...] = ()
+    # Bodiless HTTP/1.1 proxied requests (the hot path) are parsed and answered by our own
+    # lean front end (fastconn.py, fastproxy.py); everything else, or everything when
+    # false, by aiohttp.
+    fast_path: bool = True
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, slots=True)
+class DbConfig:
+    # None means: run the embedded PostgreSQL in embedded_dir.
+    url: str | None = field(default=None, metadata=_SECRET)
+    embedded_dir: str = "~/.local/share/authproxy/pgdata"
+    # None means: on for the embedded database, off for an external one.
+    auto_migrate: bool | None = None
+    max_pool: int = field(default=10, metadata=_rule(1, 1000))
+    connect_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
+    query_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.url is None
+
+    @property
+    def should_migrate_on_start(self) -> bool:
+        return self.is_embedded if self.auto_migrate is None else self.auto_migrate
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str = "http://127.0.0.1:8081"
+    # h1: the lean pooled HTTP/1.1 client (h1client.py); aiohttp: aiohttp's ClientSession.
+    transport: TransportKind = "h1"
+    connect_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
+    # Longest wait for the next byte of the upstream's response (headers or body).
+    # There is deliberately no total timeout: long downloads must not be cut.
+    read_timeout: float = field(default=60.0, metadata=_rule(0.1, 86400))
+    max_connections: int = field(default=100, metadata=_rule(1, 100000))
+    # The upstream's response head (status line, fields, and any interim 1xx heads before
+    # it), in bytes and in fields; past either: 502 and the connection closed. Between
+    # nginx's proxy_buffer_size (4-8 KiB) and Envoy's 60 KiB; trailers share the limits.
+    max_header_bytes: int = field(default=32768, metadata=_rule(1024, 1 << 24))
+    max_headers: int = field(default=100, metadata=_rule(8, 10_000))
+    # Client headers whose names start with one of these (case-insensitive, "_" as "-")
+    # never reach the upstream: room for identity headers the upstream may trust.
+    strip_header_prefixes: tuple[str, ...] = ("X-Authproxy-",)
+
+
+@dataclass(frozen=True, slots=True)
+class HashingConfig:
+    """argon2id parameters for new keys; older hashes are rehashed on their next use.
+
+    The secret is 166 random bits, not a password: no amount of hashing work changes
+    how long guessing it takes (2^165 tries on average), so the cost is set low enough
+    that a cold verification is cheap (~1.5 ms here), which bounds what a flood of wrong
+    keys, a cache flush or a revocation costs. README "argon2 parameters" has the numbers.
+    """
+
+    time_cost: int = field(default=1, metadata=_rule(1, 100))
+    memory_cost_kib: int = field(default=4096, metadata=_rule(8, 4194304))
+    parallelism: int = field(default=1, metadata=_rule(1, 64))
+    # Threads that may run argon2 at once; bounds CPU spent on cache misses.
+    max_concurrency: int = field(default=2, metadata=_rule(1, 256))
+    # Verifications allowed to wait for a thread; beyond it a miss is answered 503 at
+    # once, so a flood of well-formed wrong keys cannot queue without bound.
+    max_pending: int = field(default=64, metadata=_rule(1, 100000))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    max_entries: int = field(default=100_000, metadata=_rule(0, 10_000_000))
+    ttl: float = field(default=60.0, metadata=_rule(0, 86400))
+    negative_ttl: float = field(default=5.0, metadata=_rule(0, 3600))
+    # While PostgreSQL is unreachable, keys verified within this many seconds keep working.
+    outage_grace: float = field(default=300.0, metadata=_rule(0, 86400))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Abuse limits, per process, in bounded memory."""
+
+    # Refused credentials from one client address within failure_window seconds before it
+    # gets 429 for the rest of the window; 0 turns this off.
+    failure_threshold: int = field(default=20, metadata=_rule(0, 1000000))
+    failure_window: float = field(default=60.0, metadata=_rule(1, 86400))
+    max_tracked_clients: int = field(default=100_000, metadata=_rule(1, 10_000_000))
+    # Requests per second per key (token bucket) unless the key has its own; 0: no limit.
+    key_rate_per_second: float = field(default=0.0, metadata=_rule(0, 1000000))
+    key_burst_seconds: float = field(default=1.0, metadata=_rule(0.001, 3600))
+    max_tracked_keys: int = field(default=100_000, metadata=_rule(1, 10_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class UsageConfig:
+    flush_interval: float = field(default=10.0, metadata=_rule(0.05, 3600))
+    # Keys whose last use may wait in memory; reaching it flushes at once (bounds memory).
+    max_pending: int = field(default=10_000, metadata=_rule(1, 10_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """Admin API tokens: JWTs minted by the SCADA dashboard.
+
+    Each algorithm is accepted only with its own kind of key (HS256 with jwt_secret,
+    RS256/ES256 with the PEM or JWKS), which rules out algorithm confusion.
+    """
+
+    jwt_secret: str | None = field(default=None, metadata=_SECRET)
+    jwt_public_key_file: str | None = None  # PEM, RS256 or ES256
+    jwks_file: str | None = None  # JWKS (RFC 7517) file, keys chosen by "kid"
+    issuer: str | None = None  # required "iss" when set
+    audience: str | None = None  # required "aud" when set
+    clock_skew: float = field(default=30.0, metadata=_rule(0, 600))
+    manager_roles: tuple[str, ...] = field(default=("owner", "admin"),
+                                           metadata={"non_empty": True})
+    max_body_bytes: int = field(default=16384, metadata=_rule(256, 1048576))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True
+    # None: /_authproxy/metrics on the main listener; host:port: only on that listener.
+    listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    db: DbConfig = DbConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    hashing: HashingConfig = HashingConfig()
+    cache: CacheConfig = CacheConfig()
+    usage: UsageConfig = UsageConfig()
+    limits: LimitsConfig = LimitsConfig()
+    admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read the YAML file (if any), apply environment overrides, validate everything.
+
+    Raises:
+        ConfigError: with one ``setting: rule (got value)`` line per problem.
+    """
+    path = path or environ.get(CONFIG_PATH_ENV) or None
+    return build_config(read_yaml(Path(path)) if path else {}, environ)
+
+
+def build_config(raw: dict[str, Any], environ: Mapping[str, str] = os.environ) -> Config:
+    """Validate a mapping shaped like the YAML file, after applying environment overrides.
+
+    Raises:
+        ConfigError: with one ``setting: rule (got value)`` line per problem.
+    """
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for var, dotted in ENV_OVERRIDES.items():
+        if var in environ:
+            section, name = dotted.split(".")
+            raw.setdefault(section, {})
+            if isinstance(raw[section], dict):
+                raw[section][name] = environ[var]
+    problems: list[str] = []
+    config: Config = build_section(Config, raw, "", problems)
+    problems.extend(cross_checks(config))
+    if problems:
+        raise ConfigError(problems)
+    return config

@@ -1,0 +1,147 @@
+"""What every proxied request passes before it may go upstream, whichever server parsed it.
+
+Both front ends use these: proxy.py (aiohttp's server: requests with a body, HTTP/1.0,
+anything unusual) and fastproxy.py (bodiless HTTP/1.1 requests, the hot path). Inputs are
+plain values, so the two cannot drift apart in what they allow.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from aiohttp import web
+from multidict import MultiMapping
+
+from authproxy.appkeys import (
+    AUTHENTICATOR,
+    CONFIG,
+    FAILURES,
+    KEY_LIMITS,
+    METRICS,
+    TRUSTED_PROXIES,
+)
+from authproxy.auth.limits import seconds_header
+from authproxy.auth.verdict import Principal
+from authproxy.errors import AuthError, MissingKey, Overloaded, StoreUnavailable, TooManyRequests
+from authproxy.http.errormap import json_error
+from authproxy.http.headers import Identity, client_address, forwarded_values
+from authproxy.keys.format import KEY_PREFIX, KEY_REGEX
+from authproxy.upstream.transport import UpstreamTimeout
+
+log = structlog.get_logger(__name__)
+
+BAD_TARGET_MESSAGE = "The request target must be an absolute path ('/...')."
+TOO_MANY_FAILURES_MESSAGE = "Too many refused keys from this address; retry later."
+RATE_LIMITED_MESSAGE = "This key's request rate limit is exhausted; retry later."
+KEY_IN_QUERY_MESSAGE = ("API keys belong in the Authorization header, never in the URL, "
+                        "where logs and browser histories keep them.")
+# Anything that looks like one of our keys, anywhere in the query string.
+_KEY_IN_QUERY = re.compile(KEY_REGEX)
+
+
+def refuse_target(raw_path: str) -> web.Response | None:
+    """A 400 for a target we never forward (not origin-form, or a key in the query)."""
+    if not raw_path.startswith("/"):
+        return json_error(400, "bad_request_target", BAD_TARGET_MESSAGE)
+    if KEY_PREFIX in raw_path and _KEY_IN_QUERY.search(raw_path.partition("?")[2]):
+        log.info("key_in_query_refused")
+        return json_error(400, "key_in_query", KEY_IN_QUERY_MESSAGE)
+    return None
+
+
+def authenticate(app: web.Application, peer: str, headers: MultiMapping[str]
+                 ) -> Principal | Coroutine[Any, Any, Principal]:
+    """The key's Principal, or a coroutine returning it when PostgreSQL or argon2 must
+    answer (see Authenticator.authenticate). Refusals are counted per client and may turn
+    into 429s."""
+    metrics, failures = app[METRICS], app[FAILURES]
+    client = client_address(peer, headers, app[TRUSTED_PROXIES])
+    wait = failures.retry_after(client)
+    if wait is not None:
+        log.info("client_throttled", client=client)
+        metrics.count_request("throttled", "429")
+        raise TooManyRequests("too_many_failures", TOO_MANY_FAILURES_MESSAGE,
+                              {"Retry-After": seconds_header(wait)})
+    started = time.perf_counter()
+    try:
+        result = app[AUTHENTICATOR].authenticate(headers.getall("Authorization", []))
+    except Exception as exc:
+        metrics.auth_seconds.observe(time.perf_counter() - started)
+        _count_failure(app, client, exc)
+        raise
+    if isinstance(result, Principal):
+        metrics.auth_seconds.observe(time.perf_counter() - started)
+        return result
+    return _authenticate_with_io(app, client, result, started)
+
+
+async def _authenticate_with_io(app: web.Application, client: str,
+                                pending: Coroutine[Any, Any, Principal],
+                                started: float) -> Principal:
+    try:
+        return await pending
+    except Exception as exc:
+        _count_failure(app, client, exc)
+        raise
+    finally:  # cancelled too (the client left): every attempt is timed
+        app[METRICS].auth_seconds.observe(time.perf_counter() - started)
+
+
+def _count_failure(app: web.Application, client: str, exc: Exception) -> None:
+    """Log and count a failed authentication; refused keys count against the client."""
+    metrics = app[METRICS]
+    if isinstance(exc, AuthError):
+        log.info("auth_refused", reason=exc.reason, detail=str(exc))
+        metrics.count_request(exc.reason, "401")
+        if not isinstance(exc, MissingKey):
+            app[FAILURES].record_failure(client)
+    elif isinstance(exc, StoreUnavailable | Overloaded):
+        log.warning("auth_unavailable", error=str(exc))
+        metrics.count_request(
+            "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503")
+
+
+def take_rate(app: web.Application, principal: Principal) -> dict[str, str]:
+    """Apply the key's token bucket; the RateLimit-* headers for the answer, or 429."""
+    limits = app[CONFIG].limits
+    rate = principal.rate_limit or limits.key_rate_per_second
+    if rate <= 0:
+        return {}
+    decision = app[KEY_LIMITS].take(principal.key_id, rate)
+    headers = {"RateLimit-Limit": str(decision.limit),
+               "RateLimit-Remaining": str(decision.remaining),
+               "RateLimit-Reset": seconds_header(decision.reset),
+               "RateLimit-Policy": f"{decision.limit};w={seconds_header(limits.key_burst_seconds)}"}
+    if not decision.allowed:
+        raise TooManyRequests("rate_limited", RATE_LIMITED_MESSAGE,
+                              {**headers, "Retry-After": seconds_header(decision.retry_after)})
+    return headers
+
+
+def note_upstream_failure(app: web.Application, exc: Exception, *, mid_stream: bool) -> None:
+    """Count and log an upstream failure. Before the answer's head it becomes a 502/504
+    (the caller re-raises); after it, the caller must cut the client connection, the
+    only honest signal left, so a truncated body cannot look complete."""
+    metrics = app[METRICS]
+    if mid_stream:
+        metrics.upstream_errors.labels(kind="aborted_mid_stream").inc()
+        log.warning("upstream_stream_aborted", error=type(exc).__name__, detail=str(exc))
+        return
+    kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
+    metrics.upstream_errors.labels(kind=kind).inc()
+    log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
+
+
+def identity(app: web.Application, principal: Principal, *, peer: str,
+             headers: MultiMapping[str], scheme: str, host: str,
+             request_id: str) -> Identity:
+    """Who the upstream is told is calling, and from where."""
+    chain, scheme, host = forwarded_values(peer=peer, headers=headers, scheme=scheme,
+                                           host=host, trusted=app[TRUSTED_PROXIES])
+    return Identity(space_id=principal.space_id, key_id=principal.key_id,
+                    key_prefix=principal.prefix, request_id=request_id, client_ip=chain,
+                    scheme=scheme, host=host)

@@ -1,0 +1,240 @@
+"""The lean HTTP/1.1 front end: one client connection, serving the hot path itself.
+
+Why: issue 6 measured aiohttp's server and its request objects at more than half of the
+time of a proxied request. Most proxied requests are the simplest HTTP there is: an
+HTTP/1.1 GET (or HEAD, DELETE...) without a body. For those this protocol splits the
+request head off the byte stream, parses it with llhttp (httptools, the parser aiohttp
+uses too) and hands it to fastproxy.py, answering on the socket directly.
+
+Anything else goes to aiohttp, byte for byte: this protocol hands the connection to
+aiohttp's RequestHandler (protocol.py) with every byte it has not consumed, and aiohttp
+serves that connection from then on. That covers requests with a body or ``Expect``,
+protocol upgrades, HTTP/1.0, the reserved /_authproxy/ paths, parse errors and heads that
+are near a size limit (so aiohttp's JSON 400/414/431 answers stay the only ones). Because
+a request without a body ends exactly at its blank line, the hand-off point is always
+known; pipelined requests are served one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import TYPE_CHECKING, cast
+
+import structlog
+
+from authproxy.http.fast.head import FastRequest, FieldMemo, HeadLimits, parse_head
+from authproxy.http.fast.proxy import answer
+
+if TYPE_CHECKING:
+    from authproxy.server.guards import GuardedServer
+
+log = structlog.get_logger(__name__)
+
+_END_OF_HEAD = b"\r\n\r\n"
+# A head still incomplete at this size goes to aiohttp, which applies the real limits.
+_MAX_HEAD_BUFFER = 64 * 1024
+# Bytes buffered behind a request in progress before we stop reading the socket.
+_MAX_PIPELINE_BUFFER = 256 * 1024
+class FastConnection(asyncio.Protocol):
+    """One client connection on the fast path (see the module docstring)."""
+
+    def __init__(self, server: GuardedServer) -> None:
+        self._server = server
+        self.app = server.app
+        self._loop = asyncio.get_running_loop()
+        cfg = server.guard
+        self._limits = HeadLimits.near(cfg.max_url_bytes, cfg.max_header_bytes,
+                                       cfg.max_headers)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._buffer = bytearray()
+        self._fields = FieldMemo()
+        # fastproxy's: (header fields, Principal, the encoded upstream fields before and
+        # after the X-Request-Id field).
+        self.upstream_fields: tuple[object, object, bytes, bytes] | None = None
+        self._scanned = 0  # bytes of _buffer already searched for the end of a head
+        self.busy = False  # a request is being answered
+        self.closing = False  # close once the answer in progress is out
+        self.task: asyncio.Task[None] | None = None
+        self.head_sent = False  # the current answer's head is out: errors must cut, not answer
+        self._reading_paused = False
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._served = 0
+        # One lazy timer per connection (see _on_timer) instead of a new one per request:
+        # creating and cancelling a loop timer cost more than the rest of the framing.
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._server.open_connections() >= self._server.guard.max_connections:
+            log.warning("connection_refused_over_limit",
+                        limit=self._server.guard.max_connections)
+            transport.close()
+            return
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self._server.fast_connections.add(self)
+        self._timer = self._loop.call_later(self._server.guard.header_timeout, self._on_timer)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self.busy:
+            self._next_request()
+        elif len(self._buffer) > _MAX_PIPELINE_BUFFER and self.transport is not None:
+            self.transport.pause_reading()
+            self._reading_paused = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._server.fast_connections.discard(self)
+        self._cancel_timer()
+        self.transport = None
+        self._wake_writer(ConnectionResetError("client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writer(None)
+
+    # -- request framing
+    def _next_request(self) -> None:
+        """Serve the next complete request in the buffer, or hand the connection over."""
+        if self.transport is None:
+            return
+        buffer = self._buffer
+        # Only bytes not yet looked at (plus the 3 before them, for a split blank line):
+        # a head trickling in one byte at a time must not be rescanned each time.
+        end = buffer.find(_END_OF_HEAD, max(0, self._scanned - 3))
+        if end < 0:
+            start = self._scanned
+            if start > 0 and buffer[start - 1] == 0x0D:  # a CR whose LF is new
+                start -= 1
+            new = buffer[start:]
+            self._scanned = len(buffer)
+            # A bare LF line ending never makes our blank line: aiohttp refuses it (400).
+            if len(buffer) > _MAX_HEAD_BUFFER or new.count(b"\n") != new.count(b"\r\n"):
+                self._hand_off()
+            return
+        request = parse_head(bytes(buffer[:end + 4]), self._limits, self._fields)
+        if request is None:
+            self._hand_off()
+            return
+        del buffer[:end + 4]
+        self._scanned = 0
+        self._served += 1
+        self.busy = True
+        self.head_sent = False
+        # A fresh context: no log field of an earlier request (or of startup) can leak in.
+        self.task = self._loop.create_task(self._serve(request), context=contextvars.Context())
+
+    async def _serve(self, request: FastRequest) -> None:
+        keep_alive = False
+        try:
+            keep_alive = await answer(self, request)
+        finally:
+            self.busy = False
+            self.task = None
+            self._after_answer(keep_alive)
+
+    def _after_answer(self, keep_alive: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # closed or aborted (a cut stream): no pipelined request may follow
+        if not keep_alive or self.closing:
+            self.transport.close()
+            return
+        if self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+        if self._buffer:
+            self._next_request()
+        if self.busy or self.transport is None:
+            return  # the next request is being served, or the connection went to aiohttp
+        now = self._idle_since = self._loop.time()
+        idle_deadline = now + self._server.guard.idle_timeout
+        if self._timer is None or self._timer.when() > idle_deadline:
+            # Only after the first answer (the head timer may be due later) or a hand-back
+            # from busy: in steady state the armed timer is due sooner and re-arms itself.
+            self._cancel_timer()
+            self._timer = self._loop.call_at(idle_deadline, self._on_timer)
+
+    def _hand_off(self) -> None:
+        """Give this connection and every unconsumed byte to aiohttp's request handler."""
+        transport = self.transport
+        if transport is None:
+            return
+        self._server.fast_connections.discard(self)
+        self._cancel_timer()
+        self.transport = None
+        handler = self._server.aiohttp_handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._reading_paused:
+            transport.resume_reading()
+        data, self._buffer = bytes(self._buffer), bytearray()
+        if data:
+            handler.data_received(data)
+
+    # -- timers
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        """Before the first request: the head timeout. Then: the idle timeout, counted
+        from the end of the last answer; re-armed for what is left while in use."""
+        self._timer = None
+        guard = self._server.guard
+        if self._served == 0:
+            log.info("request_head_timeout", timeout=guard.header_timeout)
+            self.close()
+            return
+        idle = self._loop.time() - self._idle_since
+        if not self.busy and idle >= guard.idle_timeout:
+            self.close()
+            return
+        left = guard.idle_timeout if self.busy else guard.idle_timeout - idle
+        self._timer = self._loop.call_later(left, self._on_timer)
+
+    # -- used by fastproxy and the server
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("client closed the connection")
+        self.transport.write(data)
+
+    def must_drain(self) -> bool:
+        """Whether drain() would wait or raise; checked first, since most answers need no
+        wait and a coroutine per answer is measurable (issue 6)."""
+        return self._writing_paused or self.transport is None
+
+    async def drain(self) -> None:
+        """Wait while the client reads slower than we write (flow control)."""
+        if self.transport is None:
+            raise ConnectionResetError("client closed the connection")
+        if self._writing_paused:
+            self._write_waiter = self._loop.create_future()
+            await self._write_waiter
+
+    def _wake_writer(self, error: BaseException | None) -> None:
+        waiter, self._write_waiter = self._write_waiter, None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Close now if idle; otherwise once the answer in progress has been written."""
+        self.closing = True
+        if not self.busy and self.transport is not None:
+            self.transport.close()

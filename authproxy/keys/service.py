@@ -1,0 +1,160 @@
+"""Create, list and revoke keys: the operations behind the admin API and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from authproxy.auth.cache import VerifiedKeyCache
+from authproxy.errors import InvalidInput
+from authproxy.keys.audit import AuditContext, AuditEvent
+from authproxy.keys.format import KeyHasher, generate_key
+from authproxy.keys.store import KeyRecord, Store
+
+SPACE_ID_RULE = "must be 1-64 characters: letters, digits, '.', '_', '-', starting alphanumeric"
+NAME_RULE = "must be 1-100 printable characters after trimming"
+EXPIRES_RULE = "must be an RFC 3339 date-time with a time zone, in the future"
+RATE_RULE = "must be a number of requests per second above 0 and at most 1000000"
+_SPACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MAX_NAME = 100
+# RFC 3339 §5.6 date-time; fromisoformat alone also takes ISO 8601 forms like 2030-W01-1.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    record: KeyRecord
+    # The full key: shown once, never stored; kept out of repr, so no traceback or
+    # assertion message can print it.
+    key: str = field(repr=False)
+
+
+def validate_space_id(space_id: str) -> str:
+    if not _SPACE_ID.fullmatch(space_id):
+        raise InvalidInput("space_id", SPACE_ID_RULE)
+    return str(space_id)
+
+
+def validate_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise InvalidInput("name", NAME_RULE)
+    trimmed: str = name.strip()
+    if not 1 <= len(trimmed) <= _MAX_NAME or not trimmed.isprintable():
+        raise InvalidInput("name", NAME_RULE)
+    return trimmed
+
+
+def parse_expires_at(value: Any, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise InvalidInput("expires_at", EXPIRES_RULE)
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+        if parsed.tzinfo is None:
+            raise ValueError("no time zone")
+        # astimezone overflows for year-9999 values with a negative offset.
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput("expires_at", EXPIRES_RULE) from None
+    if parsed <= now:
+        raise InvalidInput("expires_at", EXPIRES_RULE)
+    return parsed
+
+
+def parse_rate_limit(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value <= 1_000_000):
+        raise InvalidInput("rate_limit_per_second", RATE_RULE)
+    return float(value)
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    text: str = moment.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def audit_object(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "occurred_at": rfc3339(event.occurred_at),
+        "action": event.action,
+        "space_id": event.space_id,
+        "key_id": event.key_id,
+        "actor": event.actor,
+        "client_address": event.client_address,
+        "request_id": event.request_id,
+    }
+
+
+def key_object(record: KeyRecord, now: datetime, *, key: str | None = None) -> dict[str, Any]:
+    """The key object of DESIGN.md; ``key`` only in the create response."""
+    body: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "space_id": record.space_id,
+        "created_at": rfc3339(record.created_at),
+        "last_used_at": rfc3339(record.last_used_at),
+        "expires_at": rfc3339(record.expires_at),
+        "revoked_at": rfc3339(record.revoked_at),
+        "status": record.status(now),
+        "rate_limit_per_second": record.rate_limit_per_second,
+    }
+    if key is not None:
+        body["key"] = key
+    return body
+
+
+class KeyService:
+    """Key lifecycle with the side effects that must go along: hashing, cache eviction."""
+
+    def __init__(self, *, store: Store, hasher: KeyHasher, executor: Executor,
+                 cache: VerifiedKeyCache[Any],
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._executor = executor
+        self._cache = cache
+        self.now = wall_clock
+
+    async def create(self, *, space_id: str, name: Any, audit: AuditContext,
+                     expires_at: Any = None, rate_limit: Any = None) -> CreatedKey:
+        space_id = validate_space_id(space_id)
+        name = validate_name(name)
+        expires = parse_expires_at(expires_at, self.now())
+        rate = parse_rate_limit(rate_limit)
+        while True:  # a taken lookup id has odds of ~2^-59 per existing key: draw again
+            new = generate_key()
+            secret_hash = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._hasher.hash, new.parsed.secret)
+            record = await self._store.create_key(
+                space_id=space_id, name=name, lookup_id=new.parsed.lookup_id,
+                prefix=new.parsed.display_prefix, secret_hash=secret_hash, expires_at=expires,
+                audit=audit, rate_limit=rate)
+            if record is not None:
+                return CreatedKey(record, new.full)
+
+    async def list_keys(self, space_id: str) -> list[KeyRecord]:
+        return await self._store.list_keys(validate_space_id(space_id))
+
+    async def revoke(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
+        """Revoke in the database, then refuse it from this process's cache at once."""
+        record = await self._store.revoke_key(
+            space_id=validate_space_id(space_id), key_id=key_id, audit=audit)
+        self._cache.invalidate_key(record.id)
+        return record
+
+    async def audit_trail(self, space_id: str, *, limit: int,
+                          before: int | None) -> list[AuditEvent]:
+        return await self._store.list_audit(validate_space_id(space_id), limit=limit,
+                                            before=before)

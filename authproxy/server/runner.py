@@ -1,0 +1,100 @@
+"""Run one app on the event loop: uvloop, our connection layer, a drain phase, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+
+import structlog
+from aiohttp import web
+
+from authproxy.appkeys import CONFIG, LIFECYCLE
+from authproxy.config.schema import Config
+from authproxy.server.guards import Guard, GuardedAppRunner
+
+log = structlog.get_logger(__name__)
+
+
+def use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # not on this platform: the default loop works, only slower
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive after startup out of the garbage collector's sight.
+
+    Modules, the app, pools and metrics are a few hundred thousand objects that live as
+    long as the process; every full collection walked them all, which showed as 10-20 ms
+    stalls at the 99th percentile under load (issue 6). Frozen, they are never scanned.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _graceful_exit() -> None:
+    # GracefulExit is a SystemExit: raised from a loop callback it ends run_app's loop,
+    # which then stops the listener, waits for in-flight requests and runs the cleanups.
+    raise web.GracefulExit()
+
+
+async def _install_drain_signals(app: web.Application) -> None:
+    """Replace run_app's stop-at-once handlers: first signal drains, a second one stops."""
+    loop = asyncio.get_running_loop()
+    delay = app[CONFIG].server.drain_delay
+
+    def on_signal(signum: int) -> None:
+        lifecycle = app[LIFECYCLE]
+        if lifecycle.draining:
+            log.info("shutdown_now", signal=signal.Signals(signum).name)
+            _graceful_exit()
+        lifecycle.draining = True
+        log.info("draining", signal=signal.Signals(signum).name, drain_delay=delay)
+        loop.call_later(delay, _graceful_exit)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def _run(app: web.Application, cfg: Config, reuse_port: bool) -> None:
+    runner = GuardedAppRunner(
+        app, guard=Guard.from_config(cfg.server),
+        handle_signals=True, access_log=None, shutdown_timeout=cfg.server.shutdown_timeout)
+    await runner.setup()
+    _freeze_startup_objects()
+    try:
+        await web.TCPSite(runner, cfg.server.host, cfg.server.port,
+                          reuse_port=reuse_port).start()
+        log.info("listening", listen=cfg.server.listen, upstream=cfg.upstream.url)
+        await asyncio.Event().wait()  # until the drain ends with GracefulExit
+    finally:
+        await runner.cleanup()
+
+
+def serve(app: web.Application, cfg: Config, *, reuse_port: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT; return 0 after a graceful stop.
+
+    This is web.run_app's loop, kept short, because run_app cannot take the runner that
+    installs our connection layer (protocol.py).
+    """
+    use_uvloop()
+    app.on_startup.append(_install_drain_signals)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_run(app, cfg, reuse_port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(main)  # runs runner.cleanup(): drain, flush, close
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    log.info("stopped")
+    return 0
