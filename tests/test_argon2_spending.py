@@ -14,8 +14,9 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from authproxy.keys.format import KEY_PREFIX, KeyHasher, _checksum, generate_key, parse_key
+from authproxy.keys.format import KeyHasher, generate_key, parse_key
 from tests.conftest import AppClient, bearer, new_key
+from tests.keyforge import forge_key
 
 Client = TestClient[Any, Any]
 TTL = 0.3
@@ -39,8 +40,7 @@ async def test_concurrent_first_uses_of_one_key_cost_one_argon2(client: Client) 
 async def test_concurrent_wrong_secret_costs_one_argon2(client: Client) -> None:
     created = await new_key(client)
     # Same lookup id, another secret, a valid checksum: only argon2 can tell.
-    body = KEY_PREFIX + created.record.lookup_id + generate_key().parsed.secret
-    wrong = body + _checksum(body)
+    wrong = forge_key(created.record.lookup_id, generate_key().parsed.secret)
     answers = await asyncio.gather(*(client.get("/x", headers=bearer(wrong))
                                      for _ in range(20)))
     assert {r.status for r in answers} == {401}

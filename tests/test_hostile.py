@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from authproxy.keys.format import generate_key
 from tests.conftest import AppClient, Upstream, bearer, new_key
+from tests.keyforge import forge_key
 from tests.rawhttp import get, raw_request
 
 Client = TestClient[Any, Any]
@@ -199,7 +200,6 @@ class TestCostOfBadKeys:
         """Malformed keys cost no lookup and no argon2; an unknown id and a wrong secret
         each cost exactly one argon2 verification, so timing does not tell them apart."""
         from authproxy.appkeys import METRICS
-        from authproxy.keys.format import KEY_PREFIX, _checksum
 
         metrics = client.app[METRICS]
 
@@ -219,8 +219,8 @@ class TestCostOfBadKeys:
         await client.get("/x", headers=bearer(generate_key().full))
         after_unknown = argon2_runs()
         assert after_unknown == before[0] + 1
-        body = KEY_PREFIX + created.record.lookup_id + generate_key().parsed.secret
-        await client.get("/x", headers=bearer(body + _checksum(body)))
+        forged = forge_key(created.record.lookup_id, generate_key().parsed.secret)
+        await client.get("/x", headers=bearer(forged))
         assert argon2_runs() == after_unknown + 1
         assert upstream.requests == []
 

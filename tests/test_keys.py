@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from collections import Counter
 
 import argon2
@@ -27,22 +26,11 @@ from authproxy.keys.format import (
     generate_key,
     parse_key,
 )
+from tests.keyforge import BASE62, with_checksum
 
 # What secret scanners are told to look for; written out, not derived from the module.
 SCANNER_REGEX = re.compile(r"asc_[0-9A-Za-z]{44}")
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SAMPLE_KEYS = [generate_key() for _ in range(3)]
-
-
-def with_checksum(body: str) -> str:
-    """Append the documented checksum: CRC32 of the body as 6 base62 digits, most significant
-    first. Independent of keys.py, so a key built here is well-formed by the spec."""
-    value = zlib.crc32(body.encode("ascii"))
-    digits = ""
-    for _ in range(6):
-        value, digit = divmod(value, 62)
-        digits = BASE62[digit] + digits
-    return body + digits
 
 
 def chi_square(counts: Counter[str], alphabet: str) -> float:

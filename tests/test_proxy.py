@@ -19,6 +19,7 @@ from authproxy.keys.audit import AuditContext
 from authproxy.keys.format import generate_key
 from authproxy.keys.service import key_object
 from tests.conftest import AppClient, Upstream, bearer, new_key
+from tests.keyforge import forge_key
 from tests.rawhttp import get, raw_request
 from tests.recording_upstream import GZIPPED
 
@@ -134,11 +135,7 @@ class TestRefusals:
         resp = await client.get("/x", headers=bearer(unknown))
         await assert_refused(resp, upstream)
         # Same lookup id, different secret, valid checksum: must fail argon2.
-        other = generate_key()
-        from authproxy.keys.format import KEY_PREFIX, _checksum
-
-        body = KEY_PREFIX + created.record.lookup_id + other.parsed.secret
-        forged = body + _checksum(body)
+        forged = forge_key(created.record.lookup_id, generate_key().parsed.secret)
         resp = await client.get("/x", headers=bearer(forged))
         await assert_refused(resp, upstream)
 
