@@ -308,14 +308,17 @@ class TestTombstoneBound:
             put(cache, f"revoked-{i}", key_id=f"k{i}")
             put(cache, f"kept-{i}", key_id=f"other-{i}")
         put(cache, "wrong", key_id=None)
-        for i in range(10_001):
+        for i in range(10_000):
             cache.invalidate_key(f"k{i}")
+        assert cache.tombstone_count == 10_000
+        assert len(evicted) == 0
+        cache.invalidate_key("k10000")
         assert len(cache) == 201  # swept without a get
         assert evicted == ["revoked"] * 200
         assert cached(cache, "kept-7") == "value-kept-7"
         assert cached(cache, "wrong") == "value-wrong"
         assert cached(cache, "revoked-7") is None
-        assert len(cache._tombstones) == 0  # noqa: SLF001 - the point of the bound
+        assert cache.tombstone_count == 0  # the point of the bound
 
     def test_many_invalidations_stay_conservative(self, clock: FakeClock) -> None:
         """After the sweep forgot the tombstones, every insert whose lookup started before
@@ -368,7 +371,7 @@ class TestCompactEntries:
                 entry = cache.get(digest(name))
                 assert entry is not None
                 assert (entry.value, entry.key_id) == (f"value-{name}", f"id-{name}")
-        assert len(cache._decoded) <= RECENT  # noqa: SLF001
+        assert 0 < cache.decoded_count <= RECENT
 
     def test_entry_keeps_times_generation_and_key_id(self, clock: FakeClock) -> None:
         """What goes in comes out: times to the exact float, generation, key id, value."""

@@ -88,6 +88,24 @@ class VerifiedKeyCache(Generic[V]):
     def __len__(self) -> int:
         return len(self._records)
 
+    @property
+    def tombstone_count(self) -> int:
+        """Key ids remembered as revoked until the next sweep; never more than 10,000.
+
+        Read-only, for watching the cache's memory (tests, a stats page). Not a count of
+        revoked keys: a sweep forgets every tombstone and refuses older inserts instead.
+        """
+        return len(self._tombstones)
+
+    @property
+    def decoded_count(self) -> int:
+        """Entries kept decoded for the keys used lately; never more than ``RECENT``.
+
+        Read-only, for watching the cache's memory (tests, a stats page); says nothing
+        about hits, which ``hits`` counts.
+        """
+        return len(self._decoded)
+
     def generation(self) -> int:
         """Token to pass to ``put``; take it before reading the database."""
         return self._generation
