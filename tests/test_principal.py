@@ -54,4 +54,4 @@ def test_spaces_are_numbered_once() -> None:
               for n, space in enumerate(spaces)]
     decoded = [codec.decode(f"k{n}", p) for n, p in enumerate(packed)]
     assert [v.principal.space_id for v in decoded if isinstance(v, Verified)] == spaces
-    assert len(codec._spaces) == 3  # noqa: SLF001 - the point of the numbering
+    assert codec.space_count == 3  # the point of the numbering

@@ -66,6 +66,14 @@ class VerdictCodec:
         self._spaces: list[str] = []
         self._numbers: dict[str, int] = {}
 
+    @property
+    def space_count(self) -> int:
+        """Distinct space ids numbered so far: grows with spaces, not with keys.
+
+        Read-only, for watching the codec's memory (tests, a stats page).
+        """
+        return len(self._spaces)
+
     def encode(self, value: Verdict) -> bytes:
         if not isinstance(value, Verified):
             return bytes((_REFUSALS.index(value),))
