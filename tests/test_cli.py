@@ -30,7 +30,10 @@ PREFIX_PATTERN = re.compile(r"asc_[0-9A-Za-z]{10}")
 SOME_DB_URL = "postgresql://authproxy@127.0.0.1:5432/authproxy"
 DB_PASSWORD = "hunter2-s3cret"
 DB_URL_WITH_PASSWORD = f"postgresql://authproxy:{DB_PASSWORD}@db.internal:5432/authproxy"
+# README: "Exit codes: 0 ok, 1 a dependency failed (...), 2 bad arguments, config or input,
+# 4 no such key. Errors are JSON on stderr." Written out, not imported from the CLI.
 EXIT_USAGE = 2
+EXIT_NOT_FOUND = 4
 
 
 def parse_time(text: str) -> datetime:
@@ -45,6 +48,17 @@ def assert_usage_error(result: CliResult, field: str) -> None:
     error = result.error()
     assert error["code"] == "invalid_input"
     assert error["message"].startswith(f"{field}: must ")
+
+
+def assert_no_such_key(result: CliResult) -> dict[str, Any]:
+    """Exit 4, nothing on stdout, and stderr exactly one JSON error saying there is no
+    such key; returns that error."""
+    assert result.exit_code == EXIT_NOT_FOUND, (result.exit_code, result.stderr)
+    assert result.stdout == ""
+    error: dict[str, Any] = result.error()
+    assert error["code"] == "not_found"
+    assert "no such key" in error["message"]
+    return error
 
 
 async def list_keys(launcher: DaemonLauncher, space: str) -> list[dict[str, Any]]:
@@ -192,13 +206,13 @@ class TestKeysRevoke:
         assert second.json()["status"] == "revoked"
         assert second.json()["revoked_at"] == first.json()["revoked_at"]
 
-    async def test_unknown_key_id_fails(self, launcher: DaemonLauncher) -> None:
-        """Revoking an id that does not exist (or is not even a UUID) fails with a JSON error."""
+    async def test_unknown_key_id_exits_4(self, launcher: DaemonLauncher) -> None:
+        """Revoking an id that does not exist (or is not even a UUID) exits 4, the README's
+        "no such key", with a JSON error on stderr and nothing on stdout."""
+        await launcher.create_key()  # the space is not empty: only the id is unknown
         for key_id in (str(uuid.uuid4()), "not-a-key-id"):
             result = await launcher.cli("keys", "revoke", "--space", "plant-7", key_id)
-            assert result.exit_code not in (0, EXIT_USAGE)
-            assert result.stdout == ""
-            assert result.error()["code"] == "not_found"
+            assert_no_such_key(result)
 
     async def test_rejects_a_bad_space_id(self, launcher: DaemonLauncher) -> None:
         """Revoking in a malformed space id exits 2 naming space_id."""
@@ -206,12 +220,13 @@ class TestKeysRevoke:
         assert_usage_error(
             await launcher.cli("keys", "revoke", "--space", "bad space!", key["id"]), "space_id")
 
-    async def test_another_spaces_key_is_not_found(self, launcher: DaemonLauncher) -> None:
-        """A key cannot be revoked through another space; it stays active."""
+    async def test_another_spaces_key_exits_4(self, launcher: DaemonLauncher) -> None:
+        """A key cannot be revoked through another space: exit 4 with the very error an
+        unknown id gets (no hint that the key exists elsewhere), and it stays active."""
         key = await launcher.create_key(space="plant-9")
         result = await launcher.cli("keys", "revoke", "--space", "plant-7", key["id"])
-        assert result.exit_code not in (0, EXIT_USAGE)
-        assert result.error()["code"] == "not_found"
+        unknown = await launcher.cli("keys", "revoke", "--space", "plant-7", str(uuid.uuid4()))
+        assert assert_no_such_key(result) == assert_no_such_key(unknown)
         [listed] = await list_keys(launcher, "plant-9")
         assert listed["status"] == "active"
         assert listed["revoked_at"] is None
