@@ -1,112 +1,75 @@
-"""The composition root: create_app(config) wires every component into one aiohttp app."""
+"""The composition root: ``create_app(config)`` builds every component and wires them.
+
+Each component gets what it uses as constructor arguments, here and nowhere else; no
+component looks another one up at request time. What needs the running event loop (the
+PostgreSQL pool, the revocation listener, the usage flusher, the metrics listener) starts
+and stops in the cleanup contexts at the end of this module.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
+import asyncpg
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from yarl import URL
 
-from authproxy import contexts
-from authproxy.admin import api as admin
+from authproxy.admin.api import AdminApi
 from authproxy.admin.tokens import AdminTokenVerifier
-from authproxy.appkeys import (
-    ADMIN_TOKENS,
-    CACHE,
-    CONFIG,
-    FAILURES,
-    HASHER,
-    KEY_LIMITS,
-    LIFECYCLE,
-    METRICS,
-    STRIP_PREFIXES,
-    TRUSTED_PROXIES,
-    USAGE,
-)
+from authproxy.auth.authenticator import Authenticator
 from authproxy.auth.cache import VerifiedKeyCache
 from authproxy.auth.limits import FailureLimiter, KeyRateLimiter
+from authproxy.auth.revocations import RevocationListener
 from authproxy.auth.usage import UsageRecorder
 from authproxy.auth.verdict import Verdict, VerdictCodec
 from authproxy.config.schema import Config
-from authproxy.http import health
+from authproxy.db.pool import create_pool, prepare_schema
+from authproxy.http.admission import Admission
 from authproxy.http.aio.continuation import defer_continue
-from authproxy.http.aio.proxy import proxy_handler
-from authproxy.http.errormap import json_error
+from authproxy.http.aio.front import PROXY_ROUTE, entry, handler_args, not_ours
+from authproxy.http.aio.health import Health, Readiness, metrics_handler
+from authproxy.http.fast.exchange import FastFront
 from authproxy.http.headers import normalized, parse_networks
+from authproxy.http.lifecycle import RequestLifecycle
+from authproxy.http.reserved import RESERVED_PREFIX
 from authproxy.keys.format import KeyHasher
-from authproxy.observability.logs import add_request_id, request_context
+from authproxy.keys.service import KeyService
+from authproxy.keys.store import Store
 from authproxy.observability.metrics import Metrics
-from authproxy.server.lifecycle import Lifecycle
+from authproxy.upstream.h1pool import H1Transport
+from authproxy.upstream.transport import ClientSessionTransport, UpstreamTransport
 
 log = structlog.get_logger(__name__)
 
-RESERVED_PREFIX = "/_authproxy/"
-_PROXY_ROUTE = "proxy"
-NOT_FOUND_MESSAGE = "No such authproxy endpoint."
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """Everything create_app built, for the CLI (demo key, serving) and for tests."""
+
+    config: Config
+    metrics: Metrics
+    cache: VerifiedKeyCache[Verdict]
+    usage: UsageRecorder
+    readiness: Readiness
+    executor: ThreadPoolExecutor
+    store: Store
+    authenticator: Authenticator
+    keys: KeyService
+    listener: RevocationListener
+    transport: UpstreamTransport
+    lifecycle: RequestLifecycle
+    fast_front: FastFront
 
 
-def is_reserved(raw_path: str) -> bool:
-    """Matched on the raw path, so no encoded or dotted spelling reaches the admin API."""
-    path = raw_path.split("?", 1)[0]
-    return path == RESERVED_PREFIX.rstrip("/") or path.startswith(RESERVED_PREFIX)
-
-
-@web.middleware
-async def entry(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware: request context and logging (log.py) around the dispatch.
-
-    One layer instead of two: each aiohttp middleware costs a wrapper and a coroutine on
-    every request, and this runs on every proxied request.
-    """
-    return await request_context(request, _dispatch(request, handler))
-
-
-def _dispatch(request: web.Request, handler: Handler) -> Handler:
-    """Reserved prefix -> our routes; everything else -> the proxy, whatever the router thinks."""
-    if not is_reserved(request.raw_path):
-        return proxy_handler
-    if request.match_info.route.name == _PROXY_ROUTE:
-        return _not_ours
-    return handler
-
-
-async def _not_ours(request: web.Request) -> web.StreamResponse:
-    """A reserved path no route serves: 405 if another method would fit, else 404."""
-    allowed = await _methods_for(request)
-    if allowed:
-        return json_error(405, "method_not_allowed", f"Use {', '.join(sorted(allowed))}.",
-                          {"Allow": ", ".join(sorted(allowed))})
-    return json_error(404, "not_found", NOT_FOUND_MESSAGE)
-
-
-async def _methods_for(request: web.Request) -> set[str]:
-    """Methods our own routes accept for this path (empty: the path is not ours)."""
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource.name == _PROXY_ROUTE:
-            continue
-        match, methods = await resource.resolve(request)
-        if match is None:
-            allowed |= methods
-    return allowed
-
-
-def handler_args(cfg: Config) -> dict[str, float | bool]:
-    """Limits of aiohttp's HTTP parser and connection handling, from config."""
-    return {
-        # 0: a body nobody read (a refused upload) is not drained to keep the connection
-        # alive; the connection is closed instead.
-        "lingering_time": 0,
-        # Bodies are forwarded as sent (issue 13): aiohttp must not inflate a gzip or
-        # deflate upload, which would go upstream under the client's Content-Length.
-        "auto_decompress": False,
-        "keepalive_timeout": cfg.server.idle_timeout,
-        "max_line_size": cfg.server.max_url_bytes,
-        "max_field_size": cfg.server.max_header_bytes,
-        "max_headers": cfg.server.max_headers,
-    }
+# The one application key: what the composition root built. No handler reads it.
+COMPONENTS: Final = web.AppKey("components", Components)
 
 
 def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
@@ -117,36 +80,148 @@ def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
     """
     if cfg.db.url is None:
         raise ValueError("create_app needs cfg.db.url; resolve the embedded database first")
+    c = build_components(cfg, hasher=hasher or KeyHasher.from_config(cfg.hashing),
+                         clock=wall_clock or (lambda: datetime.now(UTC)))
     # client_max_size caps request.read(), used only by the admin API; proxied bodies stream.
-    app = web.Application(middlewares=[entry],
+    app = web.Application(middlewares=[entry(c.lifecycle)],
                           client_max_size=cfg.admin.max_body_bytes,
                           handler_args=handler_args(cfg))
-    app[CONFIG] = cfg
-    app[ADMIN_TOKENS] = AdminTokenVerifier(cfg.admin)
-    app[HASHER] = hasher or KeyHasher.from_config(cfg.hashing)
-    app[METRICS] = metrics = Metrics()
-    app[CACHE] = VerifiedKeyCache[Verdict](max_entries=cfg.cache.max_entries,
-                                           codec=VerdictCodec())
-    app[CACHE].on_evict = lambda reason: metrics.cache_evictions.labels(reason=reason).inc()
-    app[USAGE] = UsageRecorder(metrics, max_pending=cfg.usage.max_pending)
-    app[LIFECYCLE] = Lifecycle()
-    app[TRUSTED_PROXIES] = parse_networks(cfg.server.trusted_proxies)
-    app[STRIP_PREFIXES] = tuple(normalized(p) for p in cfg.upstream.strip_header_prefixes)
-    app[FAILURES] = FailureLimiter(threshold=cfg.limits.failure_threshold,
-                                   window=cfg.limits.failure_window,
-                                   max_clients=cfg.limits.max_tracked_clients)
-    app[KEY_LIMITS] = KeyRateLimiter(burst_seconds=cfg.limits.key_burst_seconds,
-                                     max_keys=cfg.limits.max_tracked_keys)
-    clock = wall_clock or (lambda: datetime.now(UTC))
-    app.cleanup_ctx.extend([contexts.executor_ctx, contexts.database_ctx(clock),
-                            contexts.transport_ctx, contexts.metrics_listener_ctx])
-    app.on_response_prepare.append(add_request_id)
-    app.on_shutdown.append(contexts.start_draining)
-    health.add_routes(app, RESERVED_PREFIX)
+    app[COMPONENTS] = c
+    app.cleanup_ctx.extend([_executor_ctx(c), _database_ctx(c), _transport_ctx(c),
+                            _metrics_listener_ctx(c)])
+    app.on_shutdown.append(_start_draining(c.readiness))
+    trusted = parse_networks(cfg.server.trusted_proxies)
+    Health(readiness=c.readiness, store=c.store, listener=c.listener,
+           metrics=c.metrics).add_routes(app.router, RESERVED_PREFIX)
     if cfg.metrics.enabled and cfg.metrics.listen is None:
-        app.router.add_get(RESERVED_PREFIX + "metrics", health.metrics,
+        app.router.add_get(RESERVED_PREFIX + "metrics", metrics_handler(c.metrics),
                            expect_handler=defer_continue)
-    admin.add_routes(app)
-    app.router.add_route("*", "/{tail:.*}", proxy_handler, name=_PROXY_ROUTE,
+    AdminApi(keys=c.keys, tokens=AdminTokenVerifier(cfg.admin),
+             manager_roles=cfg.admin.manager_roles, trusted_proxies=trusted
+             ).add_routes(app.router)
+    # Every other path: the middleware proxies what is outside the reserved prefix;
+    # a reserved path no route above serves gets 404/405.
+    app.router.add_route("*", "/{tail:.*}", not_ours, name=PROXY_ROUTE,
                          expect_handler=defer_continue)
     return app
+
+
+def build_components(cfg: Config, *, hasher: KeyHasher,
+                     clock: Callable[[], datetime]) -> Components:
+    """Every component, each given what it uses. Nothing here needs the event loop."""
+    metrics = Metrics()
+    cache = VerifiedKeyCache[Verdict](max_entries=cfg.cache.max_entries, codec=VerdictCodec())
+    cache.on_evict = lambda reason: metrics.cache_evictions.labels(reason=reason).inc()
+    usage = UsageRecorder(metrics, max_pending=cfg.usage.max_pending)
+    # A bounded pool: argon2 is CPU work, and a flood of wrong keys must not take every core.
+    executor = ThreadPoolExecutor(max_workers=cfg.hashing.max_concurrency,
+                                  thread_name_prefix="argon2")
+    store = Store(query_timeout=cfg.db.query_timeout)  # opened by _database_ctx
+    authenticator = Authenticator(
+        store=store, cache=cache, hasher=hasher, executor=executor, usage=usage,
+        settings=cfg.cache, metrics=metrics, max_pending=cfg.hashing.max_pending,
+        wall_clock=clock)
+    keys = KeyService(store=store, hasher=hasher, executor=executor, cache=cache,
+                      wall_clock=clock)
+    listener = RevocationListener(dsn=str(cfg.db.url), cache=cache, metrics=metrics,
+                                  connect_timeout=cfg.db.connect_timeout)
+    up = cfg.upstream
+    transport: UpstreamTransport = (
+        H1Transport(up) if up.transport == "h1" else ClientSessionTransport(up))
+    admission = Admission(
+        authenticator=authenticator,
+        failures=FailureLimiter(threshold=cfg.limits.failure_threshold,
+                                window=cfg.limits.failure_window,
+                                max_clients=cfg.limits.max_tracked_clients),
+        key_limits=KeyRateLimiter(burst_seconds=cfg.limits.key_burst_seconds,
+                                  max_keys=cfg.limits.max_tracked_keys),
+        default_rate=cfg.limits.key_rate_per_second,
+        burst_seconds=cfg.limits.key_burst_seconds,
+        trusted_proxies=parse_networks(cfg.server.trusted_proxies), metrics=metrics)
+    lifecycle = RequestLifecycle(
+        admission=admission, transport=transport, metrics=metrics,
+        strip_prefixes=tuple(normalized(p) for p in up.strip_header_prefixes),
+        max_body_bytes=cfg.server.max_body_bytes)
+    return Components(config=cfg, metrics=metrics, cache=cache, usage=usage,
+                      readiness=Readiness(), executor=executor, store=store,
+                      authenticator=authenticator, keys=keys, listener=listener,
+                      transport=transport, lifecycle=lifecycle,
+                      fast_front=FastFront(lifecycle))
+
+
+# -- what lives as long as the app: opened in a cleanup context, closed in it
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _start_draining(readiness: Readiness) -> Callable[[web.Application], Awaitable[None]]:
+    async def on_shutdown(_: web.Application) -> None:
+        readiness.draining = True
+    return on_shutdown
+
+
+def _executor_ctx(c: Components) -> CleanupContext:
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        yield
+        c.executor.shutdown(wait=True, cancel_futures=True)
+    return ctx
+
+
+def _database_ctx(c: Components) -> CleanupContext:
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(c.config)
+        c.store.open(pool)
+        await prepare_schema(c.config, pool)
+        tasks = [asyncio.create_task(c.listener.run()),
+                 asyncio.create_task(_housekeeping(c, pool))]
+        yield
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await c.usage.flush(c.store)  # the last uses of this process are not lost
+        await pool.close()
+    return ctx
+
+
+def _update_pool_gauge(metrics: Metrics, pool: asyncpg.Pool) -> None:
+    size, idle = pool.get_size(), pool.get_idle_size()
+    metrics.db_pool.labels(state="in_use").set(size - idle)
+    metrics.db_pool.labels(state="idle").set(idle)
+
+
+async def _housekeeping(c: Components, pool: asyncpg.Pool) -> None:
+    """Every usage.flush_interval, or sooner once usage.max_pending keys wait: write
+    last_used_at (statements of up to 10,000 rows), refresh gauges."""
+    while True:
+        await c.usage.due(c.config.usage.flush_interval)
+        try:
+            await c.usage.flush(c.store)
+        except Exception:  # noqa: BLE001 - this loop must outlive any one failed flush
+            log.error("last_used_flush_crashed", exc_info=True)
+        _update_pool_gauge(c.metrics, pool)
+
+
+def _transport_ctx(c: Components) -> CleanupContext:
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        yield
+        await c.transport.close()
+    return ctx
+
+
+def _metrics_listener_ctx(c: Components) -> CleanupContext:
+    """With metrics.listen set, /_authproxy/metrics is served there and only there."""
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        cfg = c.config.metrics
+        if not cfg.enabled or cfg.listen is None:
+            yield
+            return
+        metrics_app = web.Application()
+        metrics_app.router.add_get(RESERVED_PREFIX + "metrics", metrics_handler(c.metrics))
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        listen = URL(f"http://{cfg.listen}")
+        await web.TCPSite(runner, listen.host, listen.port, reuse_port=True).start()
+        yield
+        await runner.cleanup()
+    return ctx

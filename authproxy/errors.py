@@ -1,4 +1,4 @@
-"""Domain errors of authproxy; HTTP mapping happens in one place (httperrors.py).
+"""Domain errors of authproxy; HTTP mapping happens in one place (http/errormap.py).
 
     AuthProxyError
     ├── ConfigError              bad settings; carries every problem found

@@ -19,8 +19,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from authproxy.app import create_app
-from authproxy.appkeys import CONFIG, KEYS, LISTENER
+from authproxy.app import COMPONENTS, create_app
 from authproxy.config.schema import Config, LoggingConfig, build_config
 from authproxy.db.migrations import migrate
 from authproxy.keys.audit import AuditContext
@@ -147,12 +146,16 @@ AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 class DaemonTestServer(TestServer):
-    """aiohttp's TestServer with the daemon's own connection layer (protocol.py): the
-    fast path, the limits and the JSON protocol errors are what tests talk to."""
+    """aiohttp's TestServer with the daemon's own connection layer (server/guards.py):
+    the fast path, the limits and the JSON protocol errors are what tests talk to."""
 
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
-        return GuardedAppRunner(self.app, guard=Guard.from_config(self.app[CONFIG].server),
-                                **kwargs)
+        # aiohttp's TestServer cancels a handler whose client left; the daemon's runner
+        # does not (aiohttp's default), and tests see what the daemon does.
+        kwargs["handler_cancellation"] = False
+        built = self.app[COMPONENTS]
+        return GuardedAppRunner(self.app, guard=Guard.from_config(built.config.server),
+                                answer=built.fast_front.answer, **kwargs)
 
 
 @pytest.fixture
@@ -167,7 +170,7 @@ def app_client(make_config: MakeConfig, hasher: KeyHasher,
         # As a load balancer waits for readyz: the revocation listener's first connect
         # flushes the cache, and a key verified just before it would not stay cached.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(app[LISTENER].connected.wait(), 2)
+            await asyncio.wait_for(app[COMPONENTS].listener.connected.wait(), 2)
         return client
     return start
 
@@ -188,7 +191,7 @@ async def launcher(tmp_path: Path, database_url: str,
 
 async def new_key(client: TestClient[Any, Any], space: str = "plant-7", name: str = "test key",
                   expires_at: str | None = None) -> CreatedKey:
-    created: CreatedKey = await client.app[KEYS].create(
+    created: CreatedKey = await client.app[COMPONENTS].keys.create(
         space_id=space, name=name, expires_at=expires_at, audit=AuditContext(actor="test"))
     return created
 

@@ -200,9 +200,9 @@ class TestCostOfBadKeys:
             self, client: Client, upstream: Upstream) -> None:
         """Malformed keys cost no lookup and no argon2; an unknown id and a wrong secret
         each cost exactly one argon2 verification, so timing does not tell them apart."""
-        from authproxy.appkeys import METRICS
+        from authproxy.app import COMPONENTS
 
-        metrics = client.app[METRICS]
+        metrics = client.app[COMPONENTS].metrics
 
         # Read as /_authproxy/metrics shows them: render() hands batched counts over first.
         def argon2_runs() -> float:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authproxy.appkeys import KEYS
+from authproxy.app import COMPONENTS
 from authproxy.keys import service as keyservice
 from authproxy.keys.format import NewKey, ParsedKey, generate_key
 from tests.conftest import bearer, new_key
@@ -28,5 +28,5 @@ class TestLookupIdCollision:
         assert second.record.lookup_id != first.record.lookup_id
         for created in (first, second):
             assert (await client.get("/x", headers=bearer(created.key))).status == 200
-        events = await client.app[KEYS].audit_trail("plant-7", limit=10, before=None)
+        events = await client.app[COMPONENTS].keys.audit_trail("plant-7", limit=10, before=None)
         assert [e.key_id for e in events] == [second.record.id, first.record.id]

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from authproxy.app import create_app
-from authproxy.appkeys import KEYS, LISTENER
+from authproxy.app import COMPONENTS, create_app
 from authproxy.auth.limits import FailureLimiter, KeyRateLimiter, seconds_header
 from authproxy.keys.audit import AuditContext
 from authproxy.keys.format import KeyHasher, generate_key
@@ -104,8 +103,9 @@ class TestKeyRateLimit:
     async def test_per_key_override_gives_429_with_ratelimit_headers(
             self, client: Client, upstream: Upstream) -> None:
         """A key created with rate 2/s: the third immediate request is 429 with headers."""
-        created = await client.app[KEYS].create(space_id="plant-7", name="slow", rate_limit=2,
-                                                audit=AuditContext(actor="test"))
+        keys = client.app[COMPONENTS].keys
+        created = await keys.create(space_id="plant-7", name="slow", rate_limit=2,
+                                    audit=AuditContext(actor="test"))
         assert created.record.rate_limit_per_second == 2
         first = await client.get("/x", headers=bearer(created.key))
         assert first.status == 200
@@ -136,7 +136,7 @@ class TestKeyRateLimit:
         from authproxy.errors import InvalidInput
 
         with pytest.raises(InvalidInput):
-            await client.app[KEYS].create(space_id="plant-7", name="k", rate_limit=rate,
+            await client.app[COMPONENTS].keys.create(space_id="plant-7", name="k", rate_limit=rate,
                                           audit=AuditContext(actor="test"))
 
 
@@ -151,7 +151,7 @@ class TestArgon2Queue:
                           limits={"failure_threshold": 0})
         client = await aiohttp_client(create_app(cfg, hasher=gated))
         # The listener's first LISTEN flushes the cache; let that happen before caching.
-        await wait_for(client.app[LISTENER].connected.is_set)
+        await wait_for(client.app[COMPONENTS].listener.connected.is_set)
         cached = await new_key(client)
         assert (await client.get("/x", headers=bearer(cached.key))).status == 200
         gated.gate.clear()

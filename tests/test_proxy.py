@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from authproxy.appkeys import KEYS
+from authproxy.app import COMPONENTS
 from authproxy.keys.audit import AuditContext
 from authproxy.keys.format import generate_key
 from authproxy.keys.service import key_object
@@ -154,7 +154,7 @@ class TestRefusals:
         """Revoking evicts the cached key in the same process: the next request gets 401."""
         created = await new_key(client)
         assert (await client.get("/x", headers=bearer(created.key))).status == 200
-        await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id,
+        await client.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
                                       audit=AuditContext(actor="test"))
         upstream.requests.clear()
         resp = await client.get("/x", headers=bearer(created.key))
@@ -190,14 +190,14 @@ class TestRefusals:
             await conn.close()
         for _ in range(2):
             assert (await client.get("/x", headers=bearer(created.key))).status == status
-        [record] = await client.app[KEYS].list_keys("plant-7")
+        [record] = await client.app[COMPONENTS].keys.list_keys("plant-7")
         assert key_object(record, datetime.now(UTC))["expires_at"] == listed
 
     async def test_refusal_reason_logged_without_key(self, client: Client,
                                                      upstream: Upstream) -> None:
         """The reason of a refusal is logged; the key never is."""
         created = await new_key(client)
-        await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id,
+        await client.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
                                       audit=AuditContext(actor="test"))
         with capture_logs() as logs:
             await client.get("/x", headers=bearer(created.key))

@@ -10,8 +10,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from authproxy.app import create_app
-from authproxy.appkeys import CACHE, KEYS, LISTENER
+from authproxy.app import COMPONENTS, create_app
 from authproxy.auth.revocations import parse_notification
 from authproxy.keys.audit import AuditContext
 from authproxy.keys.format import KeyHasher
@@ -62,17 +61,17 @@ class TestRevokeDuringLookup:
         gated = GatedHasher(hasher)
         gated.gate.set()
         client = await aiohttp_client(create_app(make_config(), hasher=gated))
-        await wait_for(client.app[LISTENER].connected.is_set)
+        await wait_for(client.app[COMPONENTS].listener.connected.is_set)
         created = await new_key(client)
         gated.gate.clear()
         gated.entered.clear()
         in_flight = asyncio.create_task(client.get("/x", headers=bearer(created.key)))
         await wait_for(gated.entered.is_set)  # the record was read: the key was active then
-        await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id,
+        await client.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
                                       audit=AuditContext(actor="test"))
         gated.gate.set()
         await (await in_flight).release()
-        assert len(client.app[CACHE]) == 0
+        assert len(client.app[COMPONENTS].cache) == 0
         upstream.requests.clear()
         resp = await client.get("/x", headers=bearer(created.key))
         assert resp.status == 401
@@ -98,7 +97,7 @@ class TestRevokeDuringOutage:
             request = asyncio.create_task(client.get("/x", headers=bearer(created.key)))
             await asyncio.sleep(0.3)
             # What the revocation listener does when the NOTIFY of a revoke arrives.
-            client.app[CACHE].invalidate_key(created.record.id)
+            client.app[COMPONENTS].cache.invalidate_key(created.record.id)
             response = await request
             await transaction.rollback()
         finally:
@@ -114,11 +113,11 @@ class TestRevokeDuringOutage:
 class TestListener:
     async def test_reconnect_flushes_cache(self, client: Client, database_url: str) -> None:
         """Killing the LISTEN connection leads to a reconnect that empties the cache."""
-        listener = client.app[LISTENER]
+        listener = client.app[COMPONENTS].listener
         await wait_for(listener.connected.is_set)
         created = await new_key(client)
         assert (await client.get("/x", headers=bearer(created.key))).status == 200
-        assert len(client.app[CACHE]) == 1
+        assert len(client.app[COMPONENTS].cache) == 1
         admin = await asyncpg.connect(database_url)
         try:
             await admin.execute(
@@ -127,7 +126,7 @@ class TestListener:
         finally:
             await admin.close()
         await wait_for(lambda: listener.connections >= 2)
-        assert len(client.app[CACHE]) == 0
+        assert len(client.app[COMPONENTS].cache) == 0
         assert (await client.get("/x", headers=bearer(created.key))).status == 200
 
     async def test_revoke_elsewhere_evicts_here(self, app_client: Any,
@@ -137,11 +136,11 @@ class TestListener:
         here = await app_client()
         there = await app_client()
         for app_client_ in (here, there):
-            await wait_for(app_client_.app[LISTENER].connected.is_set)
+            await wait_for(app_client_.app[COMPONENTS].listener.connected.is_set)
         created = await new_key(here)
         assert (await here.get("/x", headers=bearer(created.key))).status == 200
-        assert len(here.app[CACHE]) == 1
-        await there.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id,
+        assert len(here.app[COMPONENTS].cache) == 1
+        await there.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
                                      audit=AuditContext(actor="test"))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
@@ -170,7 +169,7 @@ class TestMetrics:
         await client.get("/x", headers=bearer(created.key))
         await client.get("/x")
         await client.get("/x", headers=bearer("asc_" + "A" * 44))
-        await client.app[KEYS].revoke(space_id="plant-7", key_id=created.record.id,
+        await client.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
                                       audit=AuditContext(actor="test"))
         text = ""
         for _ in range(100):  # until the NOTIFY and a last_used flush (0.1 s) have happened

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,14 +13,13 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from authproxy.app import create_app
-from authproxy.appkeys import CONFIG, KEYS
+from authproxy.app import COMPONENTS, Components, create_app
 from authproxy.auth.cache import VerifiedKeyCache
 from authproxy.auth.verdict import VerdictCodec
 from authproxy.cli.sample_upstream import create_sample_upstream
 from authproxy.config.schema import Config
-from authproxy.contexts import create_pool
 from authproxy.db.migrations import migrate as apply_migrations
+from authproxy.db.pool import create_pool
 from authproxy.errors import StoreUnavailable
 from authproxy.keys.audit import AuditContext
 from authproxy.keys.format import KeyHasher
@@ -37,46 +36,60 @@ def serve(cfg: Config, *, worker: bool = False, config_path: str | None = None) 
     if cfg.server.workers > 1 and not worker:
         from authproxy.server.supervisor import supervise
 
-        return supervise(cfg, config_path)
+        return supervise(cfg, config_path, migrate=migrate)
     if worker:
         from authproxy.server.supervisor import die_with_parent
 
         die_with_parent()
     # A supervised worker shares the port (SO_REUSEPORT); the supervisor migrated already.
-    return server.serve(create_app(cfg), cfg, reuse_port=worker)
+    return _serve(create_app(cfg), reuse_port=worker)
+
+
+def _serve(app: web.Application, *, reuse_port: bool = False) -> int:
+    c = app[COMPONENTS]
+    return server.serve(app, c.config, readiness=c.readiness, answer=c.fast_front.answer,
+                        reuse_port=reuse_port)
 
 
 def demo(cfg: Config) -> int:
     """Serve with a sample upstream on upstream.url and print a first key once."""
     app = create_app(cfg)
-    app.cleanup_ctx.append(_sample_upstream_ctx)
-    app.on_startup.append(_announce_first_key)
-    return server.serve(app, cfg)
+    c = app[COMPONENTS]
+    app.cleanup_ctx.append(_sample_upstream_ctx(cfg))
+    app.on_startup.append(_announce_first_key(c))
+    return _serve(app)
 
 
-async def _sample_upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    upstream = URL(app[CONFIG].upstream.url)
-    runner = web.AppRunner(create_sample_upstream(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, upstream.host, upstream.port).start()
-    yield
-    await runner.cleanup()
+def _sample_upstream_ctx(cfg: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        upstream = URL(cfg.upstream.url)
+        runner = web.AppRunner(create_sample_upstream(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, upstream.host, upstream.port).start()
+        yield
+        await runner.cleanup()
+    return ctx
 
 
-async def _announce_first_key(app: web.Application) -> None:
-    cfg = app[CONFIG]
-    created = await app[KEYS].create(space_id=DEMO_SPACE, name="demo key",
-                                     audit=AuditContext(actor="cli:demo"))
+def _announce_first_key(c: Components) -> Callable[[web.Application], Awaitable[None]]:
+    async def on_startup(_: web.Application) -> None:
+        created = await c.keys.create(space_id=DEMO_SPACE, name="demo key",
+                                      audit=AuditContext(actor="cli:demo"))
+        _print_first_key(c.config, created.key)
+    return on_startup
+
+
+def _print_first_key(cfg: Config, key: str) -> None:
     base = f"http://{cfg.server.listen}"
     print(f"""
 authproxy demo: proxy on {base}, sample upstream on {cfg.upstream.url}
 A first API key for space '{DEMO_SPACE}' (shown once, copy it now):
 
-    {created.key}
+    {key}
 
 Try it through the proxy:
 
-    curl -s -H 'Authorization: Bearer {created.key}' {base}/api/v1/historian/points
+    curl -s -H 'Authorization: Bearer {key}' {base}/api/v1/historian/points
 
 Health: curl -s {base}/_authproxy/healthz   Stop: Ctrl-C
 """, file=sys.stderr, flush=True)

@@ -7,23 +7,16 @@ described by their type only, never echoed.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
-import os
-import re
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
-from yarl import URL
 
 from authproxy.errors import ConfigError
-
-if TYPE_CHECKING:
-    from authproxy.config.schema import Config
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -41,7 +34,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"config file: must be a mapping of sections (got {_show(data)})"])
+        raise ConfigError([f"config file: must be a mapping of sections (got {show(data)})"])
     return data
 
 
@@ -69,7 +62,7 @@ def build_section(cls: type[Any], raw: Any, prefix: str, problems: list[str]) ->
         if ok:
             rule = _range_problem(f.metadata, value)
         if rule:
-            shown = "<redacted>" if f.metadata.get("secret") else _show(raw[f.name])
+            shown = "<redacted>" if f.metadata.get("secret") else show(raw[f.name])
             problems.append(f"{where}: {rule} (got {shown})")
         else:
             values[f.name] = value
@@ -131,49 +124,6 @@ def _range_problem(metadata: Mapping[str, Any], value: Any) -> str:
     return ""
 
 
-def cross_checks(config: Config) -> list[str]:
-    """Rules that look at a value's shape or at several settings together."""
-    problems = []
-    for setting, listen in (("server.listen", config.server.listen),
-                            ("metrics.listen", config.metrics.listen)):
-        if listen is not None and not _is_host_port(listen):
-            problems.append(f"{setting}: must be host:port with port 1-65535 (got {_show(listen)})")
-    upstream = _parse_url(config.upstream.url)
-    if upstream is None or upstream.scheme not in ("http", "https") or not upstream.host:
-        problems.append(f"upstream.url: must be an http(s) URL with a host "
-                        f"(got {_show(config.upstream.url)})")
-    elif upstream.query_string or upstream.fragment:
-        problems.append(f"upstream.url: must not have a query or fragment "
-                        f"(got {_show(config.upstream.url)})")
-    db_url = None if config.db.url is None else _parse_url(config.db.url)
-    if config.db.url is not None and (
-            db_url is None or db_url.scheme not in ("postgresql", "postgres")):
-        problems.append("db.url: must be a postgresql:// URL (got <redacted>)")
-    for cidr in config.server.trusted_proxies:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            problems.append(f"server.trusted_proxies: must be IP networks like 10.0.0.0/8 "
-                            f"(got {_show(cidr)})")
-    for setting in ("jwt_public_key_file", "jwks_file"):
-        path = getattr(config.admin, setting)
-        if path is not None and not os.path.isfile(os.path.expanduser(path)):
-            problems.append(f"admin.{setting}: must name a readable file (got {_show(path)})")
-    return problems
-
-
-def _is_host_port(text: str) -> bool:
-    host, _, port = text.rpartition(":")
-    return bool(host) and re.fullmatch(r"[0-9]{1,5}", port) is not None and 0 < int(port) < 65536
-
-
-def _parse_url(text: str) -> URL | None:
-    try:
-        return URL(text)
-    except ValueError:
-        return None
-
-
 def _kind(value: Any) -> str:
     """What a value is, without showing it (it may be a misplaced secret)."""
     kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
@@ -181,6 +131,7 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), "null" if value is None else "a value")
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A value for an error message: its repr, cut short."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

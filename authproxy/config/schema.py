@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from authproxy.config.coerce import build_section, cross_checks, read_yaml
+from yarl import URL
+
+from authproxy.config.coerce import build_section, read_yaml, show
 from authproxy.errors import ConfigError
 
 LogFormat = Literal["auto", "json", "console"]
@@ -54,7 +58,7 @@ class ServerConfig:
     # other peer those headers are replaced, so a client cannot choose its own address.
     trusted_proxies: tuple[str, ...] = ()
     # Bodiless HTTP/1.1 proxied requests (the hot path) are parsed and answered by our own
-    # lean front end (fastconn.py, fastproxy.py); everything else, or everything when
+    # lean front end (http/fast/); everything else, or everything when
     # false, by aiohttp.
     fast_path: bool = True
 
@@ -233,3 +237,46 @@ def build_config(raw: dict[str, Any], environ: Mapping[str, str] = os.environ) -
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def cross_checks(config: Config) -> list[str]:
+    """Rules that look at a value's shape or at several settings together."""
+    problems = []
+    for setting, listen in (("server.listen", config.server.listen),
+                            ("metrics.listen", config.metrics.listen)):
+        if listen is not None and not _is_host_port(listen):
+            problems.append(f"{setting}: must be host:port with port 1-65535 (got {show(listen)})")
+    upstream = _parse_url(config.upstream.url)
+    if upstream is None or upstream.scheme not in ("http", "https") or not upstream.host:
+        problems.append(f"upstream.url: must be an http(s) URL with a host "
+                        f"(got {show(config.upstream.url)})")
+    elif upstream.query_string or upstream.fragment:
+        problems.append(f"upstream.url: must not have a query or fragment "
+                        f"(got {show(config.upstream.url)})")
+    db_url = None if config.db.url is None else _parse_url(config.db.url)
+    if config.db.url is not None and (
+            db_url is None or db_url.scheme not in ("postgresql", "postgres")):
+        problems.append("db.url: must be a postgresql:// URL (got <redacted>)")
+    for cidr in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(f"server.trusted_proxies: must be IP networks like 10.0.0.0/8 "
+                            f"(got {show(cidr)})")
+    for setting in ("jwt_public_key_file", "jwks_file"):
+        path = getattr(config.admin, setting)
+        if path is not None and not os.path.isfile(os.path.expanduser(path)):
+            problems.append(f"admin.{setting}: must name a readable file (got {show(path)})")
+    return problems
+
+
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and re.fullmatch(r"[0-9]{1,5}", port) is not None and 0 < int(port) < 65536
+
+
+def _parse_url(text: str) -> URL | None:
+    try:
+        return URL(text)
+    except ValueError:
+        return None

@@ -1,8 +1,8 @@
-"""What every proxied request passes before it may go upstream, whichever server parsed it.
+"""Admission: what a proxied request passes before it may go upstream.
 
-Both front ends use these: proxy.py (aiohttp's server: requests with a body, HTTP/1.0,
-anything unusual) and fastproxy.py (bodiless HTTP/1.1 requests, the hot path). Inputs are
-plain values, so the two cannot drift apart in what they allow.
+The target check, the per-client throttle on refused keys, authentication, the key's rate
+limit and the identity the upstream is told. Only http/lifecycle.py calls this, for both
+front ends; inputs are plain values, never a front end's request object.
 """
 
 from __future__ import annotations
@@ -16,20 +16,14 @@ import structlog
 from aiohttp import web
 from multidict import MultiMapping
 
-from authproxy.appkeys import (
-    AUTHENTICATOR,
-    CONFIG,
-    FAILURES,
-    KEY_LIMITS,
-    METRICS,
-    TRUSTED_PROXIES,
-)
-from authproxy.auth.limits import seconds_header
+from authproxy.auth.authenticator import Authenticator
+from authproxy.auth.limits import FailureLimiter, KeyRateLimiter, seconds_header
 from authproxy.auth.verdict import Principal
 from authproxy.errors import AuthError, MissingKey, Overloaded, StoreUnavailable, TooManyRequests
 from authproxy.http.errormap import json_error
-from authproxy.http.headers import Identity, client_address, forwarded_values
+from authproxy.http.headers import Identity, Networks, client_address, forwarded_values
 from authproxy.keys.format import KEY_PREFIX, KEY_REGEX
+from authproxy.observability.metrics import Metrics
 from authproxy.upstream.transport import UpstreamTimeout
 
 log = structlog.get_logger(__name__)
@@ -53,95 +47,105 @@ def refuse_target(raw_path: str) -> web.Response | None:
     return None
 
 
-def authenticate(app: web.Application, peer: str, headers: MultiMapping[str]
-                 ) -> Principal | Coroutine[Any, Any, Principal]:
-    """The key's Principal, or a coroutine returning it when PostgreSQL or argon2 must
-    answer (see Authenticator.authenticate). Refusals are counted per client and may turn
-    into 429s."""
-    metrics, failures = app[METRICS], app[FAILURES]
-    client = client_address(peer, headers, app[TRUSTED_PROXIES])
-    wait = failures.retry_after(client)
-    if wait is not None:
-        log.info("client_throttled", client=client)
-        metrics.count_request("throttled", "429")
-        raise TooManyRequests("too_many_failures", TOO_MANY_FAILURES_MESSAGE,
-                              {"Retry-After": seconds_header(wait)})
-    started = time.perf_counter()
-    try:
-        result = app[AUTHENTICATOR].authenticate(headers.getall("Authorization", []))
-    except Exception as exc:
-        metrics.auth_seconds.observe(time.perf_counter() - started)
-        _count_failure(app, client, exc)
-        raise
-    if isinstance(result, Principal):
-        metrics.auth_seconds.observe(time.perf_counter() - started)
-        return result
-    return _authenticate_with_io(app, client, result, started)
+class Admission:
+    """The admission policy, with everything it consults handed in by the composition root."""
 
+    __slots__ = ("_authenticator", "_burst_seconds", "_default_rate", "_failures",
+                 "_key_limits", "_metrics", "_trusted")
 
-async def _authenticate_with_io(app: web.Application, client: str,
-                                pending: Coroutine[Any, Any, Principal],
-                                started: float) -> Principal:
-    try:
-        return await pending
-    except Exception as exc:
-        _count_failure(app, client, exc)
-        raise
-    finally:  # cancelled too (the client left): every attempt is timed
-        app[METRICS].auth_seconds.observe(time.perf_counter() - started)
+    def __init__(self, *, authenticator: Authenticator, failures: FailureLimiter,
+                 key_limits: KeyRateLimiter, default_rate: float, burst_seconds: float,
+                 trusted_proxies: Networks, metrics: Metrics) -> None:
+        self._authenticator = authenticator
+        self._failures = failures
+        self._key_limits = key_limits
+        self._default_rate = default_rate
+        self._burst_seconds = burst_seconds
+        self._trusted = trusted_proxies
+        self._metrics = metrics
 
+    def authenticate(self, peer: str, headers: MultiMapping[str]
+                     ) -> Principal | Coroutine[Any, Any, Principal]:
+        """The key's Principal, or a coroutine returning it when PostgreSQL or argon2 must
+        answer (see Authenticator.authenticate). Refusals are counted per client and may
+        turn into 429s."""
+        metrics = self._metrics
+        client = client_address(peer, headers, self._trusted)
+        wait = self._failures.retry_after(client)
+        if wait is not None:
+            log.info("client_throttled", client=client)
+            metrics.count_request("throttled", "429")
+            raise TooManyRequests("too_many_failures", TOO_MANY_FAILURES_MESSAGE,
+                                  {"Retry-After": seconds_header(wait)})
+        started = time.perf_counter()
+        try:
+            result = self._authenticator.authenticate(headers.getall("Authorization", []))
+        except Exception as exc:
+            metrics.auth_seconds.observe(time.perf_counter() - started)
+            self._count_failure(client, exc)
+            raise
+        if isinstance(result, Principal):
+            metrics.auth_seconds.observe(time.perf_counter() - started)
+            return result
+        return self._authenticate_with_io(client, result, started)
 
-def _count_failure(app: web.Application, client: str, exc: Exception) -> None:
-    """Log and count a failed authentication; refused keys count against the client."""
-    metrics = app[METRICS]
-    if isinstance(exc, AuthError):
-        log.info("auth_refused", reason=exc.reason, detail=str(exc))
-        metrics.count_request(exc.reason, "401")
-        if not isinstance(exc, MissingKey):
-            app[FAILURES].record_failure(client)
-    elif isinstance(exc, StoreUnavailable | Overloaded):
-        log.warning("auth_unavailable", error=str(exc))
-        metrics.count_request(
-            "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503")
+    async def _authenticate_with_io(self, client: str,
+                                    pending: Coroutine[Any, Any, Principal],
+                                    started: float) -> Principal:
+        try:
+            return await pending
+        except Exception as exc:
+            self._count_failure(client, exc)
+            raise
+        finally:  # cancelled too (the client left): every attempt is timed
+            self._metrics.auth_seconds.observe(time.perf_counter() - started)
 
+    def _count_failure(self, client: str, exc: Exception) -> None:
+        """Log and count a failed authentication; refused keys count against the client."""
+        metrics = self._metrics
+        if isinstance(exc, AuthError):
+            log.info("auth_refused", reason=exc.reason, detail=str(exc))
+            metrics.count_request(exc.reason, "401")
+            if not isinstance(exc, MissingKey):
+                self._failures.record_failure(client)
+        elif isinstance(exc, StoreUnavailable | Overloaded):
+            log.warning("auth_unavailable", error=str(exc))
+            metrics.count_request(
+                "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503")
 
-def take_rate(app: web.Application, principal: Principal) -> dict[str, str]:
-    """Apply the key's token bucket; the RateLimit-* headers for the answer, or 429."""
-    limits = app[CONFIG].limits
-    rate = principal.rate_limit or limits.key_rate_per_second
-    if rate <= 0:
-        return {}
-    decision = app[KEY_LIMITS].take(principal.key_id, rate)
-    headers = {"RateLimit-Limit": str(decision.limit),
-               "RateLimit-Remaining": str(decision.remaining),
-               "RateLimit-Reset": seconds_header(decision.reset),
-               "RateLimit-Policy": f"{decision.limit};w={seconds_header(limits.key_burst_seconds)}"}
-    if not decision.allowed:
-        raise TooManyRequests("rate_limited", RATE_LIMITED_MESSAGE,
-                              {**headers, "Retry-After": seconds_header(decision.retry_after)})
-    return headers
+    def take_rate(self, principal: Principal) -> dict[str, str]:
+        """Apply the key's token bucket; the RateLimit-* headers for the answer, or 429."""
+        rate = principal.rate_limit or self._default_rate
+        if rate <= 0:
+            return {}
+        decision = self._key_limits.take(principal.key_id, rate)
+        headers = {"RateLimit-Limit": str(decision.limit),
+                   "RateLimit-Remaining": str(decision.remaining),
+                   "RateLimit-Reset": seconds_header(decision.reset),
+                   "RateLimit-Policy":
+                       f"{decision.limit};w={seconds_header(self._burst_seconds)}"}
+        if not decision.allowed:
+            raise TooManyRequests("rate_limited", RATE_LIMITED_MESSAGE,
+                                  {**headers, "Retry-After": seconds_header(decision.retry_after)})
+        return headers
 
+    def note_upstream_failure(self, exc: Exception, *, mid_stream: bool) -> None:
+        """Count and log an upstream failure. Before the answer's head it becomes a 502/504
+        (the caller re-raises); after it, the caller must cut the client connection, the
+        only honest signal left, so a truncated body cannot look complete."""
+        if mid_stream:
+            self._metrics.upstream_errors.labels(kind="aborted_mid_stream").inc()
+            log.warning("upstream_stream_aborted", error=type(exc).__name__, detail=str(exc))
+            return
+        kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
+        self._metrics.upstream_errors.labels(kind=kind).inc()
+        log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
 
-def note_upstream_failure(app: web.Application, exc: Exception, *, mid_stream: bool) -> None:
-    """Count and log an upstream failure. Before the answer's head it becomes a 502/504
-    (the caller re-raises); after it, the caller must cut the client connection, the
-    only honest signal left, so a truncated body cannot look complete."""
-    metrics = app[METRICS]
-    if mid_stream:
-        metrics.upstream_errors.labels(kind="aborted_mid_stream").inc()
-        log.warning("upstream_stream_aborted", error=type(exc).__name__, detail=str(exc))
-        return
-    kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
-    metrics.upstream_errors.labels(kind=kind).inc()
-    log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
-
-
-def identity(app: web.Application, principal: Principal, *, peer: str,
-             headers: MultiMapping[str], scheme: str, host: str,
-             request_id: str) -> Identity:
-    """Who the upstream is told is calling, and from where."""
-    chain, scheme, host = forwarded_values(peer=peer, headers=headers, scheme=scheme,
-                                           host=host, trusted=app[TRUSTED_PROXIES])
-    return Identity(space_id=principal.space_id, key_id=principal.key_id,
-                    key_prefix=principal.prefix, request_id=request_id, client_ip=chain,
-                    scheme=scheme, host=host)
+    def identity(self, principal: Principal, *, peer: str, headers: MultiMapping[str],
+                 scheme: str, host: str, request_id: str) -> Identity:
+        """Who the upstream is told is calling, and from where."""
+        chain, scheme, host = forwarded_values(peer=peer, headers=headers, scheme=scheme,
+                                               host=host, trusted=self._trusted)
+        return Identity(space_id=principal.space_id, key_id=principal.key_id,
+                        key_prefix=principal.prefix, request_id=request_id, client_ip=chain,
+                        scheme=scheme, host=host)

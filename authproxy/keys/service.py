@@ -8,9 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from authproxy.auth.cache import VerifiedKeyCache
 from authproxy.errors import InvalidInput
 from authproxy.keys.audit import AuditContext, AuditEvent
 from authproxy.keys.format import KeyHasher, generate_key
@@ -115,11 +114,18 @@ def key_object(record: KeyRecord, now: datetime, *, key: str | None = None) -> d
     return body
 
 
+class RevokedKeys(Protocol):
+    """Where a revocation must take effect in this process at once (auth/cache.py's
+    VerifiedKeyCache); other processes hear of it from PostgreSQL."""
+
+    def invalidate_key(self, key_id: str) -> None: ...
+
+
 class KeyService:
     """Key lifecycle with the side effects that must go along: hashing, cache eviction."""
 
     def __init__(self, *, store: Store, hasher: KeyHasher, executor: Executor,
-                 cache: VerifiedKeyCache[Any],
+                 cache: RevokedKeys,
                  wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._store = store
         self._hasher = hasher

@@ -121,12 +121,19 @@ def _as_uuid(key_id: str) -> uuid.UUID:
 class Store:
     """All reads and writes of API keys. Raises StoreUnavailable when PostgreSQL is away."""
 
-    def __init__(self, pool: asyncpg.Pool, *, query_timeout: float = 5.0) -> None:
+    def __init__(self, pool: asyncpg.Pool | None = None, *, query_timeout: float = 5.0) -> None:
         self._pool = pool
         self._timeout = query_timeout
 
+    def open(self, pool: asyncpg.Pool) -> None:
+        """Use ``pool`` from now on. The daemon builds its Store before the event loop
+        runs (app.py) and opens the pool at startup."""
+        self._pool = pool
+
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise StoreUnavailable("the key store is not open yet")
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 yield conn

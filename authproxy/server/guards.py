@@ -11,8 +11,8 @@ closes the connection, but answers everything with a plain-text 400. This layer:
 * refuses connections beyond ``server.max_connections`` by closing them at once.
 
 It plugs in by giving aiohttp's Server a handler class of ours (``GuardedServer``), which
-is why server.py runs its own AppRunner instead of web.run_app. With ``server.fast_path``
-each connection starts on fastconn.py's lean protocol instead, which hands it to a
+is why runner.py runs its own AppRunner instead of web.run_app. With ``server.fast_path``
+each connection starts on http/fast/connection.py's lean protocol instead, which hands it to a
 GuardedRequestHandler when a request needs aiohttp; the limits above cover both.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,10 @@ from aiohttp.web_protocol import RequestHandler
 
 from authproxy.config.schema import ServerConfig
 from authproxy.http.fast.connection import FastConnection
+from authproxy.http.fast.head import FastRequest
+
+# Runs one request a FastConnection parsed (http/fast/exchange.py's FastFront.answer).
+FastAnswer = Callable[[FastConnection, FastRequest], Awaitable[bool]]
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +127,7 @@ class GuardedServer(web.Server):
     """
 
     guard: Guard
-    app: web.Application
+    answer: FastAnswer
     fast_connections: set[FastConnection]
 
     def __call__(self) -> FastConnection | RequestHandler:  # type: ignore[override]
@@ -158,15 +163,20 @@ class GuardedServer(web.Server):
 
 
 class GuardedAppRunner(web.AppRunner):
-    def __init__(self, app: web.Application, *, guard: Guard, **kwargs: Any) -> None:
+    """aiohttp's AppRunner serving connections through GuardedServer; ``answer`` serves
+    the lean front end's requests (used when ``guard.fast_path`` is on)."""
+
+    def __init__(self, app: web.Application, *, guard: Guard, answer: FastAnswer,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._guard = guard
+        self._answer = answer
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # Same object, our subclass: GuardedServer adds only __call__ and one attribute.
         server.__class__ = GuardedServer
         server.guard = self._guard  # type: ignore[attr-defined]
-        server.app = self._app  # type: ignore[attr-defined]
+        server.answer = self._answer  # type: ignore[attr-defined]
         server.fast_connections = set()  # type: ignore[attr-defined]
         return server

@@ -10,9 +10,9 @@ import signal
 import structlog
 from aiohttp import web
 
-from authproxy.appkeys import CONFIG, LIFECYCLE
 from authproxy.config.schema import Config
-from authproxy.server.guards import Guard, GuardedAppRunner
+from authproxy.http.aio.health import Readiness
+from authproxy.server.guards import FastAnswer, Guard, GuardedAppRunner
 
 log = structlog.get_logger(__name__)
 
@@ -42,17 +42,15 @@ def _graceful_exit() -> None:
     raise web.GracefulExit()
 
 
-async def _install_drain_signals(app: web.Application) -> None:
+def _install_drain_signals(readiness: Readiness, delay: float) -> None:
     """Replace run_app's stop-at-once handlers: first signal drains, a second one stops."""
     loop = asyncio.get_running_loop()
-    delay = app[CONFIG].server.drain_delay
 
     def on_signal(signum: int) -> None:
-        lifecycle = app[LIFECYCLE]
-        if lifecycle.draining:
+        if readiness.draining:
             log.info("shutdown_now", signal=signal.Signals(signum).name)
             _graceful_exit()
-        lifecycle.draining = True
+        readiness.draining = True
         log.info("draining", signal=signal.Signals(signum).name, drain_delay=delay)
         loop.call_later(delay, _graceful_exit)
 
@@ -60,11 +58,13 @@ async def _install_drain_signals(app: web.Application) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-async def _run(app: web.Application, cfg: Config, reuse_port: bool) -> None:
+async def _run(app: web.Application, cfg: Config, readiness: Readiness, answer: FastAnswer,
+               reuse_port: bool) -> None:
     runner = GuardedAppRunner(
-        app, guard=Guard.from_config(cfg.server),
+        app, guard=Guard.from_config(cfg.server), answer=answer,
         handle_signals=True, access_log=None, shutdown_timeout=cfg.server.shutdown_timeout)
     await runner.setup()
+    _install_drain_signals(readiness, cfg.server.drain_delay)  # replaces the runner's own
     _freeze_startup_objects()
     try:
         await web.TCPSite(runner, cfg.server.host, cfg.server.port,
@@ -75,17 +75,17 @@ async def _run(app: web.Application, cfg: Config, reuse_port: bool) -> None:
         await runner.cleanup()
 
 
-def serve(app: web.Application, cfg: Config, *, reuse_port: bool = False) -> int:
+def serve(app: web.Application, cfg: Config, *, readiness: Readiness, answer: FastAnswer,
+          reuse_port: bool = False) -> int:
     """Serve until SIGTERM/SIGINT; return 0 after a graceful stop.
 
     This is web.run_app's loop, kept short, because run_app cannot take the runner that
-    installs our connection layer (protocol.py).
+    installs our connection layer (guards.py).
     """
     use_uvloop()
-    app.on_startup.append(_install_drain_signals)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_run(app, cfg, reuse_port))
+    main = loop.create_task(_run(app, cfg, readiness, answer, reuse_port))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

@@ -16,8 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -71,10 +73,12 @@ def _worker_env(cfg: Config, metrics_dir: str) -> dict[str, str]:
     return env
 
 
-def supervise(cfg: Config, config_path: str | None = None) -> int:
-    """Run cfg.server.workers workers until a signal stops them; 0 if all stopped cleanly."""
-    from authproxy.cli.commands import migrate
+def supervise(cfg: Config, config_path: str | None = None, *,
+              migrate: Callable[[Config], Coroutine[Any, Any, object]]) -> int:
+    """Run cfg.server.workers workers until a signal stops them; 0 if all stopped cleanly.
 
+    ``migrate`` (the CLI's) runs once here, before the workers start, not in each.
+    """
     if cfg.db.should_migrate_on_start:
         asyncio.run(migrate(cfg))
     metrics_dir = tempfile.mkdtemp(prefix="authproxy-metrics-")

@@ -125,11 +125,24 @@ class ClientSessionTransport:
     """UpstreamTransport on aiohttp.ClientSession: no redirects, no decompression, streaming."""
 
     def __init__(self, cfg: UpstreamConfig) -> None:
+        self._cfg = cfg
         self._max_head_bytes = cfg.max_header_bytes
         base = URL(cfg.url)
         self._origin = str(base.origin())
         self._base_path = base.raw_path.rstrip("/")
-        self._session = aiohttp.ClientSession(
+        self._session_or_none: aiohttp.ClientSession | None = None
+
+    @property
+    def _session(self) -> aiohttp.ClientSession:
+        """Made on first use: a ClientSession belongs to the running event loop, and the
+        composition root builds this transport before the loop runs."""
+        if self._session_or_none is None:
+            self._session_or_none = self._new_session()
+        return self._session_or_none
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        cfg = self._cfg
+        return aiohttp.ClientSession(
             connector=_InStepConnector(limit=cfg.max_connections, ttl_dns_cache=60),
             # No total timeout: long downloads and uploads must not be cut, only stalls.
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout,
@@ -179,7 +192,8 @@ class ClientSessionTransport:
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def close(self) -> None:
-        await self._session.close()
+        if self._session_or_none is not None:
+            await self._session_or_none.close()
 
 
 class _InStepConnector(aiohttp.TCPConnector):

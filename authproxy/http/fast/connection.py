@@ -4,10 +4,11 @@ Why: issue 6 measured aiohttp's server and its request objects at more than half
 time of a proxied request. Most proxied requests are the simplest HTTP there is: an
 HTTP/1.1 GET (or HEAD, DELETE...) without a body. For those this protocol splits the
 request head off the byte stream, parses it with llhttp (httptools, the parser aiohttp
-uses too) and hands it to fastproxy.py, answering on the socket directly.
+uses too) and hands it to exchange.py, which runs it through the shared request
+lifecycle and answers on the socket directly.
 
 Anything else goes to aiohttp, byte for byte: this protocol hands the connection to
-aiohttp's RequestHandler (protocol.py) with every byte it has not consumed, and aiohttp
+aiohttp's RequestHandler (server/guards.py) with every byte it has not consumed, and aiohttp
 serves that connection from then on. That covers requests with a body or ``Expect``,
 protocol upgrades, HTTP/1.0, the reserved /_authproxy/ paths, parse errors and heads that
 are near a size limit (so aiohttp's JSON 400/414/431 answers stay the only ones). Because
@@ -19,15 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import TYPE_CHECKING, cast
+from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
 
 import structlog
 
 from authproxy.http.fast.head import FastRequest, FieldMemo, HeadLimits, parse_head
-from authproxy.http.fast.proxy import answer
-
-if TYPE_CHECKING:
-    from authproxy.server.guards import GuardedServer
+from authproxy.http.lifecycle import UpstreamFieldsMemo
 
 log = structlog.get_logger(__name__)
 
@@ -36,12 +35,45 @@ _END_OF_HEAD = b"\r\n\r\n"
 _MAX_HEAD_BUFFER = 64 * 1024
 # Bytes buffered behind a request in progress before we stop reading the socket.
 _MAX_PIPELINE_BUFFER = 256 * 1024
+
+
+class Limits(Protocol):
+    """The server's connection limits (server/guards.py's Guard)."""
+
+    @property
+    def header_timeout(self) -> float: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_url_bytes(self) -> int: ...
+    @property
+    def max_header_bytes(self) -> int: ...
+    @property
+    def max_headers(self) -> int: ...
+
+
+class ConnectionHost(Protocol):
+    """What a FastConnection needs of the server that made it (server/guards.py)."""
+
+    @property
+    def guard(self) -> Limits: ...
+    @property
+    def fast_connections(self) -> set[FastConnection]: ...
+    @property
+    def answer(self) -> Callable[[FastConnection, FastRequest], Awaitable[bool]]:
+        """Runs one parsed request (exchange.py's FastFront.answer)."""
+    def open_connections(self) -> int: ...
+    def aiohttp_handler(self) -> asyncio.Protocol: ...
+
+
 class FastConnection(asyncio.Protocol):
     """One client connection on the fast path (see the module docstring)."""
 
-    def __init__(self, server: GuardedServer) -> None:
+    def __init__(self, server: ConnectionHost) -> None:
         self._server = server
-        self.app = server.app
+        self._answer = server.answer
         self._loop = asyncio.get_running_loop()
         cfg = server.guard
         self._limits = HeadLimits.near(cfg.max_url_bytes, cfg.max_header_bytes,
@@ -50,9 +82,7 @@ class FastConnection(asyncio.Protocol):
         self.peer = ""
         self._buffer = bytearray()
         self._fields = FieldMemo()
-        # fastproxy's: (header fields, Principal, the encoded upstream fields before and
-        # after the X-Request-Id field).
-        self.upstream_fields: tuple[object, object, bytes, bytes] | None = None
+        self.upstream_memo = UpstreamFieldsMemo()
         self._scanned = 0  # bytes of _buffer already searched for the end of a head
         self.busy = False  # a request is being answered
         self.closing = False  # close once the answer in progress is out
@@ -136,7 +166,7 @@ class FastConnection(asyncio.Protocol):
     async def _serve(self, request: FastRequest) -> None:
         keep_alive = False
         try:
-            keep_alive = await answer(self, request)
+            keep_alive = await self._answer(self, request)
         finally:
             self.busy = False
             self.task = None
@@ -202,7 +232,7 @@ class FastConnection(asyncio.Protocol):
         left = guard.idle_timeout if self.busy else guard.idle_timeout - idle
         self._timer = self._loop.call_later(left, self._on_timer)
 
-    # -- used by fastproxy and the server
+    # -- used by exchange.py and the server
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("client closed the connection")

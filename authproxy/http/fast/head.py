@@ -16,7 +16,7 @@ import httptools
 from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict
 
-from authproxy.app import is_reserved
+from authproxy.http.reserved import is_reserved
 
 # Headers that make a request something other than a bodiless one, or ask for a reply
 # we leave to aiohttp.
@@ -41,7 +41,7 @@ class HeadLimits(NamedTuple):
 
 
 class FastRequest:
-    """A parsed bodiless request: what fastproxy needs, nothing more."""
+    """A parsed bodiless request: what the lifecycle needs, nothing more."""
 
     __slots__ = ("headers", "keep_alive", "method", "target")
 

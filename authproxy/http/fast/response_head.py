@@ -1,6 +1,6 @@
 """The head of an answer on the fast path, framed byte for byte as aiohttp frames it.
 
-fastproxy.py writes these straight to the client: the upstream's header fields copied as
+exchange.py writes these straight to the client: the upstream's header fields copied as
 bytes, minus hop-by-hop ones (headers.py's rule), plus ours (X-Request-Id, RateLimit-*),
 with aiohttp's defaults for what is missing (Date, Server, Content-Type) and its framing
 (Content-Length as given, else chunked).

@@ -1,0 +1,113 @@
+"""The lean front end's side of the lifecycle: a parsed head in, answers straight out.
+
+``FastFront.answer`` runs one request that connection.py parsed through the shared
+RequestLifecycle; ``FastExchange`` writes the answers, framed byte for byte as aiohttp
+frames them (response_head.py), to the socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Mapping
+from typing import TYPE_CHECKING
+
+from aiohttp.helpers import must_be_empty_body
+from aiohttp.web import StreamResponse
+from multidict import CIMultiDict
+
+from authproxy.http.fast.response_head import framed, response_head
+from authproxy.http.lifecycle import CLIENT_CLOSED_REQUEST, RequestLifecycle, UpstreamFieldsMemo
+from authproxy.upstream.transport import UpstreamResponse
+
+if TYPE_CHECKING:
+    from authproxy.http.fast.connection import FastConnection
+    from authproxy.http.fast.head import FastRequest
+
+
+class FastFront:
+    """What a FastConnection calls for each request it parsed."""
+
+    __slots__ = ("_lifecycle",)
+
+    def __init__(self, lifecycle: RequestLifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    async def answer(self, conn: FastConnection, request: FastRequest) -> bool:
+        """Answer ``request`` on ``conn``; whether the connection may carry another one."""
+        lifecycle = self._lifecycle
+        exchange = FastExchange(conn, request)
+        if await lifecycle.serve(exchange, lifecycle.proxy) == CLIENT_CLOSED_REQUEST:
+            return False
+        # Flow control: the next pipelined request waits until the client reads this
+        # answer, so a client that never reads cannot make us buffer answers without limit.
+        if exchange.keep_alive and conn.must_drain():
+            try:
+                await conn.drain()
+            except ConnectionError:
+                return False
+        return exchange.keep_alive
+
+
+class FastExchange:
+    """One request of a FastConnection as the lifecycle's Exchange."""
+
+    __slots__ = ("_conn", "head_sent", "headers", "host", "keep_alive", "method", "peer",
+                 "request_id", "target", "upstream_memo")
+
+    scheme = "http"
+
+    def __init__(self, conn: FastConnection, request: FastRequest) -> None:
+        self._conn = conn
+        self.method = request.method
+        self.target = request.target
+        self.headers: CIMultiDict[str] = request.headers
+        self.host = request.headers["Host"]  # head.py takes only requests that have one
+        self.peer = conn.peer
+        self.keep_alive = request.keep_alive and not conn.closing
+        self.upstream_memo: UpstreamFieldsMemo | None = conn.upstream_memo
+        self.request_id = ""
+        self.head_sent = False
+
+    def declared_length(self) -> int | None:
+        return None
+
+    def body(self) -> AsyncIterable[bytes] | None:
+        return None  # requests with a body are aiohttp's
+
+    async def send_continue(self) -> None:
+        return None
+
+    async def answer(self, response: StreamResponse) -> None:
+        """Send one of our own complete answers (errors, refusals)."""
+        body = getattr(response, "body", None)
+        body = body if isinstance(body, bytes) else b""
+        headers = [(name.encode("utf-8", "surrogateescape"),
+                    value.encode("utf-8", "surrogateescape"))
+                   for name, value in response.headers.items()]
+        headers.append((b"Content-Length", b"%d" % len(body)))
+        head, _ = response_head(self.method, response.status, response.reason, headers, {},
+                                self.request_id, self.keep_alive)
+        self.head_sent = True
+        empty = must_be_empty_body(self.method, response.status)
+        self._conn.write(head if empty else head + body)
+
+    async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
+        conn = self._conn
+        head, chunked = response_head(self.method, upstream.status, upstream.reason,
+                                      upstream.raw_headers, extra, self.request_id,
+                                      self.keep_alive)
+        self.head_sent = True
+        whole = upstream.take_whole_body() if upstream.take_whole_body is not None else None
+        if whole is not None:  # the common small answer: one write
+            conn.write(head + framed(whole, chunked, last=True))
+            return
+        conn.write(head)
+        async for chunk in upstream.body:
+            if chunk:
+                conn.write(framed(chunk, chunked, last=False))
+                await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        self.keep_alive = False
+        self._conn.abort()

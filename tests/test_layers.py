@@ -1,0 +1,121 @@
+"""The package's layers import only downwards, and no module imports itself in a circle.
+
+Every module of each lower layer is imported in a fresh interpreter; no module of a
+higher layer may be loaded by them. The import graph, late imports included, has no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import authproxy
+
+# Lowest first. A module may import its own layer and those below, never above.
+LAYERS: list[list[str]] = [
+    ["authproxy.errors", "authproxy.config"],
+    ["authproxy.observability", "authproxy.db", "authproxy.keys"],
+    ["authproxy.upstream", "authproxy.auth"],
+    ["authproxy.http"],
+    ["authproxy.admin", "authproxy.server"],
+    ["authproxy.app"],
+    ["authproxy.cli"],
+]
+# Inside http/: the shared lifecycle never loads a front end.
+HTTP_CORE = ["authproxy.http.headers", "authproxy.http.errormap", "authproxy.http.admission",
+             "authproxy.http.lifecycle", "authproxy.http.reserved"]
+FRONT_ENDS = ("authproxy.http.aio", "authproxy.http.fast")
+PACKAGE_ROOT = Path(authproxy.__file__).parent
+
+
+def _loaded_by(package: str) -> list[str]:
+    """authproxy modules loaded by importing every module of ``package`` (or the module
+    itself) in a fresh interpreter."""
+    mine = [m for m in _modules() if m == package or m.startswith(package + ".")]
+    code = (f"import sys, json, {', '.join(mine)}; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('authproxy'))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    loaded: list[str] = json.loads(out)
+    return loaded
+
+
+def _layer_of(module: str) -> int:
+    for index, layer in enumerate(LAYERS):
+        if any(module == top or module.startswith(top + ".") for top in layer):
+            return index
+    raise AssertionError(f"{module} is in no layer: add its package to LAYERS")
+
+
+def _modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name not in ("authproxy", "authproxy.__main__"):
+            names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("module", [top for layer in LAYERS[:-1] for top in layer])
+def test_a_lower_layer_loads_nothing_above_it(module: str) -> None:
+    mine = _layer_of(module)
+    above = [m for m in _loaded_by(module) if m != "authproxy" and _layer_of(m) > mine]
+    assert above == [], f"importing {module} loads higher layers: {above}"
+
+
+@pytest.mark.parametrize("module", HTTP_CORE)
+def test_the_shared_lifecycle_loads_no_front_end(module: str) -> None:
+    assert [m for m in _loaded_by(module) if m.startswith(FRONT_ENDS)] == []
+
+
+def test_every_module_is_in_a_layer() -> None:
+    for module in _modules():
+        _layer_of(module)
+
+
+def _imports(module: str) -> set[str]:
+    """The authproxy modules ``module`` imports at run time (TYPE_CHECKING blocks aside)."""
+    path = PACKAGE_ROOT.parent / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = PACKAGE_ROOT.parent / module.replace(".", "/") / "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.startswith("authproxy."):
+                # "from authproxy.http.fast import head" imports the module head.
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in _MODULES
+                          else node.module for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("authproxy.")}
+    return found
+
+
+_MODULES = frozenset(_modules())
+
+
+def test_no_import_cycles() -> None:
+    """Not even one hidden inside a function (a late import is still a cycle)."""
+    graph = {m: {i for i in _imports(m) if i in _MODULES} for m in _MODULES}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep] if dep in path else [module, dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
