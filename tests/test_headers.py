@@ -130,8 +130,8 @@ class TestIdentityHeaders:
         assert dict(out) == OURS
 
     def test_request_id_where_the_fast_path_splits_the_fields(self) -> None:
-        """fastproxy keeps the fields around X-Request-Id and puts each request's id back
-        at REQUEST_ID_FROM_END."""
+        """The lifecycle keeps, per fast connection, the fields around X-Request-Id and
+        puts each request's id back at REQUEST_ID_FROM_END."""
         for client in ([], [("Accept", "*/*"), ("X-Request-Id", "spoofed")]):
             fields = upstream_request_fields(client, IDENTITY, [])
             assert fields[REQUEST_ID_FROM_END] == ("X-Request-Id", IDENTITY.request_id)

@@ -119,3 +119,19 @@ def test_no_import_cycles() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_the_readme_code_map_names_every_folder_and_module() -> None:
+    """README's "Code map" is how a newcomer finds things: it must match the tree."""
+    readme = (PACKAGE_ROOT.parent / "README.md").read_text()
+    code_map = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    for path in sorted(PACKAGE_ROOT.rglob("*")):
+        if "__pycache__" in path.parts or path.name in ("__init__.py", "__main__.py",
+                                                        "py.typed"):
+            continue
+        if path.is_dir() and not (path / "__init__.py").exists():
+            continue  # data folders (db/sql, a link to the repository's sql/)
+        if path.parent.name == "sql" or path.suffix == ".sql":
+            continue
+        name = path.name + "/" if path.is_dir() else path.name
+        assert name in code_map, f"README's Code map does not mention {name}"

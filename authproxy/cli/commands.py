@@ -1,4 +1,4 @@
-"""What each CLI command does, once cli.py has parsed arguments and loaded config."""
+"""What each CLI command does, once main.py has parsed arguments and loaded config."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ class DbConfig:
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     url: str = "http://127.0.0.1:8081"
-    # h1: the lean pooled HTTP/1.1 client (h1client.py); aiohttp: aiohttp's ClientSession.
+    # h1: the lean pooled HTTP/1.1 client (upstream/h1pool.py); aiohttp: aiohttp's ClientSession.
     transport: TransportKind = "h1"
     connect_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
     # Longest wait for the next byte of the upstream's response (headers or body).

@@ -1,6 +1,6 @@
 """The upstream transport: one pooled HTTP/1.1 client for the whole process.
 
-The proxy talks to the upstream only through ``UpstreamTransport``; h1client.py is the
+The proxy talks to the upstream only through ``UpstreamTransport``; h1pool.py is the
 default, ClientSessionTransport below the alternative. Both keep the rules of issue 13:
 bodies go out and come back byte for byte (nothing decoded or re-framed), a request body
 must end exactly where its framing says, answers this hop never relays (101 to a request
