@@ -11,98 +11,52 @@ through B and counts the last_used flushes (one UPDATE statement each) per minut
 
 PostgreSQL: $AUTHPROXY_TEST_DATABASE_URL (a server; a scratch database is created and
 dropped) or, when unset, an embedded one. Prints numbers; asserts nothing about time.
+The daemons, their configs and logs and the database come from bench/lab/, as speed.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+if not __package__:  # `python bench/revocation_lag.py` puts bench/ on sys.path, not the root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-import asyncpg
 import jwt
 from aiohttp import web
 
+from bench.lab.daemons import start_authproxy
+from bench.lab.database import embedded_server, scratch_database, server_from_env
+from bench.lab.keys import SPACE
+from bench.lab.probes import metric_values, ok, wait_up
+from bench.lab.processes import BenchError, Lab, Proc, free_port
+
 SECRET = secrets.token_urlsafe(32)
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+KEYS = f"/_authproxy/v1/spaces/{SPACE}/keys"
 
 
 def token() -> str:
     return jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600,
-                       "roles": {"bench": "owner"}}, SECRET, algorithm="HS256")
-
-
-async def scratch_database() -> tuple[str, str]:
-    server = os.environ.get("AUTHPROXY_TEST_DATABASE_URL")
-    if not server:
-        sys.path.insert(0, str(ROOT))
-        from authproxy.db.embedded import start_embedded_postgres
-
-        server = start_embedded_postgres(tempfile.mkdtemp(prefix="bench-pg-") + "/data")
-    name = "authproxy_bench_" + secrets.token_hex(4)
-    conn = await asyncpg.connect(server)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    return server, urlunsplit(urlsplit(server)._replace(path="/" + name))
-
-
-def start_daemon(db_url: str, upstream: str, flush_interval: float, log: Path) -> tuple[
-        subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = log.with_suffix(".yaml")
-    config.write_text(f"usage: {{flush_interval: {flush_interval}}}\n"
-                      "logging: {level: warning, format: json}\n"
-                      # It polls revoked keys from one address on purpose: no throttling.
-                      "limits: {failure_threshold: 0}\n"
-                      "server: {drain_delay: 0}\n")
-    env = {**os.environ, "AUTHPROXY_DATABASE_URL": db_url, "AUTHPROXY_UPSTREAM_URL": upstream,
-           "AUTHPROXY_LISTEN": f"127.0.0.1:{port}", "AUTHPROXY_ADMIN_JWT_SECRET": SECRET,
-           "AUTHPROXY_CONFIG": str(config)}
-    process = subprocess.Popen([sys.executable, "-m", "authproxy", "serve"], env=env,
-                               stderr=log.open("wb"))
-    return process, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(200):
-        try:
-            async with session.get(base + "/_authproxy/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise SystemExit(f"daemon at {base} did not become ready")
+                       "roles": {SPACE: "owner"}}, SECRET, algorithm="HS256")
 
 
 async def measure_lag(session: aiohttp.ClientSession, a: str, b: str, n: int) -> list[float]:
+    """Seconds from each revoke through A until B answers 401 for that key."""
     auth = {"Authorization": f"Bearer {token()}"}
     lags = []
     for _ in range(n):
-        async with session.post(a + "/_authproxy/v1/spaces/bench/keys", json={"name": "b"},
-                                headers=auth) as resp:
+        async with session.post(a + KEYS, json={"name": "b"}, headers=auth) as resp:
             key = await resp.json()
         bearer = {"Authorization": f"Bearer {key['key']}"}
         async with session.get(b + "/x", headers=bearer) as resp:
             assert resp.status == 200, resp.status  # now cached on B
-        async with session.post(a + f"/_authproxy/v1/spaces/bench/keys/{key['id']}/revoke",
-                                headers=auth) as resp:
+        async with session.post(a + f"{KEYS}/{key['id']}/revoke", headers=auth) as resp:
             assert resp.status == 200
         revoked_at = time.perf_counter()
         while True:
@@ -114,27 +68,23 @@ async def measure_lag(session: aiohttp.ClientSession, a: str, b: str, n: int) ->
     return lags
 
 
-async def metric(session: aiohttp.ClientSession, base: str, name: str) -> float:
-    async with session.get(base + "/_authproxy/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-    return 0.0
+async def metric(base: str, name: str) -> float:
+    return (await asyncio.to_thread(metric_values, base)).get(name, 0.0)
 
 
-async def flushes(session: aiohttp.ClientSession, base: str) -> float:
-    return await metric(session, base, "authproxy_last_used_flush_keys_count")
+async def flushes(base: str) -> float:
+    return await metric(base, "authproxy_last_used_flush_keys_count")
 
 
 async def steady_load(session: aiohttp.ClientSession, a: str, b: str, seconds: float,
                       rate: int) -> tuple[int, float]:
+    """(requests sent, last_used flushes B made) while sending `rate` requests/s to B."""
     auth = {"Authorization": f"Bearer {token()}"}
     keys = []
     for i in range(10):
-        async with session.post(a + "/_authproxy/v1/spaces/bench/keys",
-                                json={"name": f"load {i}"}, headers=auth) as resp:
+        async with session.post(a + KEYS, json={"name": f"load {i}"}, headers=auth) as resp:
             keys.append((await resp.json())["key"])
-    before = await flushes(session, b)
+    before = await flushes(b)
     sent, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
         due = int(elapsed * rate)
@@ -145,59 +95,95 @@ async def steady_load(session: aiohttp.ClientSession, a: str, b: str, seconds: f
                 await resp.read()
         sent = due
         await asyncio.sleep(0.005)
-    return sent, await flushes(session, b) - before
+    return sent, await flushes(b) - before
 
 
-async def main() -> None:
+async def report_lag(session: aiohttp.ClientSession, a: str, b: str, revokes: int) -> None:
+    lags = sorted(await measure_lag(session, a, b, revokes))
+    pct = statistics.quantiles(lags, n=100, method="inclusive")
+    print(f"revocation lag over {len(lags)} revokes, A -> B (end to end, ms): "
+          f"p50 {pct[49] * 1000:.2f}  p90 {pct[89] * 1000:.2f}  "
+          f"p99 {pct[98] * 1000:.2f}  max {lags[-1] * 1000:.2f}")
+    total = await metric(b, "authproxy_revocation_lag_seconds_sum")
+    count = await metric(b, "authproxy_revocation_lag_seconds_count")
+    print(f"  of which NOTIFY -> the key refused inside B (its metric): mean "
+          f"{total / max(count, 1) * 1000:.2f} ms over {count:.0f}; the rest is B's "
+          "next request paying one argon2 verification before it can say 401")
+
+
+async def report_load(session: aiohttp.ClientSession, a: str, b: str,
+                      args: argparse.Namespace) -> None:
+    sent, flushed = await steady_load(session, a, b, args.seconds, args.rate)
+    per_minute = flushed * 60 / args.seconds
+    print(f"steady load: {sent} requests in {args.seconds:.0f} s "
+          f"({sent / args.seconds:.0f}/s) -> {flushed:.0f} last_used UPDATE statements "
+          f"= {per_minute:.1f} per minute (flush interval {args.flush_interval} s)")
+
+
+async def start_upstream() -> tuple[web.AppRunner, str]:
+    """The tiny upstream, in this process: {"ok": true} to every GET."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    upstream = web.Application()
+    upstream.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(upstream, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def start_daemons(lab: Lab, db_url: str, upstream: str,
+                  flush_interval: float) -> list[tuple[Proc, str]]:
+    """A and B: admin API on (the JWT secret above), last_used flushed every interval."""
+    return [start_authproxy(lab, name, db_url, upstream,
+                            extra_yaml=f"usage: {{flush_interval: {flush_interval}}}\n",
+                            extra_env={"AUTHPROXY_ADMIN_JWT_SECRET": SECRET})
+            for name in ("a", "b")]
+
+
+async def measure(lab: Lab, db_url: str, args: argparse.Namespace) -> None:
+    runner, upstream = await start_upstream()
+    daemons = start_daemons(lab, db_url, upstream, args.flush_interval)
+    try:
+        for proc, base in daemons:  # in a thread: this loop serves the upstream meanwhile
+            await asyncio.to_thread(wait_up, lab, proc, base + "/_authproxy/readyz", ok)
+        (_, a), (_, b) = daemons
+        async with aiohttp.ClientSession() as session:
+            await report_lag(session, a, b, args.revokes)
+            await report_load(session, a, b, args)
+    finally:
+        for proc, _ in daemons:
+            lab.stop(proc)
+        await runner.cleanup()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revokes", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=int, default=200, help="requests/s during the load")
     parser.add_argument("--flush-interval", type=float, default=10.0)
-    args = parser.parse_args()
+    parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    return parser.parse_args(argv)
 
-    server, db_url = await scratch_database()
-    subprocess.run([sys.executable, "-m", "authproxy", "migrate"], check=True,
-                   env={**os.environ, "AUTHPROXY_DATABASE_URL": db_url},
-                   stdout=subprocess.DEVNULL)
-    upstream = web.Application()
-    upstream.router.add_get("/{tail:.*}", lambda r: web.json_response({"ok": True}))
-    runner = web.AppRunner(upstream, access_log=None)
-    await runner.setup()
-    up_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", up_port).start()
-    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    daemons = [start_daemon(db_url, f"http://127.0.0.1:{up_port}", args.flush_interval,
-                            logs / f"{name}.log") for name in ("a", "b")]
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    server = server_from_env() or embedded_server()
+    lab = Lab.create("bench-revocation-")
     try:
-        async with aiohttp.ClientSession() as session:
-            for _, base in daemons:
-                await wait_ready(session, base)
-            (_, a), (_, b) = daemons
-            lags = sorted(await measure_lag(session, a, b, args.revokes))
-            pct = statistics.quantiles(lags, n=100, method="inclusive")
-            print(f"revocation lag over {len(lags)} revokes, A -> B (end to end, ms): "
-                  f"p50 {pct[49] * 1000:.2f}  p90 {pct[89] * 1000:.2f}  "
-                  f"p99 {pct[98] * 1000:.2f}  max {lags[-1] * 1000:.2f}")
-            total = await metric(session, b, "authproxy_revocation_lag_seconds_sum")
-            count = await metric(session, b, "authproxy_revocation_lag_seconds_count")
-            print(f"  of which NOTIFY -> the key refused inside B (its metric): mean "
-                  f"{total / max(count, 1) * 1000:.2f} ms over {count:.0f}; the rest is B's "
-                  "next request paying one argon2 verification before it can say 401")
-            sent, flushed = await steady_load(session, a, b, args.seconds, args.rate)
-            per_minute = flushed * 60 / args.seconds
-            print(f"steady load: {sent} requests in {args.seconds:.0f} s "
-                  f"({sent / args.seconds:.0f}/s) -> {flushed:.0f} last_used UPDATE statements "
-                  f"= {per_minute:.1f} per minute (flush interval {args.flush_interval} s)")
+        db_url = scratch_database(lab, server, "authproxy_bench_")
+        asyncio.run(measure(lab, db_url, args))
+    except BenchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
     finally:
-        for process, _ in daemons:
-            process.terminate()
-            process.wait(timeout=30)
-        await runner.cleanup()
-        conn = await asyncpg.connect(server)
-        await conn.execute(f'DROP DATABASE "{urlsplit(db_url).path[1:]}" WITH (FORCE)')
-        await conn.close()
+        lab.close(args.keep_tmp)
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main(sys.argv[1:]))

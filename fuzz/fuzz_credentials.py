@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-import atheris
+import atheris  # type: ignore[import-untyped]  # atheris ships neither types nor stubs
 
 with atheris.instrument_imports():
     from authproxy.auth.authenticator import bearer_token

@@ -1,0 +1,1 @@
+"""speed.py's measures, one module each, in the order it runs them."""

@@ -1,0 +1,216 @@
+"""What speed.py measures against, each on its own free loopback port:
+
+  a  nginx upstream answering a small JSON body: the thing being protected
+  b  nginx proxy_pass to (a), keep-alive upstream: the floor of any proxy hop
+  c  nginx + auth_request to a minimal Python verifier (bench.servers.verifier): what a
+     user would write in an afternoon, the comparison row
+  d  authproxy, 1 worker        e  authproxy, 2 workers (serve --workers 2)
+  f  authproxy, 1 worker, server.fast_path off: aiohttp's server answers everything
+  g, h  c and d again, with a new header value on every request (wrk Lua script)
+
+and, for the streaming and daemon-memory measures, a Python streaming upstream
+(bench.servers.stream_upstream) reached directly, through a tuned nginx and through
+authproxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.lab.daemons import start_authproxy
+from bench.lab.keys import CreatedKey
+from bench.lab.nginx import PROXY_TO_UP, start_nginx, upstream_block
+from bench.lab.probes import any_answer, http_get, ok, wait_up
+from bench.lab.processes import BenchError, Lab, Proc, free_port
+from bench.servers.stream_upstream import BODY
+
+TARGETS = {  # wrk targets, in the order of every round
+    "b": "nginx proxy_pass",
+    "c": "nginx + auth_request",
+    "d": "authproxy, 1 worker",
+    "e": "authproxy, 2 workers",
+    "f": "authproxy, 1 w, no fast path",
+    "g": "c, every head new",
+    "h": "d, every head new",
+}
+# g and h: wrk sends a new X-Bench-Seq value with every request, so no two heads on a
+# connection repeat (authproxy reuses the parse of a repeated header block).
+NEW_HEADS = {"g": "c", "h": "d"}
+NEW_HEAD_LUA = """
+local n = 0
+request = function()
+  n = n + 1
+  local headers = {}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["X-Bench-Seq"] = tostring(n)
+  return wrk.format(nil, nil, headers)
+end
+"""
+
+
+@dataclass
+class WrkTargets:
+    urls: dict[str, str]  # target -> URL, in TARGETS' order
+    scripts: dict[str, Path]  # target -> wrk Lua script, for those that run one (g, h)
+    daemons: dict[str, tuple[Proc, str]]  # authproxy d, e, f: (process, base URL)
+
+
+def start_upstream(lab: Lab) -> tuple[Proc, int]:
+    """(a): nginx answering BODY to everything."""
+    port = free_port()
+    return start_nginx(lab, "a-upstream", f"""
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{BODY}';
+        }}
+    }}"""), port
+
+
+def start_nginx_proxy(lab: Lab, port_a: int) -> tuple[Proc, int]:
+    """(b): nginx proxy_pass, keep-alive to (a)."""
+    port = free_port()
+    return start_nginx(lab, "b-nginx-proxy", upstream_block("up", port_a) + f"""
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://up;{PROXY_TO_UP}
+        }}
+    }}"""), port
+
+
+def start_verifier(lab: Lab, key: CreatedKey) -> tuple[Proc, int]:
+    """(c)'s verifier, knowing the one key."""
+    digests = lab.tmp / "digests.json"
+    digests.write_text(json.dumps({hashlib.sha256(key.key.encode()).hexdigest(): {
+        "space_id": key.space_id, "id": key.id}}))
+    port = free_port()
+    return lab.spawn_module("c-verifier", "bench.servers.verifier", str(port),
+                            str(digests)), port
+
+
+def start_auth_request(lab: Lab, port_a: int, port_v: int) -> tuple[Proc, int]:
+    """(c): nginx + auth_request to the verifier, then proxy_pass to (a); both keep-alive.
+    Passes the verifier's identity headers on and drops Authorization, as authproxy does."""
+    port = free_port()
+    return start_nginx(lab, "c-nginx-auth", upstream_block("up", port_a)
+                       + upstream_block("verifier", port_v) + f"""
+    server {{
+        listen 127.0.0.1:{port};
+        location = /_verify {{
+            internal;
+            proxy_pass http://verifier/verify;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";{PROXY_TO_UP}
+        }}
+        location / {{
+            auth_request /_verify;
+            auth_request_set $space_id $upstream_http_x_space_id;
+            auth_request_set $key_id $upstream_http_x_api_key_id;
+            proxy_pass http://up;{PROXY_TO_UP}
+            proxy_set_header Authorization "";
+            proxy_set_header X-Space-Id $space_id;
+            proxy_set_header X-Api-Key-Id $key_id;
+        }}
+    }}"""), port
+
+
+def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
+    """a to h, all started before any is waited for; each answers when this returns."""
+    a, port_a = start_upstream(lab)
+    b, port_b = start_nginx_proxy(lab, port_a)
+    verifier, port_v = start_verifier(lab, key)
+    c, port_c = start_auth_request(lab, port_a, port_v)
+    upstream = f"http://127.0.0.1:{port_a}"
+    d, url_d = start_authproxy(lab, "d-authproxy-1", db_url, upstream)
+    e, url_e = start_authproxy(lab, "e-authproxy-2", db_url, upstream, workers=2)
+    # (f): aiohttp's server for everything (server.fast_path: false), to show what the lean
+    # front end buys in the same run.
+    f, url_f = start_authproxy(lab, "f-authproxy-aiohttp", db_url, upstream,
+                               server_extra=", fast_path: false")
+    wait_up(lab, a, f"http://127.0.0.1:{port_a}/", any_answer)
+    wait_up(lab, b, f"http://127.0.0.1:{port_b}/", any_answer)
+    wait_up(lab, verifier, f"http://127.0.0.1:{port_v}/verify", any_answer)
+    wait_up(lab, c, f"http://127.0.0.1:{port_c}/", any_answer)
+    for proc, base in ((d, url_d), (e, url_e), (f, url_f)):
+        wait_up(lab, proc, base + "/_authproxy/readyz", ok)
+    urls = {"b": f"http://127.0.0.1:{port_b}/api/v1/points",
+            "c": f"http://127.0.0.1:{port_c}/api/v1/points",
+            "d": url_d + "/api/v1/points", "e": url_e + "/api/v1/points",
+            "f": url_f + "/api/v1/points"}
+    urls.update({new: urls[same] for new, same in NEW_HEADS.items()})
+    new_heads = lab.tmp / "new-heads.lua"
+    new_heads.write_text(NEW_HEAD_LUA)
+    return WrkTargets(urls, {target: new_heads for target in NEW_HEADS},
+                      {"d": (d, url_d), "e": (e, url_e), "f": (f, url_f)})
+
+
+def check_wrk_targets(targets: WrkTargets, key: CreatedKey) -> None:
+    """Every target answers BODY with the key, and all but b answer 401 without it."""
+    for target, url in targets.urls.items():
+        status, body = http_get(url, {"Authorization": f"Bearer {key.key}"})
+        if status != 200 or body.decode() != BODY:
+            raise BenchError(f"{TARGETS[target]}: {url} answered {status} {body[:200]!r}")
+        if target != "b":
+            status, _ = http_get(url)
+            if status != 401:
+                raise BenchError(f"{TARGETS[target]} let a request without a key through "
+                                 f"({status})")
+    print("all targets up; each answers the JSON body with the key and 401 without it "
+          "(the proxy b checks no key)")
+
+
+def start_tuned_nginx(lab: Lab, port_s: int) -> tuple[Proc, int]:
+    """nginx proxy_pass to the streaming upstream, tuned for large bodies."""
+    port = free_port()
+    return start_nginx(lab, "s-nginx-proxy", upstream_block("stream", port_s) + f"""
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 0;
+        location / {{
+            proxy_pass http://stream;{PROXY_TO_UP}
+            proxy_request_buffering off;
+            proxy_max_temp_file_size 0;
+            # Larger buffers than the defaults (16k body buffer, 8 x 4k proxy buffers),
+            # which roughly halve nginx's throughput here: the floor should be a tuned one.
+            client_body_buffer_size 256k;
+            proxy_buffer_size 64k;
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 128k;
+        }}
+    }}"""), port
+
+
+def start_stream_targets(lab: Lab, db_url: str, size: int,
+                         key: str) -> dict[str, tuple[str, str | None]]:
+    """The streaming upstream directly, through nginx, through authproxy (1 worker):
+    path name -> (base URL, key to send or None); each answers when this returns."""
+    port_s = free_port()
+    upstream = lab.spawn_module("s-stream-upstream", "bench.servers.stream_upstream",
+                                str(port_s))
+    nginx, port_n = start_tuned_nginx(lab, port_s)
+    proc, base = start_authproxy(lab, "s-authproxy-1", db_url, f"http://127.0.0.1:{port_s}",
+                                 server_extra=f", max_body_bytes: {2 * size}")
+    wait_up(lab, upstream, f"http://127.0.0.1:{port_s}/bytes/1", ok)
+    wait_up(lab, nginx, f"http://127.0.0.1:{port_n}/bytes/1", ok)
+    wait_up(lab, proc, base + "/_authproxy/readyz", ok)
+    return {"direct (no proxy)": (f"http://127.0.0.1:{port_s}", None),
+            "nginx proxy_pass": (f"http://127.0.0.1:{port_n}", None),
+            "authproxy, 1 worker": (base, key)}
+
+
+def start_cheap_daemon(lab: Lab, db_url: str) -> tuple[Proc, str]:
+    """authproxy configured with the cheapest argon2id the config accepts, in front of the
+    streaming upstream: n cold keys take seconds, not minutes. (proc, base URL), ready."""
+    port_up = free_port()
+    upstream = lab.spawn_module("rss-upstream", "bench.servers.stream_upstream", str(port_up))
+    proc, base = start_authproxy(
+        lab, "f-authproxy-rss", db_url, f"http://127.0.0.1:{port_up}",
+        extra_yaml="hashing: {time_cost: 1, memory_cost_kib: 8}\n")
+    wait_up(lab, upstream, f"http://127.0.0.1:{port_up}/bytes/1", ok)
+    wait_up(lab, proc, base + "/_authproxy/readyz", ok)
+    return proc, base
