@@ -27,8 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from authproxy.app import create_app
-from authproxy.appkeys import AUTHENTICATOR, CACHE
+from authproxy.app import COMPONENTS, create_app
 from authproxy.config.schema import build_config
 from authproxy.observability.logs import configure_logging
 from bench.lab.aio import run_async
@@ -51,9 +50,9 @@ async def time_calls(db_url: str, key: str, calls: int) -> dict[str, Any]:
     configure_logging(cfg.logging)
     app = create_app(cfg)  # the composition root: real cache, metrics, store, hasher
     runner = web.AppRunner(app)
-    await runner.setup()  # runs the cleanup contexts: pool, Authenticator, listener
+    await runner.setup()  # runs the cleanup contexts: pool, listener, flusher
     try:
-        authenticator = app[AUTHENTICATOR]
+        authenticator = app[COMPONENTS].authenticator
         header = [f"Bearer {key}"]
 
         async def call() -> object:
@@ -78,10 +77,10 @@ async def cache_the_key(app: web.Application, call: Call) -> None:
     for _ in range(100):
         principal = await call()
         await asyncio.sleep(0.05)
-        if len(app[CACHE]) == 1:
+        if len(app[COMPONENTS].cache) == 1:
             break
-    if len(app[CACHE]) != 1:
-        raise BenchError(f"expected 1 cached key, found {len(app[CACHE])}")
+    if len(app[COMPONENTS].cache) != 1:
+        raise BenchError(f"expected 1 cached key, found {len(app[COMPONENTS].cache)}")
     if principal is None:
         raise BenchError("authenticate() returned no principal")
 
