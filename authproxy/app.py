@@ -72,81 +72,125 @@ class Components:
 COMPONENTS: Final = web.AppKey("components", Components)
 
 
-def create_app(cfg: Config, *, hasher: KeyHasher | None = None,
-               wall_clock: Callable[[], datetime] | None = None) -> web.Application:
+def create_app(
+    cfg: Config,
+    *,
+    hasher: KeyHasher | None = None,
+    wall_clock: Callable[[], datetime] | None = None,
+) -> web.Application:
     """Build the whole daemon. Overrides exist for tests (cheap hashing, controlled time).
 
     ``cfg.db.url`` must name a database; the CLI resolves the embedded default first.
     """
     if cfg.db.url is None:
         raise ValueError("create_app needs cfg.db.url; resolve the embedded database first")
-    c = build_components(cfg, hasher=hasher or KeyHasher.from_config(cfg.hashing),
-                         clock=wall_clock or (lambda: datetime.now(UTC)))
+    c = build_components(
+        cfg,
+        hasher=hasher or KeyHasher.from_config(cfg.hashing),
+        clock=wall_clock or (lambda: datetime.now(UTC)),
+    )
     # client_max_size caps request.read(), used only by the admin API; proxied bodies stream.
-    app = web.Application(middlewares=[entry(c.lifecycle)],
-                          client_max_size=cfg.admin.max_body_bytes,
-                          handler_args=handler_args(cfg))
+    app = web.Application(
+        middlewares=[entry(c.lifecycle)],
+        client_max_size=cfg.admin.max_body_bytes,
+        handler_args=handler_args(cfg),
+    )
     app[COMPONENTS] = c
-    app.cleanup_ctx.extend([_executor_ctx(c), _database_ctx(c), _transport_ctx(c),
-                            _metrics_listener_ctx(c)])
+    app.cleanup_ctx.extend(
+        [_executor_ctx(c), _database_ctx(c), _transport_ctx(c), _metrics_listener_ctx(c)]
+    )
     app.on_shutdown.append(_start_draining(c.readiness))
     trusted = parse_networks(cfg.server.trusted_proxies)
-    Health(readiness=c.readiness, store=c.store, listener=c.listener,
-           metrics=c.metrics).add_routes(app.router, RESERVED_PREFIX)
+    Health(readiness=c.readiness, store=c.store, listener=c.listener, metrics=c.metrics).add_routes(
+        app.router, RESERVED_PREFIX
+    )
     if cfg.metrics.enabled and cfg.metrics.listen is None:
-        app.router.add_get(RESERVED_PREFIX + "metrics", metrics_handler(c.metrics),
-                           expect_handler=defer_continue)
-    AdminApi(keys=c.keys, tokens=AdminTokenVerifier(cfg.admin),
-             manager_roles=cfg.admin.manager_roles, trusted_proxies=trusted
-             ).add_routes(app.router)
+        app.router.add_get(
+            RESERVED_PREFIX + "metrics", metrics_handler(c.metrics), expect_handler=defer_continue
+        )
+    AdminApi(
+        keys=c.keys,
+        tokens=AdminTokenVerifier(cfg.admin),
+        manager_roles=cfg.admin.manager_roles,
+        trusted_proxies=trusted,
+    ).add_routes(app.router)
     # Every other path: the middleware proxies what is outside the reserved prefix;
     # a reserved path no route above serves gets 404/405.
-    app.router.add_route("*", "/{tail:.*}", not_ours, name=PROXY_ROUTE,
-                         expect_handler=defer_continue)
+    app.router.add_route(
+        "*", "/{tail:.*}", not_ours, name=PROXY_ROUTE, expect_handler=defer_continue
+    )
     return app
 
 
-def build_components(cfg: Config, *, hasher: KeyHasher,
-                     clock: Callable[[], datetime]) -> Components:
+def build_components(
+    cfg: Config, *, hasher: KeyHasher, clock: Callable[[], datetime]
+) -> Components:
     """Every component, each given what it uses. Nothing here needs the event loop."""
     metrics = Metrics()
     cache = VerifiedKeyCache[Verdict](max_entries=cfg.cache.max_entries, codec=VerdictCodec())
     cache.on_evict = lambda reason: metrics.cache_evictions.labels(reason=reason).inc()
     usage = UsageRecorder(metrics, max_pending=cfg.usage.max_pending)
     # A bounded pool: argon2 is CPU work, and a flood of wrong keys must not take every core.
-    executor = ThreadPoolExecutor(max_workers=cfg.hashing.max_concurrency,
-                                  thread_name_prefix="argon2")
+    executor = ThreadPoolExecutor(
+        max_workers=cfg.hashing.max_concurrency, thread_name_prefix="argon2"
+    )
     store = Store(query_timeout=cfg.db.query_timeout)  # opened by _database_ctx
     authenticator = Authenticator(
-        store=store, cache=cache, hasher=hasher, executor=executor, usage=usage,
-        settings=cfg.cache, metrics=metrics, max_pending=cfg.hashing.max_pending,
-        wall_clock=clock)
-    keys = KeyService(store=store, hasher=hasher, executor=executor, cache=cache,
-                      wall_clock=clock)
-    listener = RevocationListener(dsn=str(cfg.db.url), cache=cache, metrics=metrics,
-                                  connect_timeout=cfg.db.connect_timeout)
+        store=store,
+        cache=cache,
+        hasher=hasher,
+        executor=executor,
+        usage=usage,
+        settings=cfg.cache,
+        metrics=metrics,
+        max_pending=cfg.hashing.max_pending,
+        wall_clock=clock,
+    )
+    keys = KeyService(store=store, hasher=hasher, executor=executor, cache=cache, wall_clock=clock)
+    listener = RevocationListener(
+        dsn=str(cfg.db.url), cache=cache, metrics=metrics, connect_timeout=cfg.db.connect_timeout
+    )
     up = cfg.upstream
     transport: UpstreamTransport = (
-        H1Transport(up) if up.transport == "h1" else ClientSessionTransport(up))
+        H1Transport(up) if up.transport == "h1" else ClientSessionTransport(up)
+    )
     admission = Admission(
         authenticator=authenticator,
-        failures=FailureLimiter(threshold=cfg.limits.failure_threshold,
-                                window=cfg.limits.failure_window,
-                                max_clients=cfg.limits.max_tracked_clients),
-        key_limits=KeyRateLimiter(burst_seconds=cfg.limits.key_burst_seconds,
-                                  max_keys=cfg.limits.max_tracked_keys),
+        failures=FailureLimiter(
+            threshold=cfg.limits.failure_threshold,
+            window=cfg.limits.failure_window,
+            max_clients=cfg.limits.max_tracked_clients,
+        ),
+        key_limits=KeyRateLimiter(
+            burst_seconds=cfg.limits.key_burst_seconds, max_keys=cfg.limits.max_tracked_keys
+        ),
         default_rate=cfg.limits.key_rate_per_second,
         burst_seconds=cfg.limits.key_burst_seconds,
-        trusted_proxies=parse_networks(cfg.server.trusted_proxies), metrics=metrics)
+        trusted_proxies=parse_networks(cfg.server.trusted_proxies),
+        metrics=metrics,
+    )
     lifecycle = RequestLifecycle(
-        admission=admission, transport=transport, metrics=metrics,
+        admission=admission,
+        transport=transport,
+        metrics=metrics,
         strip_prefixes=tuple(normalized(p) for p in up.strip_header_prefixes),
-        max_body_bytes=cfg.server.max_body_bytes)
-    return Components(config=cfg, metrics=metrics, cache=cache, usage=usage,
-                      readiness=Readiness(), executor=executor, store=store,
-                      authenticator=authenticator, keys=keys, listener=listener,
-                      transport=transport, lifecycle=lifecycle,
-                      fast_front=FastFront(lifecycle))
+        max_body_bytes=cfg.server.max_body_bytes,
+    )
+    return Components(
+        config=cfg,
+        metrics=metrics,
+        cache=cache,
+        usage=usage,
+        readiness=Readiness(),
+        executor=executor,
+        store=store,
+        authenticator=authenticator,
+        keys=keys,
+        listener=listener,
+        transport=transport,
+        lifecycle=lifecycle,
+        fast_front=FastFront(lifecycle),
+    )
 
 
 # -- what lives as long as the app: opened in a cleanup context, closed in it
@@ -157,6 +201,7 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 def _start_draining(readiness: Readiness) -> Callable[[web.Application], Awaitable[None]]:
     async def on_shutdown(_: web.Application) -> None:
         readiness.draining = True
+
     return on_shutdown
 
 
@@ -164,6 +209,7 @@ def _executor_ctx(c: Components) -> CleanupContext:
     async def ctx(_: web.Application) -> AsyncIterator[None]:
         yield
         c.executor.shutdown(wait=True, cancel_futures=True)
+
     return ctx
 
 
@@ -172,8 +218,7 @@ def _database_ctx(c: Components) -> CleanupContext:
         pool = await create_pool(c.config)
         c.store.open(pool)
         await prepare_schema(c.config, pool)
-        tasks = [asyncio.create_task(c.listener.run()),
-                 asyncio.create_task(_housekeeping(c, pool))]
+        tasks = [asyncio.create_task(c.listener.run()), asyncio.create_task(_housekeeping(c, pool))]
         yield
         for task in tasks:
             task.cancel()
@@ -181,6 +226,7 @@ def _database_ctx(c: Components) -> CleanupContext:
                 await task
         await c.usage.flush(c.store)  # the last uses of this process are not lost
         await pool.close()
+
     return ctx
 
 
@@ -206,11 +252,13 @@ def _transport_ctx(c: Components) -> CleanupContext:
     async def ctx(_: web.Application) -> AsyncIterator[None]:
         yield
         await c.transport.close()
+
     return ctx
 
 
 def _metrics_listener_ctx(c: Components) -> CleanupContext:
     """With metrics.listen set, /_authproxy/metrics is served there and only there."""
+
     async def ctx(_: web.Application) -> AsyncIterator[None]:
         cfg = c.config.metrics
         if not cfg.enabled or cfg.listen is None:
@@ -224,4 +272,5 @@ def _metrics_listener_ctx(c: Components) -> CleanupContext:
         await web.TCPSite(runner, listen.host, listen.port, reuse_port=True).start()
         yield
         await runner.cleanup()
+
     return ctx

@@ -1,25 +1,25 @@
 """Domain errors of authproxy; HTTP mapping happens in one place (http/errormap.py).
 
-    AuthProxyError
-    ├── ConfigError              bad settings; carries every problem found
-    ├── AuthError                a request's credential was refused (401 on the wire)
-    │   ├── MissingKey           no Authorization header, or not a Bearer credential
-    │   ├── InvalidKey           malformed, bad checksum, unknown id or wrong secret
-    │   ├── ExpiredKey           the key's expires_at has passed
-    │   └── RevokedKey           the key was revoked
-    ├── AdminTokenInvalid        admin JWT unreadable, badly signed, expired... (401)
-    │   └── AdminTokenMissing    no admin credential sent (401, plain challenge)
-    ├── Forbidden                valid admin JWT, but no managing role in that space (403)
-    ├── StoreUnavailable         PostgreSQL cannot be reached (503)
-    ├── Overloaded               too many argon2 verifications waiting (503)
-    ├── TooManyRequests          a client's failures or a key's rate limit (429)
-    ├── NotFound                 no such key in that space (404)
-    ├── InvalidInput             a field of a request is unacceptable (422)
-    ├── MalformedBody            not JSON, or not a JSON object (400)
-    ├── BodyTooLarge             body over the configured cap (413)
-    ├── UnsupportedMediaType     body is not application/json (415)
-    │   └── UnsupportedEncoding  body has a Content-Encoding (415)
-    └── MigrationError           a migration failed or the schema is newer than the code
+AuthProxyError
+├── ConfigError              bad settings; carries every problem found
+├── AuthError                a request's credential was refused (401 on the wire)
+│   ├── MissingKey           no Authorization header, or not a Bearer credential
+│   ├── InvalidKey           malformed, bad checksum, unknown id or wrong secret
+│   ├── ExpiredKey           the key's expires_at has passed
+│   └── RevokedKey           the key was revoked
+├── AdminTokenInvalid        admin JWT unreadable, badly signed, expired... (401)
+│   └── AdminTokenMissing    no admin credential sent (401, plain challenge)
+├── Forbidden                valid admin JWT, but no managing role in that space (403)
+├── StoreUnavailable         PostgreSQL cannot be reached (503)
+├── Overloaded               too many argon2 verifications waiting (503)
+├── TooManyRequests          a client's failures or a key's rate limit (429)
+├── NotFound                 no such key in that space (404)
+├── InvalidInput             a field of a request is unacceptable (422)
+├── MalformedBody            not JSON, or not a JSON object (400)
+├── BodyTooLarge             body over the configured cap (413)
+├── UnsupportedMediaType     body is not application/json (415)
+│   └── UnsupportedEncoding  body has a Content-Encoding (415)
+└── MigrationError           a migration failed or the schema is newer than the code
 """
 
 from __future__ import annotations

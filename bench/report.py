@@ -51,5 +51,6 @@ class Report:
             code = proc.process.poll()
             if code is not None and proc.name not in self.reported_dead:
                 self.reported_dead.add(proc.name)
-                self.fail(f"{proc.name} died (exit {code}) during '{title}':\n"
-                          f"{self.lab.tail(proc)}")
+                self.fail(
+                    f"{proc.name} died (exit {code}) during '{title}':\n{self.lab.tail(proc)}"
+                )

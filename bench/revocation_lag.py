@@ -42,8 +42,11 @@ KEYS = f"/_authproxy/v1/spaces/{SPACE}/keys"
 
 
 def token() -> str:
-    return jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600,
-                       "roles": {SPACE: "owner"}}, SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"sub": "bench", "exp": int(time.time()) + 3600, "roles": {SPACE: "owner"}},
+        SECRET,
+        algorithm="HS256",
+    )
 
 
 async def measure_lag(session: aiohttp.ClientSession, a: str, b: str, n: int) -> list[float]:
@@ -76,8 +79,9 @@ async def flushes(base: str) -> float:
     return await metric(base, "authproxy_last_used_flush_keys_count")
 
 
-async def steady_load(session: aiohttp.ClientSession, a: str, b: str, seconds: float,
-                      rate: int) -> tuple[int, float]:
+async def steady_load(
+    session: aiohttp.ClientSession, a: str, b: str, seconds: float, rate: int
+) -> tuple[int, float]:
     """(requests sent, last_used flushes B made) while sending `rate` requests/s to B."""
     auth = {"Authorization": f"Bearer {token()}"}
     keys = []
@@ -88,8 +92,10 @@ async def steady_load(session: aiohttp.ClientSession, a: str, b: str, seconds: f
     sent, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
         due = int(elapsed * rate)
-        batch = [session.get(b + "/x", headers={"Authorization": f"Bearer {keys[i % 10]}"})
-                 for i in range(sent, due)]
+        batch = [
+            session.get(b + "/x", headers={"Authorization": f"Bearer {keys[i % 10]}"})
+            for i in range(sent, due)
+        ]
         for request in batch:
             async with request as resp:
                 await resp.read()
@@ -101,23 +107,30 @@ async def steady_load(session: aiohttp.ClientSession, a: str, b: str, seconds: f
 async def report_lag(session: aiohttp.ClientSession, a: str, b: str, revokes: int) -> None:
     lags = sorted(await measure_lag(session, a, b, revokes))
     pct = statistics.quantiles(lags, n=100, method="inclusive")
-    print(f"revocation lag over {len(lags)} revokes, A -> B (end to end, ms): "
-          f"p50 {pct[49] * 1000:.2f}  p90 {pct[89] * 1000:.2f}  "
-          f"p99 {pct[98] * 1000:.2f}  max {lags[-1] * 1000:.2f}")
+    print(
+        f"revocation lag over {len(lags)} revokes, A -> B (end to end, ms): "
+        f"p50 {pct[49] * 1000:.2f}  p90 {pct[89] * 1000:.2f}  "
+        f"p99 {pct[98] * 1000:.2f}  max {lags[-1] * 1000:.2f}"
+    )
     total = await metric(b, "authproxy_revocation_lag_seconds_sum")
     count = await metric(b, "authproxy_revocation_lag_seconds_count")
-    print(f"  of which NOTIFY -> the key refused inside B (its metric): mean "
-          f"{total / max(count, 1) * 1000:.2f} ms over {count:.0f}; the rest is B's "
-          "next request paying one argon2 verification before it can say 401")
+    print(
+        f"  of which NOTIFY -> the key refused inside B (its metric): mean "
+        f"{total / max(count, 1) * 1000:.2f} ms over {count:.0f}; the rest is B's "
+        "next request paying one argon2 verification before it can say 401"
+    )
 
 
-async def report_load(session: aiohttp.ClientSession, a: str, b: str,
-                      args: argparse.Namespace) -> None:
+async def report_load(
+    session: aiohttp.ClientSession, a: str, b: str, args: argparse.Namespace
+) -> None:
     sent, flushed = await steady_load(session, a, b, args.seconds, args.rate)
     per_minute = flushed * 60 / args.seconds
-    print(f"steady load: {sent} requests in {args.seconds:.0f} s "
-          f"({sent / args.seconds:.0f}/s) -> {flushed:.0f} last_used UPDATE statements "
-          f"= {per_minute:.1f} per minute (flush interval {args.flush_interval} s)")
+    print(
+        f"steady load: {sent} requests in {args.seconds:.0f} s "
+        f"({sent / args.seconds:.0f}/s) -> {flushed:.0f} last_used UPDATE statements "
+        f"= {per_minute:.1f} per minute (flush interval {args.flush_interval} s)"
+    )
 
 
 async def start_upstream() -> tuple[web.AppRunner, str]:
@@ -135,13 +148,21 @@ async def start_upstream() -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-def start_daemons(lab: Lab, db_url: str, upstream: str,
-                  flush_interval: float) -> list[tuple[Proc, str]]:
+def start_daemons(
+    lab: Lab, db_url: str, upstream: str, flush_interval: float
+) -> list[tuple[Proc, str]]:
     """A and B: admin API on (the JWT secret above), last_used flushed every interval."""
-    return [start_authproxy(lab, name, db_url, upstream,
-                            extra_yaml=f"usage: {{flush_interval: {flush_interval}}}\n",
-                            extra_env={"AUTHPROXY_ADMIN_JWT_SECRET": SECRET})
-            for name in ("a", "b")]
+    return [
+        start_authproxy(
+            lab,
+            name,
+            db_url,
+            upstream,
+            extra_yaml=f"usage: {{flush_interval: {flush_interval}}}\n",
+            extra_env={"AUTHPROXY_ADMIN_JWT_SECRET": SECRET},
+        )
+        for name in ("a", "b")
+    ]
 
 
 async def measure(lab: Lab, db_url: str, args: argparse.Namespace) -> None:

@@ -49,27 +49,48 @@ from bench.lab.install import ensure_debian_tools, ensure_python_packages
 from bench.lab.processes import BenchError, Lab
 from bench.report import MIB, Report, fmt_bytes
 
-SHORT = {"rounds": 1, "seconds": 2.0, "stream_mib": 64, "auth_calls": 20_000,
-         "rss_keys": 10_000, "cold_keys": 20, "daemon_rss_keys": 2_000}
-FULL = {"rounds": 3, "seconds": 10.0, "stream_mib": 1024, "auth_calls": 200_000,
-        "rss_keys": 100_000, "cold_keys": 200, "daemon_rss_keys": 100_000}
+SHORT = {
+    "rounds": 1,
+    "seconds": 2.0,
+    "stream_mib": 64,
+    "auth_calls": 20_000,
+    "rss_keys": 10_000,
+    "cold_keys": 20,
+    "daemon_rss_keys": 2_000,
+}
+FULL = {
+    "rounds": 3,
+    "seconds": 10.0,
+    "stream_mib": 1024,
+    "auth_calls": 200_000,
+    "rss_keys": 100_000,
+    "cold_keys": 200,
+    "daemon_rss_keys": 100_000,
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true",
-                        help="CI mode: 1 round of 2 s, 64 MiB streams, small samples")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="CI mode: 1 round of 2 s, 64 MiB streams, small samples",
+    )
     parser.add_argument("--rounds", type=int, help="interleaved wrk rounds (default 3)")
     parser.add_argument("--seconds", type=float, help="seconds per wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--stream-mib", type=int, help="download/upload size (default 1024)")
     parser.add_argument("--auth-calls", type=int, help="cache-hit calls timed (default 200000)")
-    parser.add_argument("--rss-keys", type=int, help="cached keys for the memory measure "
-                        "(default 100000)")
+    parser.add_argument(
+        "--rss-keys", type=int, help="cached keys for the memory measure (default 100000)"
+    )
     parser.add_argument("--cold-keys", type=int, help="never-seen keys verified (default 200)")
-    parser.add_argument("--daemon-rss-keys", type=int,
-                        help="distinct keys sent to a real daemon with cheap argon2 "
-                             "parameters, then its RSS (default 100000; 2000 with --short)")
+    parser.add_argument(
+        "--daemon-rss-keys",
+        type=int,
+        help="distinct keys sent to a real daemon with cheap argon2 "
+        "parameters, then its RSS (default 100000; 2000 with --short)",
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
     args = parser.parse_args(argv)
     for name, value in (SHORT if args.short else FULL).items():
@@ -89,8 +110,7 @@ def main(argv: list[str]) -> int:
     report = Report(lab)
     interrupted = run_in_lab(lab, args, report)
     if interrupted:
-        print("\ninterrupted; every process, the temp dir and the database are removed",
-              flush=True)
+        print("\ninterrupted; every process, the temp dir and the database are removed", flush=True)
         return interrupted
     print(f"\nwhole run: {time.monotonic() - started:.0f} s")
     if report.failures:
@@ -135,25 +155,34 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
         print(warning, flush=True)
     db_url = scratch_database(lab, server_from_env() or DEFAULT_SERVER, "authproxy_speed_")
     key = create_key(db_url, "wrk")
-    print(f"authproxy {source_version()}; scratch database {db_url.rsplit('/', 1)[1]}, "
-          f"key {key.prefix}…")
+    print(
+        f"authproxy {source_version()}; scratch database {db_url.rsplit('/', 1)[1]}, "
+        f"key {key.prefix}…"
+    )
     wrk_targets = targets.start_wrk_targets(lab, db_url, key)
     targets.check_wrk_targets(wrk_targets, key)
 
-    with report.section(f"requests/s: wrk -t1 -c{args.connections}, {args.rounds} "
-                        f"interleaved round(s) of {args.seconds:g} s per target"):
+    with report.section(
+        f"requests/s: wrk -t1 -c{args.connections}, {args.rounds} "
+        f"interleaved round(s) of {args.seconds:g} s per target"
+    ):
         throughput.measure(wrk_targets, key.key, args.rounds, args.seconds, args.connections)
-    with report.section(f"cold verification: {args.cold_keys} never-seen keys, "
-                        "shipped argon2 parameters, authproxy 1 worker, 32 concurrent"):
+    with report.section(
+        f"cold verification: {args.cold_keys} never-seen keys, "
+        "shipped argon2 parameters, authproxy 1 worker, 32 concurrent"
+    ):
         cold.measure(db_url, wrk_targets.daemons["d"][1], args.cold_keys)
-    with report.section(f"cache-hit cost: {args.auth_calls} calls of "
-                        "Authenticator.authenticate, in process, no network"):
+    with report.section(
+        f"cache-hit cost: {args.auth_calls} calls of "
+        "Authenticator.authenticate, in process, no network"
+    ):
         auth_cost.measure(lab, db_url, key.key, args.auth_calls)
     with report.section(f"memory of {args.rss_keys:,} cached keys (in process)"):
         cache_memory.measure(lab, args.rss_keys)
     if args.daemon_rss_keys > 0:
-        with report.section(f"memory of a real daemon after {args.daemon_rss_keys:,} "
-                            "distinct keys"):
+        with report.section(
+            f"memory of a real daemon after {args.daemon_rss_keys:,} distinct keys"
+        ):
             daemon_memory.measure(lab, db_url, args.daemon_rss_keys)
     with report.section(f"streaming {fmt_bytes(args.stream_mib * MIB)} down and up"):
         streaming.measure(lab, db_url, key.key, args.stream_mib, args.rounds)

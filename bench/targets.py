@@ -61,44 +61,59 @@ class WrkTargets:
 def start_upstream(lab: Lab) -> tuple[Proc, int]:
     """(a): nginx answering BODY to everything."""
     port = free_port()
-    return start_nginx(lab, "a-upstream", f"""
+    return start_nginx(
+        lab,
+        "a-upstream",
+        f"""
     server {{
         listen 127.0.0.1:{port};
         location / {{
             default_type application/json;
             return 200 '{BODY}';
         }}
-    }}"""), port
+    }}""",
+    ), port
 
 
 def start_nginx_proxy(lab: Lab, port_a: int) -> tuple[Proc, int]:
     """(b): nginx proxy_pass, keep-alive to (a)."""
     port = free_port()
-    return start_nginx(lab, "b-nginx-proxy", upstream_block("up", port_a) + f"""
+    return start_nginx(
+        lab,
+        "b-nginx-proxy",
+        upstream_block("up", port_a)
+        + f"""
     server {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://up;{PROXY_TO_UP}
         }}
-    }}"""), port
+    }}""",
+    ), port
 
 
 def start_verifier(lab: Lab, key: CreatedKey) -> tuple[Proc, int]:
     """(c)'s verifier, knowing the one key."""
     digests = lab.tmp / "digests.json"
-    digests.write_text(json.dumps({hashlib.sha256(key.key.encode()).hexdigest(): {
-        "space_id": key.space_id, "id": key.id}}))
+    digests.write_text(
+        json.dumps(
+            {hashlib.sha256(key.key.encode()).hexdigest(): {"space_id": key.space_id, "id": key.id}}
+        )
+    )
     port = free_port()
-    return lab.spawn_module("c-verifier", "bench.servers.verifier", str(port),
-                            str(digests)), port
+    return lab.spawn_module("c-verifier", "bench.servers.verifier", str(port), str(digests)), port
 
 
 def start_auth_request(lab: Lab, port_a: int, port_v: int) -> tuple[Proc, int]:
     """(c): nginx + auth_request to the verifier, then proxy_pass to (a); both keep-alive.
     Passes the verifier's identity headers on and drops Authorization, as authproxy does."""
     port = free_port()
-    return start_nginx(lab, "c-nginx-auth", upstream_block("up", port_a)
-                       + upstream_block("verifier", port_v) + f"""
+    return start_nginx(
+        lab,
+        "c-nginx-auth",
+        upstream_block("up", port_a)
+        + upstream_block("verifier", port_v)
+        + f"""
     server {{
         listen 127.0.0.1:{port};
         location = /_verify {{
@@ -116,7 +131,8 @@ def start_auth_request(lab: Lab, port_a: int, port_v: int) -> tuple[Proc, int]:
             proxy_set_header X-Space-Id $space_id;
             proxy_set_header X-Api-Key-Id $key_id;
         }}
-    }}"""), port
+    }}""",
+    ), port
 
 
 def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
@@ -130,23 +146,30 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
     e, url_e = start_authproxy(lab, "e-authproxy-2", db_url, upstream, workers=2)
     # (f): aiohttp's server for everything (server.fast_path: false), to show what the lean
     # front end buys in the same run.
-    f, url_f = start_authproxy(lab, "f-authproxy-aiohttp", db_url, upstream,
-                               server_extra=", fast_path: false")
+    f, url_f = start_authproxy(
+        lab, "f-authproxy-aiohttp", db_url, upstream, server_extra=", fast_path: false"
+    )
     wait_up(lab, a, f"http://127.0.0.1:{port_a}/", any_answer)
     wait_up(lab, b, f"http://127.0.0.1:{port_b}/", any_answer)
     wait_up(lab, verifier, f"http://127.0.0.1:{port_v}/verify", any_answer)
     wait_up(lab, c, f"http://127.0.0.1:{port_c}/", any_answer)
     for proc, base in ((d, url_d), (e, url_e), (f, url_f)):
         wait_up(lab, proc, base + "/_authproxy/readyz", ok)
-    urls = {"b": f"http://127.0.0.1:{port_b}/api/v1/points",
-            "c": f"http://127.0.0.1:{port_c}/api/v1/points",
-            "d": url_d + "/api/v1/points", "e": url_e + "/api/v1/points",
-            "f": url_f + "/api/v1/points"}
+    urls = {
+        "b": f"http://127.0.0.1:{port_b}/api/v1/points",
+        "c": f"http://127.0.0.1:{port_c}/api/v1/points",
+        "d": url_d + "/api/v1/points",
+        "e": url_e + "/api/v1/points",
+        "f": url_f + "/api/v1/points",
+    }
     urls.update({new: urls[same] for new, same in NEW_HEADS.items()})
     new_heads = lab.tmp / "new-heads.lua"
     new_heads.write_text(NEW_HEAD_LUA)
-    return WrkTargets(urls, {target: new_heads for target in NEW_HEADS},
-                      {"d": (d, url_d), "e": (e, url_e), "f": (f, url_f)})
+    return WrkTargets(
+        urls,
+        {target: new_heads for target in NEW_HEADS},
+        {"d": (d, url_d), "e": (e, url_e), "f": (f, url_f)},
+    )
 
 
 def check_wrk_targets(targets: WrkTargets, key: CreatedKey) -> None:
@@ -158,16 +181,23 @@ def check_wrk_targets(targets: WrkTargets, key: CreatedKey) -> None:
         if target != "b":
             status, _ = http_get(url)
             if status != 401:
-                raise BenchError(f"{TARGETS[target]} let a request without a key through "
-                                 f"({status})")
-    print("all targets up; each answers the JSON body with the key and 401 without it "
-          "(the proxy b checks no key)")
+                raise BenchError(
+                    f"{TARGETS[target]} let a request without a key through ({status})"
+                )
+    print(
+        "all targets up; each answers the JSON body with the key and 401 without it "
+        "(the proxy b checks no key)"
+    )
 
 
 def start_tuned_nginx(lab: Lab, port_s: int) -> tuple[Proc, int]:
     """nginx proxy_pass to the streaming upstream, tuned for large bodies."""
     port = free_port()
-    return start_nginx(lab, "s-nginx-proxy", upstream_block("stream", port_s) + f"""
+    return start_nginx(
+        lab,
+        "s-nginx-proxy",
+        upstream_block("stream", port_s)
+        + f"""
     server {{
         listen 127.0.0.1:{port};
         client_max_body_size 0;
@@ -182,25 +212,33 @@ def start_tuned_nginx(lab: Lab, port_s: int) -> tuple[Proc, int]:
             proxy_buffers 16 64k;
             proxy_busy_buffers_size 128k;
         }}
-    }}"""), port
+    }}""",
+    ), port
 
 
-def start_stream_targets(lab: Lab, db_url: str, size: int,
-                         key: str) -> dict[str, tuple[str, str | None]]:
+def start_stream_targets(
+    lab: Lab, db_url: str, size: int, key: str
+) -> dict[str, tuple[str, str | None]]:
     """The streaming upstream directly, through nginx, through authproxy (1 worker):
     path name -> (base URL, key to send or None); each answers when this returns."""
     port_s = free_port()
-    upstream = lab.spawn_module("s-stream-upstream", "bench.servers.stream_upstream",
-                                str(port_s))
+    upstream = lab.spawn_module("s-stream-upstream", "bench.servers.stream_upstream", str(port_s))
     nginx, port_n = start_tuned_nginx(lab, port_s)
-    proc, base = start_authproxy(lab, "s-authproxy-1", db_url, f"http://127.0.0.1:{port_s}",
-                                 server_extra=f", max_body_bytes: {2 * size}")
+    proc, base = start_authproxy(
+        lab,
+        "s-authproxy-1",
+        db_url,
+        f"http://127.0.0.1:{port_s}",
+        server_extra=f", max_body_bytes: {2 * size}",
+    )
     wait_up(lab, upstream, f"http://127.0.0.1:{port_s}/bytes/1", ok)
     wait_up(lab, nginx, f"http://127.0.0.1:{port_n}/bytes/1", ok)
     wait_up(lab, proc, base + "/_authproxy/readyz", ok)
-    return {"direct (no proxy)": (f"http://127.0.0.1:{port_s}", None),
-            "nginx proxy_pass": (f"http://127.0.0.1:{port_n}", None),
-            "authproxy, 1 worker": (base, key)}
+    return {
+        "direct (no proxy)": (f"http://127.0.0.1:{port_s}", None),
+        "nginx proxy_pass": (f"http://127.0.0.1:{port_n}", None),
+        "authproxy, 1 worker": (base, key),
+    }
 
 
 def start_cheap_daemon(lab: Lab, db_url: str) -> tuple[Proc, str]:
@@ -209,8 +247,12 @@ def start_cheap_daemon(lab: Lab, db_url: str) -> tuple[Proc, str]:
     port_up = free_port()
     upstream = lab.spawn_module("rss-upstream", "bench.servers.stream_upstream", str(port_up))
     proc, base = start_authproxy(
-        lab, "f-authproxy-rss", db_url, f"http://127.0.0.1:{port_up}",
-        extra_yaml="hashing: {time_cost: 1, memory_cost_kib: 8}\n")
+        lab,
+        "f-authproxy-rss",
+        db_url,
+        f"http://127.0.0.1:{port_up}",
+        extra_yaml="hashing: {time_cost: 1, memory_cost_kib: 8}\n",
+    )
     wait_up(lab, upstream, f"http://127.0.0.1:{port_up}/bytes/1", ok)
     wait_up(lab, proc, base + "/_authproxy/readyz", ok)
     return proc, base

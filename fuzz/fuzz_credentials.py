@@ -21,8 +21,10 @@ with atheris.instrument_imports():
 
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    values = [fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 300))
-              for _ in range(fdp.ConsumeIntInRange(0, 3))]
+    values = [
+        fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 300))
+        for _ in range(fdp.ConsumeIntInRange(0, 3))
+    ]
     try:
         token = bearer_token(values)
     except (MissingKey, InvalidKey):

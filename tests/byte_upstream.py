@@ -35,8 +35,13 @@ class Parsed:
 class Exchange:
     """One request on one upstream connection, as a script sees it."""
 
-    def __init__(self, upstream: ByteUpstream, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, request: Parsed) -> None:
+    def __init__(
+        self,
+        upstream: ByteUpstream,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: Parsed,
+    ) -> None:
         self.upstream = upstream
         self.reader = reader
         self.writer = writer
@@ -99,25 +104,42 @@ def parse_head(head: bytes, conn: int) -> Parsed | None:
         if not colon:
             return None
         fields.append((name.decode("latin-1"), value.strip().decode("latin-1")))
-    return Parsed(conn=conn, method=parts[0].decode("latin-1"),
-                  target=parts[1].decode("latin-1"), headers=fields, head=head)
+    return Parsed(
+        conn=conn,
+        method=parts[0].decode("latin-1"),
+        target=parts[1].decode("latin-1"),
+        headers=fields,
+        head=head,
+    )
 
 
-def response(status: int = 200, body: bytes = b"", *, extra: bytes = b"",
-             reason: bytes = b"X") -> bytes:
-    return (b"HTTP/1.1 %d %b\r\nContent-Length: %d\r\n%b\r\n%b"
-            % (status, reason, len(body), extra, body))
+def response(
+    status: int = 200, body: bytes = b"", *, extra: bytes = b"", reason: bytes = b"X"
+) -> bytes:
+    return b"HTTP/1.1 %d %b\r\nContent-Length: %d\r\n%b\r\n%b" % (
+        status,
+        reason,
+        len(body),
+        extra,
+        body,
+    )
 
 
 async def echo(ex: Exchange) -> bool:
     """Read the body, answer who the upstream was told is calling, on which connection."""
     body = await ex.read_body()
     req = ex.request
-    answer = json.dumps({
-        "space": req.header("X-Space-Id"), "key_id": req.header("X-Api-Key-Id"),
-        "target": req.target, "conn": req.conn, "head_bytes": len(req.head),
-        "body_bytes": len(body), "body_hex": body.hex() if len(body) < 4096 else None,
-    }).encode()
+    answer = json.dumps(
+        {
+            "space": req.header("X-Space-Id"),
+            "key_id": req.header("X-Api-Key-Id"),
+            "target": req.target,
+            "conn": req.conn,
+            "head_bytes": len(req.head),
+            "body_bytes": len(body),
+            "body_hex": body.hex() if len(body) < 4096 else None,
+        }
+    ).encode()
     await ex.send(response(200, answer, extra=b"Content-Type: application/json\r\n"))
     return True
 

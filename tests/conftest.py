@@ -134,11 +134,17 @@ MakeConfig = Callable[..., Config]
 @pytest.fixture
 def make_config(database_url: str, upstream: Upstream) -> MakeConfig:
     """make_config(cache={"ttl": 0}, ...) -> Config for this test's database and upstream."""
+
     def make(**sections: dict[str, Any]) -> Config:
-        base = {"db": {"url": database_url}, "upstream": {"url": upstream.url},
-                "hashing": CHEAP_HASHING, "usage": {"flush_interval": 0.1},
-                "server": {"fast_path": FAST_PATH}}
+        base = {
+            "db": {"url": database_url},
+            "upstream": {"url": upstream.url},
+            "hashing": CHEAP_HASHING,
+            "usage": {"flush_interval": 0.1},
+            "server": {"fast_path": FAST_PATH},
+        }
         return build_config(_merge(base, sections), environ={})
+
     return make
 
 
@@ -154,16 +160,24 @@ class DaemonTestServer(TestServer):
         # does not (aiohttp's default), and tests see what the daemon does.
         kwargs["handler_cancellation"] = False
         built = self.app[COMPONENTS]
-        return GuardedAppRunner(self.app, guard=Guard.from_config(built.config.server),
-                                answer=built.fast_front.answer, **kwargs)
+        return GuardedAppRunner(
+            self.app,
+            guard=Guard.from_config(built.config.server),
+            answer=built.fast_front.answer,
+            **kwargs,
+        )
 
 
 @pytest.fixture
-def app_client(make_config: MakeConfig, hasher: KeyHasher,
-               aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> AppClient:
+def app_client(
+    make_config: MakeConfig,
+    hasher: KeyHasher,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> AppClient:
     # Parameter order matters: aiohttp_client is set up after the database and upstream,
     # so the app (and its final last_used flush) is torn down before they are.
     """app_client(cfg=None, **sections): the daemon's app on a real loopback server."""
+
     async def start(cfg: Config | None = None, **sections: dict[str, Any]) -> TestClient[Any, Any]:
         app = create_app(cfg or make_config(**sections), hasher=hasher)
         client = await aiohttp_client(DaemonTestServer(app))
@@ -172,6 +186,7 @@ def app_client(make_config: MakeConfig, hasher: KeyHasher,
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(app[COMPONENTS].listener.connected.wait(), 2)
         return client
+
     return start
 
 
@@ -181,18 +196,25 @@ async def client(app_client: AppClient) -> TestClient[Any, Any]:
 
 
 @pytest.fixture
-async def launcher(tmp_path: Path, database_url: str,
-                   upstream: Upstream) -> AsyncIterator[DaemonLauncher]:
+async def launcher(
+    tmp_path: Path, database_url: str, upstream: Upstream
+) -> AsyncIterator[DaemonLauncher]:
     """Starts real daemon processes (and runs the CLI) against this test's database."""
-    async with DaemonLauncher(tmp_path, database_url=database_url,
-                              upstream_url=upstream.url) as launcher:
+    async with DaemonLauncher(
+        tmp_path, database_url=database_url, upstream_url=upstream.url
+    ) as launcher:
         yield launcher
 
 
-async def new_key(client: TestClient[Any, Any], space: str = "plant-7", name: str = "test key",
-                  expires_at: str | None = None) -> CreatedKey:
+async def new_key(
+    client: TestClient[Any, Any],
+    space: str = "plant-7",
+    name: str = "test key",
+    expires_at: str | None = None,
+) -> CreatedKey:
     created: CreatedKey = await client.app[COMPONENTS].keys.create(
-        space_id=space, name=name, expires_at=expires_at, audit=AuditContext(actor="test"))
+        space_id=space, name=name, expires_at=expires_at, audit=AuditContext(actor="test")
+    )
     return created
 
 

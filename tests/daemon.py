@@ -102,8 +102,16 @@ async def run_cli(env: Mapping[str, str], *args: str, timeout: float = CLI_TIMEO
     """Run ``python -m authproxy *args``; the event loop keeps running meanwhile (so an
     upstream served by this test's loop keeps answering)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "authproxy", *args, env=dict(env), cwd=REPO_ROOT,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "authproxy",
+        *args,
+        env=dict(env),
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     except TimeoutError:
@@ -117,8 +125,9 @@ async def run_cli(env: Mapping[str, str], *args: str, timeout: float = CLI_TIMEO
 class Daemon:
     """A running ``authproxy serve`` process."""
 
-    def __init__(self, process: subprocess.Popen[bytes], *, base_url: str,
-                 stderr_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], *, base_url: str, stderr_path: Path
+    ) -> None:
         self.process = process
         self.base_url = base_url
         self.stderr_path = stderr_path
@@ -174,8 +183,10 @@ class Daemon:
         async with aiohttp.ClientSession(timeout=probe) as session:
             while True:
                 if self.process.poll() is not None:
-                    raise DaemonError(f"authproxy serve exited with {self.process.returncode} "
-                                      f"before it was healthy; stderr:\n{self.stderr()}")
+                    raise DaemonError(
+                        f"authproxy serve exited with {self.process.returncode} "
+                        f"before it was healthy; stderr:\n{self.stderr()}"
+                    )
                 try:
                     async with session.get(self.url(HEALTHZ)) as resp:
                         if resp.status == 200:
@@ -185,8 +196,10 @@ class Daemon:
                     pass
                 if time.monotonic() > deadline:
                     await self.kill()
-                    raise DaemonError(f"authproxy serve was not healthy after {timeout} s; "
-                                      f"stderr:\n{self.stderr()}")
+                    raise DaemonError(
+                        f"authproxy serve was not healthy after {timeout} s; "
+                        f"stderr:\n{self.stderr()}"
+                    )
                 await asyncio.sleep(0.1)
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> int:
@@ -217,15 +230,21 @@ class Daemon:
         return self.process.returncode
 
 
-async def start_daemon(env: Mapping[str, str], *, stderr_path: Path,
-                       timeout: float = START_TIMEOUT) -> Daemon:
+async def start_daemon(
+    env: Mapping[str, str], *, stderr_path: Path, timeout: float = START_TIMEOUT
+) -> Daemon:
     """Start ``authproxy serve`` with ``env`` (which must set AUTHPROXY_LISTEN) and wait
     until /_authproxy/healthz answers 200."""
     listen = env["AUTHPROXY_LISTEN"]
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "authproxy", "serve"], env=dict(env), cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+            [sys.executable, "-m", "authproxy", "serve"],
+            env=dict(env),
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+        )
     daemon = Daemon(process, base_url=f"http://{listen}", stderr_path=stderr_path)
     await daemon.wait_healthy(timeout)
     return daemon
@@ -247,11 +266,16 @@ class DaemonLauncher:
         self._daemons: list[Daemon] = []
 
     def env(self, *, listen: str | None = None, **sections: Any) -> dict[str, str]:
-        config = write_config(self._dir / f"authproxy-{next(self._counter)}.yaml",
-                              merge_sections(BASE_SECTIONS, sections))
+        config = write_config(
+            self._dir / f"authproxy-{next(self._counter)}.yaml",
+            merge_sections(BASE_SECTIONS, sections),
+        )
         return authproxy_env(
-            AUTHPROXY_CONFIG=str(config), AUTHPROXY_DATABASE_URL=self.database_url,
-            AUTHPROXY_UPSTREAM_URL=self.upstream_url, AUTHPROXY_LISTEN=listen)
+            AUTHPROXY_CONFIG=str(config),
+            AUTHPROXY_DATABASE_URL=self.database_url,
+            AUTHPROXY_UPSTREAM_URL=self.upstream_url,
+            AUTHPROXY_LISTEN=listen,
+        )
 
     async def start(self, **sections: Any) -> Daemon:
         """Start a daemon on a free port with ``sections`` added to its YAML file."""
@@ -279,6 +303,10 @@ class DaemonLauncher:
     async def __aenter__(self) -> DaemonLauncher:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.aclose()

@@ -30,8 +30,9 @@ class KeepAliveClient:
     """One HTTP/1.1 connection kept open across requests, so every request reaches the
     process that accepted it (the only way to aim at one worker behind SO_REUSEPORT)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 host: str, port: int) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self.host = host
@@ -47,8 +48,9 @@ class KeepAliveClient:
         port: int = self._writer.get_extra_info("sockname")[1]
         return port
 
-    async def get(self, target: str, headers: dict[str, str] | None = None,
-                  timeout: float = 10.0) -> Reply:
+    async def get(
+        self, target: str, headers: dict[str, str] | None = None, timeout: float = 10.0
+    ) -> Reply:
         lines = [f"GET {target} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -108,16 +110,21 @@ async def owner_of(client: KeepAliveClient, pids: list[int], timeout: float = 2.
             except psutil.Error:
                 continue
             for c in conns:
-                if (c.laddr and c.raddr and c.laddr.port == client.port
-                        and c.raddr.port == client.local_port):
+                if (
+                    c.laddr
+                    and c.raddr
+                    and c.laddr.port == client.port
+                    and c.raddr.port == client.local_port
+                ):
                     return pid
         if time.monotonic() > deadline:
             raise AssertionError(f"no process of {pids} accepted local port {client.local_port}")
         await asyncio.sleep(0.01)
 
 
-async def connect_to(pid: int, pids: list[int], host: str, port: int,
-                     attempts: int = 60) -> KeepAliveClient:
+async def connect_to(
+    pid: int, pids: list[int], host: str, port: int, attempts: int = 60
+) -> KeepAliveClient:
     """A keep-alive connection accepted by process ``pid`` (one of ``pids`` sharing port)."""
     for _ in range(attempts):
         client = await KeepAliveClient.open(host, port)
@@ -133,13 +140,15 @@ def metric_total(text: str, sample_name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == sample_name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()):
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
                 total += sample.value
     return total
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float,
-                   interval: float = POLL_INTERVAL) -> float | None:
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = POLL_INTERVAL
+) -> float | None:
     """Call ``predicate`` every ``interval`` until it is true; the seconds it took, or None
     after ``timeout``."""
     started = time.monotonic()

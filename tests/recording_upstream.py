@@ -48,20 +48,27 @@ RECORDER = web.AppKey("recorder", Recorder)
 
 
 def _remember(request: web.Request, body_size: int) -> None:
-    request.app[RECORDER].requests.append(Seen(
-        method=request.method, raw_path=request.raw_path,
-        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
-        body_size=body_size))
+    request.app[RECORDER].requests.append(
+        Seen(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
+            body_size=body_size,
+        )
+    )
 
 
 async def echo(request: web.Request) -> web.Response:
     body = await request.read()
     _remember(request, len(body))
-    return web.json_response({
-        "method": request.method, "raw_path": request.raw_path,
-        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
-        "body": body.decode("utf-8", "replace"),
-    })
+    return web.json_response(
+        {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
+            "body": body.decode("utf-8", "replace"),
+        }
+    )
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -72,7 +79,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     block = b"x" * CHUNK
     while remaining > 0:
-        piece = block[:min(CHUNK, remaining)]
+        piece = block[: min(CHUNK, remaining)]
         await response.write(piece)
         remaining -= len(piece)
     await response.write_eof()
@@ -86,9 +93,14 @@ async def upload(request: web.Request) -> web.Response:
         digest.update(chunk)
         size += len(chunk)
     _remember(request, size)
-    return web.json_response({"size": size, "sha256": digest.hexdigest(),
-                              "transfer_encoding": request.headers.get("Transfer-Encoding"),
-                              "content_length": request.headers.get("Content-Length")})
+    return web.json_response(
+        {
+            "size": size,
+            "sha256": digest.hexdigest(),
+            "transfer_encoding": request.headers.get("Transfer-Encoding"),
+            "content_length": request.headers.get("Content-Length"),
+        }
+    )
 
 
 async def slow(request: web.Request) -> web.Response:
@@ -99,8 +111,9 @@ async def slow(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     _remember(request, 0)
-    return web.json_response({"status": int(request.match_info["code"])},
-                             status=int(request.match_info["code"]))
+    return web.json_response(
+        {"status": int(request.match_info["code"])}, status=int(request.match_info["code"])
+    )
 
 
 async def redirect(request: web.Request) -> web.Response:
@@ -110,9 +123,15 @@ async def redirect(request: web.Request) -> web.Response:
 
 async def hop(request: web.Request) -> web.Response:
     _remember(request, 0)
-    return web.Response(text="hop", headers={
-        "Connection": "X-Upstream-Private", "X-Upstream-Private": "secret-ish",
-        "Keep-Alive": "timeout=5", "X-Kept": "yes"})
+    return web.Response(
+        text="hop",
+        headers={
+            "Connection": "X-Upstream-Private",
+            "X-Upstream-Private": "secret-ish",
+            "Keep-Alive": "timeout=5",
+            "X-Kept": "yes",
+        },
+    )
 
 
 GZIPPED = gzip.compress(b'{"compressed": true}')
@@ -120,8 +139,9 @@ GZIPPED = gzip.compress(b'{"compressed": true}')
 
 async def gzipped(request: web.Request) -> web.Response:
     _remember(request, 0)
-    return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip",
-                                               "Content-Type": "application/json"})
+    return web.Response(
+        body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    )
 
 
 def create_recording_upstream() -> web.Application:

@@ -65,8 +65,9 @@ class StoppablePostgres:
 
     def restart(self) -> None:
         """Start the stopped server again on the same data directory and socket."""
-        self._pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}",
-                      "-l", str(self.logfile), "start"])
+        self._pg_ctl(
+            ["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.logfile), "start"]
+        )
         self.running = True
 
     def close(self) -> None:

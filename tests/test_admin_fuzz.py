@@ -37,18 +37,41 @@ T = TypeVar("T")
 
 # The document the daemon serves at /_authproxy/v1/openapi.json, byte for byte.
 SCHEMA = schemathesis.openapi.from_dict(json.loads(openapi_document()))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 # Bounded and reproducible: the same derandomized cases every run, no example database. The
 # app (and its database) lives for one operation's run, so the fixture is shared on purpose.
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 CREATE_KEY = SCHEMA["/_authproxy/v1/spaces/{space_id}/keys"]["POST"]
 TIMEOUT = 30.0
 OTHER_SECRET = "another-secret-of-enough-length-for-hs256!"
-FRAMING_HEADERS = frozenset({"transfer-encoding", "content-length", "host", "connection",
-                             "upgrade", "expect", "te", "trailer"})
+FRAMING_HEADERS = frozenset(
+    {
+        "transfer-encoding",
+        "content-length",
+        "host",
+        "connection",
+        "upgrade",
+        "expect",
+        "te",
+        "trailer",
+    }
+)
 
 
 class LiveApp:
@@ -58,8 +81,9 @@ class LiveApp:
 
     def __init__(self, app: web.Application) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="authproxy-fuzz-app", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="authproxy-fuzz-app", daemon=True
+        )
         self._runner = web.AppRunner(app)
         self._seeded: dict[str, str] = {}
         self.base_url = ""
@@ -89,9 +113,12 @@ class LiveApp:
     def seeded_key(self, space_id: str) -> str:
         """The id of a real key in ``space_id``, created through the admin API on first use."""
         if space_id not in self._seeded:
-            resp = self.session.post(f"{self.base_url}/_authproxy/v1/spaces/{space_id}/keys",
-                                     json={"name": "fuzz seed"},
-                                     headers=bearer(mint({space_id: "owner"})), timeout=TIMEOUT)
+            resp = self.session.post(
+                f"{self.base_url}/_authproxy/v1/spaces/{space_id}/keys",
+                json={"name": "fuzz seed"},
+                headers=bearer(mint({space_id: "owner"})),
+                timeout=TIMEOUT,
+            )
             assert resp.status_code == 201, resp.text
             self._seeded[space_id] = resp.json()["id"]
         return self._seeded[space_id]
@@ -135,8 +162,11 @@ def fingerprint(case: schemathesis.Case[Any]) -> int:
 def set_credentials(case: schemathesis.Case[Any], token: str | None) -> None:
     """Replace the case's Authorization (``None``: send none) and drop generated headers
     that reframe the HTTP message itself: aiohttp's parser, not authproxy, answers those."""
-    headers = {name: value for name, value in (case.headers or {}).items()
-               if name.lower() not in FRAMING_HEADERS and name.lower() != "authorization"}
+    headers = {
+        name: value
+        for name, value in (case.headers or {}).items()
+        if name.lower() not in FRAMING_HEADERS and name.lower() != "authorization"
+    }
     if token is not None:
         headers.update(bearer(token))
     case.headers = CaseInsensitiveDict(headers)
@@ -171,20 +201,25 @@ class TestOwnerFuzz:
     @pytest.mark.parametrize("role", ["owner"])
     @SCHEMA.parametrize()
     @FUZZ
-    def test_responses_conform(self, case: schemathesis.Case[Any], live_app: LiveApp,
-                               role: str) -> None:
+    def test_responses_conform(
+        self, case: schemathesis.Case[Any], live_app: LiveApp, role: str
+    ) -> None:
         """No 5xx; status, content type, headers and body as documented."""
         space = space_of(case)
         set_credentials(case, None if space is None else mint({space: role}))
         if space is not None:
             if is_valid_space(space) and case.operation.path.endswith(("/keys", "/audit")):
                 live_app.seeded_key(space)  # so lists and audit pages are not always empty
-            if is_valid_space(space) and "key_id" in case.path_parameters \
-                    and fingerprint(case) % 2 == 0:
-                case.path_parameters = {**case.path_parameters,
-                                        "key_id": live_app.seeded_key(space)}
-        case.call_and_validate(base_url=live_app.base_url, session=live_app.session,
-                               checks=CHECKS)
+            if (
+                is_valid_space(space)
+                and "key_id" in case.path_parameters
+                and fingerprint(case) % 2 == 0
+            ):
+                case.path_parameters = {
+                    **case.path_parameters,
+                    "key_id": live_app.seeded_key(space),
+                }
+        case.call_and_validate(base_url=live_app.base_url, session=live_app.session, checks=CHECKS)
 
 
 class TestWithoutValidToken:
@@ -200,8 +235,9 @@ class TestWithoutValidToken:
         kind, token_for = credentials[fingerprint(case) % len(credentials)]
         token = token_for(space or "plant-7")
         set_credentials(case, token)
-        response = case.call_and_validate(base_url=live_app.base_url, session=live_app.session,
-                                          checks=CHECKS)
+        response = case.call_and_validate(
+            base_url=live_app.base_url, session=live_app.session, checks=CHECKS
+        )
         if case.method.upper() != case.operation.method.upper():
             return  # a method probe: the checks above are all that applies
         status = response.status_code
@@ -231,9 +267,13 @@ class TestHostileBodies:
     def test_refused_cleanly(self, live_app: LiveApp, body_kind: str) -> None:
         """The same checks as the fuzz run, on one hand-made body."""
         body, headers = HOSTILE_BODIES[body_kind]
-        case = CREATE_KEY.Case(path_parameters={"space_id": "plant-7"}, body=body,
-                               media_type="application/json",
-                               headers={**headers, **bearer(mint({"plant-7": "owner"}))})
-        response = case.call_and_validate(base_url=live_app.base_url, session=live_app.session,
-                                          checks=CHECKS)
+        case = CREATE_KEY.Case(
+            path_parameters={"space_id": "plant-7"},
+            body=body,
+            media_type="application/json",
+            headers={**headers, **bearer(mint({"plant-7": "owner"}))},
+        )
+        response = case.call_and_validate(
+            base_url=live_app.base_url, session=live_app.session, checks=CHECKS
+        )
         assert 400 <= response.status_code < 500, response.text

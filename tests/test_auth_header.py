@@ -10,8 +10,11 @@ from authproxy.keys.format import generate_key
 
 
 class TestMissing:
-    @pytest.mark.parametrize("values", [[], [""], [" "], ["\t"], [" \t  "]],
-                             ids=["no-header", "empty", "space", "tab", "whitespace"])
+    @pytest.mark.parametrize(
+        "values",
+        [[], [""], [" "], ["\t"], [" \t  "]],
+        ids=["no-header", "empty", "space", "tab", "whitespace"],
+    )
     def test_no_credential_is_missing_key(self, values: list[str]) -> None:
         """No header, or one that is empty or only whitespace, raises MissingKey."""
         with pytest.raises(MissingKey):
@@ -46,37 +49,59 @@ class TestBearer:
 
 
 class TestInvalid:
-    @pytest.mark.parametrize("value", [
-        "Basic dXNlcjpwYXNz",
-        "Token abc",
-        "Digest username=x",
-        "asc_" + "A" * 44,
-        "Bearer",
-        "Bearer ",
-        "Bearer a b",
-        "Bearer x y z",
-        "Bearer\tx",
-        "Bearer x\ty",
-        "Bearer x\t",
-        "Bearer x ",
-        "Bearerx",
-        "Bearer: x",
-        "Bearer, x",
-    ], ids=["basic", "token", "digest", "bare-key", "bearer-alone", "bearer-space",
-            "two-tokens", "three-tokens", "tab-separator", "tab-inside", "trailing-tab",
-            "trailing-space", "no-separator", "colon", "comma"])
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "Basic dXNlcjpwYXNz",
+            "Token abc",
+            "Digest username=x",
+            "asc_" + "A" * 44,
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer x y z",
+            "Bearer\tx",
+            "Bearer x\ty",
+            "Bearer x\t",
+            "Bearer x ",
+            "Bearerx",
+            "Bearer: x",
+            "Bearer, x",
+        ],
+        ids=[
+            "basic",
+            "token",
+            "digest",
+            "bare-key",
+            "bearer-alone",
+            "bearer-space",
+            "two-tokens",
+            "three-tokens",
+            "tab-separator",
+            "tab-inside",
+            "trailing-tab",
+            "trailing-space",
+            "no-separator",
+            "colon",
+            "comma",
+        ],
+    )
     def test_malformed_credential_is_invalid_key(self, value: str) -> None:
         """Other schemes, no token, several tokens or tabs raise InvalidKey."""
         with pytest.raises(InvalidKey):
             bearer_token([value])
 
-    @pytest.mark.parametrize("values", [
-        ["Bearer x", "Bearer x"],
-        ["Bearer x", "Bearer y"],
-        ["Bearer x", ""],
-        ["", ""],
-        ["Basic abc", "Bearer x"],
-    ], ids=["identical", "different", "second-empty", "both-empty", "basic-then-bearer"])
+    @pytest.mark.parametrize(
+        "values",
+        [
+            ["Bearer x", "Bearer x"],
+            ["Bearer x", "Bearer y"],
+            ["Bearer x", ""],
+            ["", ""],
+            ["Basic abc", "Bearer x"],
+        ],
+        ids=["identical", "different", "second-empty", "both-empty", "basic-then-bearer"],
+    )
     def test_two_headers_are_invalid_key(self, values: list[str]) -> None:
         """Two Authorization headers are refused, even identical ones: no first/last wins."""
         with pytest.raises(InvalidKey):

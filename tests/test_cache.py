@@ -44,8 +44,14 @@ def make_cache(clock: FakeClock, max_entries: int = 100) -> VerifiedKeyCache[str
     return VerifiedKeyCache(max_entries=max_entries, codec=TextCodec(), clock=clock)
 
 
-def put(cache: VerifiedKeyCache[str], name: str, *, key_id: str | None = None,
-        ttl: float = 60.0, generation: int | None = None) -> bool:
+def put(
+    cache: VerifiedKeyCache[str],
+    name: str,
+    *,
+    key_id: str | None = None,
+    ttl: float = 60.0,
+    generation: int | None = None,
+) -> bool:
     gen = cache.generation() if generation is None else generation
     return cache.put(digest(name), f"value-{name}", key_id=key_id, ttl=ttl, generation=gen)
 
@@ -167,7 +173,12 @@ class TestLruBound:
         assert evicted == ["capacity"] * 3
         assert len(cache) == 2
         assert [cached(cache, n) for n in ("a", "b", "c", "d", "e")] == [
-            None, None, None, "value-d", "value-e"]
+            None,
+            None,
+            None,
+            "value-d",
+            "value-e",
+        ]
 
     def test_reinsert_refreshes_recency(self, clock: FakeClock) -> None:
         """Putting an existing digest again makes it the most recently used."""
@@ -222,8 +233,7 @@ class TestInvalidation:
         assert cached(cache, "a") == "value-a"
         assert cached(cache, "wrong") == "value-wrong"
 
-    def test_key_looked_up_again_after_its_invalidation_is_served(
-            self, clock: FakeClock) -> None:
+    def test_key_looked_up_again_after_its_invalidation_is_served(self, clock: FakeClock) -> None:
         """A key invalidated (say a revoke that failed, then was undone) and cached again by
         a lookup that started afterwards is a hit, for as long as no newer invalidation."""
         cache = make_cache(clock)
@@ -235,7 +245,8 @@ class TestInvalidation:
         assert cached(cache, "a") is None
 
     def test_insert_with_generation_from_before_invalidation_is_refused(
-            self, clock: FakeClock) -> None:
+        self, clock: FakeClock
+    ) -> None:
         """A lookup that started before a revoke cannot put the key back (the race)."""
         cache = make_cache(clock)
         before = cache.generation()  # lookup reads the database ...
@@ -244,7 +255,8 @@ class TestInvalidation:
         assert cached(cache, "a") is None
 
     def test_insert_with_generation_from_after_invalidation_is_accepted(
-            self, clock: FakeClock) -> None:
+        self, clock: FakeClock
+    ) -> None:
         """A lookup that started after the invalidation may cache the key again."""
         cache = make_cache(clock)
         cache.invalidate_key("k1")
@@ -336,8 +348,7 @@ class TestTombstoneBound:
         assert put(cache, "z", key_id=None, generation=before_all) is False
         assert len(cache) == 0
 
-    def test_fresh_generation_is_accepted_after_many_invalidations(
-            self, clock: FakeClock) -> None:
+    def test_fresh_generation_is_accepted_after_many_invalidations(self, clock: FakeClock) -> None:
         """The tombstone bound never refuses an insert whose lookup started afterwards."""
         cache = make_cache(clock, max_entries=100_000)
         for i in range(10_050):
@@ -379,19 +390,23 @@ class TestCompactEntries:
         cache.invalidate_key("x")
         generation = cache.generation()
         clock.now = 1234.000001
-        cache.put(digest("a"), "é\u20ac", key_id="kéy", ttl=0.5, grace=300.25,
-                  generation=generation)
+        cache.put(
+            digest("a"), "é\u20ac", key_id="kéy", ttl=0.5, grace=300.25, generation=generation
+        )
         entry = cache.get(digest("a"))
         assert entry is not None
         assert entry == ("é\u20ac", "kéy", 1234.000001 + 0.5, 1234.000001 + 300.25, generation)
 
-    @pytest.mark.parametrize("key_id", [
-        "3f1c0b8e-5d2a-4c11-9e77-0a1b2c3d4e5f",  # as PostgreSQL writes a uuid: kept in 16 bytes
-        "3F1C0B8E-5D2A-4C11-9E77-0A1B2C3D4E5F",  # not canonical: kept as text, not lowercased
-        "3f1c0b8e5d2a4c119e770a1b2c3d4e5f----",  # 36 characters, dashes elsewhere
-        "zz1c0b8e-5d2a-4c11-9e77-0a1b2c3d4e5f",  # 36 characters, not hex
-        "",
-    ])
+    @pytest.mark.parametrize(
+        "key_id",
+        [
+            "3f1c0b8e-5d2a-4c11-9e77-0a1b2c3d4e5f",  # as PostgreSQL writes a uuid: kept in 16 bytes
+            "3F1C0B8E-5D2A-4C11-9E77-0A1B2C3D4E5F",  # not canonical: kept as text, not lowercased
+            "3f1c0b8e5d2a4c119e770a1b2c3d4e5f----",  # 36 characters, dashes elsewhere
+            "zz1c0b8e-5d2a-4c11-9e77-0a1b2c3d4e5f",  # 36 characters, not hex
+            "",
+        ],
+    )
     def test_key_ids_come_back_exactly(self, clock: FakeClock, key_id: str) -> None:
         """Whatever form a key id has, get gives back that exact string, and invalidating
         that exact string refuses it."""

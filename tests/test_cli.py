@@ -104,8 +104,16 @@ class TestKeysCreate:
 
     async def test_keeps_expires_at_in_utc(self, launcher: DaemonLauncher) -> None:
         """--expires-at with an offset is stored and shown as the same instant in UTC."""
-        result = await launcher.cli("keys", "create", "--space", "plant-7", "--name", "ci",
-                                    "--expires-at", "2099-01-01T02:00:00+02:00")
+        result = await launcher.cli(
+            "keys",
+            "create",
+            "--space",
+            "plant-7",
+            "--name",
+            "ci",
+            "--expires-at",
+            "2099-01-01T02:00:00+02:00",
+        )
         assert result.exit_code == 0, result.stderr
         assert parse_time(result.json()["expires_at"]) == datetime(2099, 1, 1, tzinfo=UTC)
 
@@ -123,24 +131,40 @@ class TestKeysCreate:
 
     async def test_rejects_an_expiry_in_the_past(self, launcher: DaemonLauncher) -> None:
         """--expires-at in the past exits 2 naming expires_at, and creates nothing."""
-        result = await launcher.cli("keys", "create", "--space", "plant-7", "--name", "old",
-                                    "--expires-at", "2020-01-01T00:00:00Z")
+        result = await launcher.cli(
+            "keys",
+            "create",
+            "--space",
+            "plant-7",
+            "--name",
+            "old",
+            "--expires-at",
+            "2020-01-01T00:00:00Z",
+        )
         assert_usage_error(result, "expires_at")
         assert await list_keys(launcher, "plant-7") == []
 
     async def test_rejects_an_expiry_that_is_not_rfc3339(self, launcher: DaemonLauncher) -> None:
         """--expires-at without a time zone, or not a date-time at all, exits 2."""
         for value in ("2099-01-01T00:00:00", "2099-01-01", "next tuesday"):
-            result = await launcher.cli("keys", "create", "--space", "plant-7", "--name", "n",
-                                        "--expires-at", value)
+            result = await launcher.cli(
+                "keys", "create", "--space", "plant-7", "--name", "n", "--expires-at", value
+            )
             assert_usage_error(result, "expires_at")
-
 
     async def test_rejects_an_expiry_beyond_the_calendar(self, launcher: DaemonLauncher) -> None:
         """A far-future --expires-at that overflows once converted to UTC exits 2 with a
         JSON error, not a traceback."""
-        result = await launcher.cli("keys", "create", "--space", "plant-7", "--name", "n",
-                                    "--expires-at", "9999-12-31T23:59:59-01:00")
+        result = await launcher.cli(
+            "keys",
+            "create",
+            "--space",
+            "plant-7",
+            "--name",
+            "n",
+            "--expires-at",
+            "9999-12-31T23:59:59-01:00",
+        )
         assert "Traceback" not in result.stderr
         assert_usage_error(result, "expires_at")
 
@@ -158,8 +182,11 @@ class TestKeysList:
             assert "key" not in key
             assert "secret_hash" not in key
             assert key["status"] == "active"
-        leaked = [c["prefix"] for c in created if c["key"] in result.stdout
-                  or c["key"][len(c["prefix"]):] in result.stdout]
+        leaked = [
+            c["prefix"]
+            for c in created
+            if c["key"] in result.stdout or c["key"][len(c["prefix"]) :] in result.stdout
+        ]
         assert leaked == [], "full keys or secrets appear in `keys list` output"
         assert "$argon2" not in result.stdout
 
@@ -172,8 +199,7 @@ class TestKeysList:
 
     async def test_rejects_a_bad_space_id(self, launcher: DaemonLauncher) -> None:
         """Listing a malformed space id exits 2 naming space_id."""
-        assert_usage_error(await launcher.cli("keys", "list", "--space", "bad space!"),
-                           "space_id")
+        assert_usage_error(await launcher.cli("keys", "list", "--space", "bad space!"), "space_id")
 
     async def test_includes_revoked_keys(self, launcher: DaemonLauncher) -> None:
         """A revoked key stays in the list with status revoked."""
@@ -218,7 +244,8 @@ class TestKeysRevoke:
         """Revoking in a malformed space id exits 2 naming space_id."""
         key = await launcher.create_key()
         assert_usage_error(
-            await launcher.cli("keys", "revoke", "--space", "bad space!", key["id"]), "space_id")
+            await launcher.cli("keys", "revoke", "--space", "bad space!", key["id"]), "space_id"
+        )
 
     async def test_another_spaces_key_exits_4(self, launcher: DaemonLauncher) -> None:
         """A key cannot be revoked through another space: exit 4 with the very error an
@@ -232,12 +259,16 @@ class TestKeysRevoke:
         assert listed["revoked_at"] is None
 
 
-async def check_config(tmp_path: Path, sections: dict[str, Any] | None = None, *,
-                       text: str | None = None, **env: str | None) -> CliResult:
+async def check_config(
+    tmp_path: Path,
+    sections: dict[str, Any] | None = None,
+    *,
+    text: str | None = None,
+    **env: str | None,
+) -> CliResult:
     """Run check-config on a YAML file (``sections`` dumped, or raw ``text``)."""
     path = tmp_path / "check.yaml"
-    path.write_text(text if text is not None else yaml.safe_dump(sections or {}),
-                    encoding="utf-8")
+    path.write_text(text if text is not None else yaml.safe_dump(sections or {}), encoding="utf-8")
     variables: dict[str, str | None] = {"AUTHPROXY_DATABASE_URL": SOME_DB_URL, **env}
     return await run_cli(authproxy_env(AUTHPROXY_CONFIG=str(path), **variables), "check-config")
 
@@ -257,8 +288,11 @@ class TestCheckConfig:
     async def test_good_config_exits_0(self, tmp_path: Path) -> None:
         """A valid file plus environment overrides passes."""
         result = await check_config(
-            tmp_path, {"server": {"shutdown_timeout": 5}, "upstream": {"read_timeout": 30}},
-            AUTHPROXY_LISTEN="127.0.0.1:9000", AUTHPROXY_UPSTREAM_URL="http://historian:8081")
+            tmp_path,
+            {"server": {"shutdown_timeout": 5}, "upstream": {"read_timeout": 30}},
+            AUTHPROXY_LISTEN="127.0.0.1:9000",
+            AUTHPROXY_UPSTREAM_URL="http://historian:8081",
+        )
         assert result.exit_code == 0, result.stderr
         assert result.stderr == ""
 
@@ -314,23 +348,41 @@ class TestCheckConfig:
 
     async def test_several_field_problems_give_several_lines(self, tmp_path: Path) -> None:
         """Every bad setting gets its own line, not just the first."""
-        lines = problems(await check_config(tmp_path, {
-            "upstream": {"read_timeout": "soon", "connect_timeout": -1},
-            "logging": {"format": "xml"},
-            "cache": {"tll": 5},
-        }))
+        lines = problems(
+            await check_config(
+                tmp_path,
+                {
+                    "upstream": {"read_timeout": "soon", "connect_timeout": -1},
+                    "logging": {"format": "xml"},
+                    "cache": {"tll": 5},
+                },
+            )
+        )
         assert sorted(line.split(":")[0] for line in lines) == [
-            "cache.tll", "logging.format", "upstream.connect_timeout", "upstream.read_timeout"]
+            "cache.tll",
+            "logging.format",
+            "upstream.connect_timeout",
+            "upstream.read_timeout",
+        ]
 
     async def test_every_kind_of_problem_is_listed_at_once(self, tmp_path: Path) -> None:
         """Shape problems (listen, upstream URL) are listed alongside type problems, so
         one run of check-config shows everything to fix."""
-        lines = problems(await check_config(tmp_path, {
-            "server": {"listen": "nonsense", "bogus": 1},
-            "upstream": {"url": "ftp://x", "read_timeout": "soon"},
-        }))
+        lines = problems(
+            await check_config(
+                tmp_path,
+                {
+                    "server": {"listen": "nonsense", "bogus": 1},
+                    "upstream": {"url": "ftp://x", "read_timeout": "soon"},
+                },
+            )
+        )
         assert sorted(line.split(":")[0] for line in lines) == [
-            "server.bogus", "server.listen", "upstream.read_timeout", "upstream.url"]
+            "server.bogus",
+            "server.listen",
+            "upstream.read_timeout",
+            "upstream.url",
+        ]
 
     async def test_database_password_is_never_shown(self, tmp_path: Path) -> None:
         """A bad db.url is named but its value (with the password) is not echoed."""
@@ -338,16 +390,22 @@ class TestCheckConfig:
         line = one_problem(await check_config(tmp_path, AUTHPROXY_DATABASE_URL=bad))
         assert line.startswith("db.url: ")
         assert DB_PASSWORD not in line
-        line = one_problem(await check_config(tmp_path, {"db": {"url": [DB_URL_WITH_PASSWORD]}},
-                                             AUTHPROXY_DATABASE_URL=None))
+        line = one_problem(
+            await check_config(
+                tmp_path, {"db": {"url": [DB_URL_WITH_PASSWORD]}}, AUTHPROXY_DATABASE_URL=None
+            )
+        )
         assert line.startswith("db.url: ")
         assert DB_PASSWORD not in line
 
     async def test_secrets_are_masked_in_the_report(self, tmp_path: Path) -> None:
         """A passing check-config prints neither the database password nor the JWT secret."""
         jwt_secret = "jwt-" + DB_PASSWORD
-        result = await check_config(tmp_path, AUTHPROXY_DATABASE_URL=DB_URL_WITH_PASSWORD,
-                                    AUTHPROXY_ADMIN_JWT_SECRET=jwt_secret)
+        result = await check_config(
+            tmp_path,
+            AUTHPROXY_DATABASE_URL=DB_URL_WITH_PASSWORD,
+            AUTHPROXY_ADMIN_JWT_SECRET=jwt_secret,
+        )
         assert result.exit_code == 0, result.stderr
         assert DB_PASSWORD not in result.stdout + result.stderr
 
@@ -355,8 +413,9 @@ class TestCheckConfig:
         """A YAML syntax error on the db.url line does not print that line's password."""
         # Short, so that PyYAML's error snippet cannot cut the password off by chance.
         url = f"postgresql://ap:{DB_PASSWORD}@db/ap"
-        result = await check_config(tmp_path, text=f'db:\n  url: "{url}\nserver: {{}}\n',
-                                    AUTHPROXY_DATABASE_URL=None)
+        result = await check_config(
+            tmp_path, text=f'db:\n  url: "{url}\nserver: {{}}\n', AUTHPROXY_DATABASE_URL=None
+        )
         assert result.exit_code == EXIT_USAGE
         echoed = DB_PASSWORD[:7] in result.stdout + result.stderr
         assert not echoed, "check-config echoed the database password from a malformed YAML file"
@@ -370,17 +429,21 @@ class TestCheckConfig:
 
     async def test_unreadable_file(self, tmp_path: Path) -> None:
         """A config file that does not exist is one problem line naming the file."""
-        result = await run_cli(authproxy_env(AUTHPROXY_CONFIG=str(tmp_path / "missing.yaml"),
-                                             AUTHPROXY_DATABASE_URL=SOME_DB_URL),
-                               "check-config")
+        result = await run_cli(
+            authproxy_env(
+                AUTHPROXY_CONFIG=str(tmp_path / "missing.yaml"), AUTHPROXY_DATABASE_URL=SOME_DB_URL
+            ),
+            "check-config",
+        )
         line = one_problem(result)
         assert line.startswith("config file: ")
         assert "missing.yaml" in line
 
 
 class TestMigrate:
-    async def test_second_run_applies_nothing(self, tmp_path: Path,
-                                              empty_database_url: str) -> None:
+    async def test_second_run_applies_nothing(
+        self, tmp_path: Path, empty_database_url: str
+    ) -> None:
         """migrate on an empty database applies the schema; running it again is a no-op."""
         env = authproxy_env(AUTHPROXY_DATABASE_URL=empty_database_url)
         first = await run_cli(env, "migrate")
@@ -405,16 +468,20 @@ class TestMigrate:
 class TestServe:
     async def test_bad_config_stops_serve_at_once(self, tmp_path: Path) -> None:
         """`serve` with an invalid setting exits 2 naming it, and never starts listening."""
-        env = authproxy_env(AUTHPROXY_DATABASE_URL=SOME_DB_URL, AUTHPROXY_UPSTREAM_URL="ftp://x",
-                            AUTHPROXY_LISTEN=f"127.0.0.1:{free_port()}")
+        env = authproxy_env(
+            AUTHPROXY_DATABASE_URL=SOME_DB_URL,
+            AUTHPROXY_UPSTREAM_URL="ftp://x",
+            AUTHPROXY_LISTEN=f"127.0.0.1:{free_port()}",
+        )
         with pytest.raises(DaemonError, match="exited with 2") as caught:
             await start_daemon(env, stderr_path=tmp_path / "serve.stderr")
         assert "upstream.url: " in str(caught.value)
 
 
 class TestAgainstRunningDaemon:
-    async def test_cli_key_works_through_the_daemon(self, launcher: DaemonLauncher,
-                                                    upstream: Upstream) -> None:
+    async def test_cli_key_works_through_the_daemon(
+        self, launcher: DaemonLauncher, upstream: Upstream
+    ) -> None:
         """A key made by `keys create` is accepted by a running daemon, which tells the
         upstream whose request it is; the key never appears in the daemon's log."""
         daemon = await launcher.start()
@@ -431,8 +498,9 @@ class TestAgainstRunningDaemon:
         assert seen.header("Authorization") == []
         assert key["key"] not in daemon.stderr(), "the daemon logged a full API key"
 
-    async def test_cli_revocation_stops_the_key(self, launcher: DaemonLauncher,
-                                                upstream: Upstream) -> None:
+    async def test_cli_revocation_stops_the_key(
+        self, launcher: DaemonLauncher, upstream: Upstream
+    ) -> None:
         """A key revoked by `keys revoke` is refused by a running daemon."""
         # Cross-process revocation is not instant yet (no LISTEN/NOTIFY listener): the
         # daemon trusts a verified key for cache.ttl seconds. ttl 0 turns that cache off,

@@ -62,14 +62,18 @@ class TestDefaults:
 
 
 class TestEnvironment:
-    @pytest.mark.parametrize(("var", "section", "name", "yaml_value", "env_value"), [
-        ("AUTHPROXY_DATABASE_URL", "db", "url", "postgresql://yaml/db", "postgresql://env/db"),
-        ("AUTHPROXY_UPSTREAM_URL", "upstream", "url", "http://yaml:1", "https://env:2/api"),
-        ("AUTHPROXY_LISTEN", "server", "listen", "127.0.0.1:1111", "0.0.0.0:2222"),
-        ("AUTHPROXY_ADMIN_JWT_SECRET", "admin", "jwt_secret", "yaml-secret", "env-secret"),
-    ])
-    def test_environment_overrides_yaml(self, var: str, section: str, name: str,
-                                        yaml_value: str, env_value: str) -> None:
+    @pytest.mark.parametrize(
+        ("var", "section", "name", "yaml_value", "env_value"),
+        [
+            ("AUTHPROXY_DATABASE_URL", "db", "url", "postgresql://yaml/db", "postgresql://env/db"),
+            ("AUTHPROXY_UPSTREAM_URL", "upstream", "url", "http://yaml:1", "https://env:2/api"),
+            ("AUTHPROXY_LISTEN", "server", "listen", "127.0.0.1:1111", "0.0.0.0:2222"),
+            ("AUTHPROXY_ADMIN_JWT_SECRET", "admin", "jwt_secret", "yaml-secret", "env-secret"),
+        ],
+    )
+    def test_environment_overrides_yaml(
+        self, var: str, section: str, name: str, yaml_value: str, env_value: str
+    ) -> None:
         """Each AUTHPROXY_* variable wins over the same setting in the YAML mapping."""
         from_yaml = build_config({section: {name: yaml_value}}, environ={})
         assert getattr(getattr(from_yaml, section), name) == yaml_value
@@ -80,8 +84,10 @@ class TestEnvironment:
 
     def test_environment_leaves_other_settings_of_the_section(self) -> None:
         """An override replaces one setting, not the whole section."""
-        cfg = build_config({"server": {"listen": "127.0.0.1:1", "shutdown_timeout": 3}},
-                           environ={"AUTHPROXY_LISTEN": "127.0.0.1:2"})
+        cfg = build_config(
+            {"server": {"listen": "127.0.0.1:1", "shutdown_timeout": 3}},
+            environ={"AUTHPROXY_LISTEN": "127.0.0.1:2"},
+        )
         assert cfg.server == ServerConfig(listen="127.0.0.1:2", shutdown_timeout=3.0)
 
     def test_unrelated_environment_is_ignored(self) -> None:
@@ -92,14 +98,20 @@ class TestEnvironment:
     def test_raw_mapping_is_not_mutated(self) -> None:
         """build_config does not write environment values into the caller's mapping."""
         raw: dict[str, Any] = {"server": {"listen": "127.0.0.1:1"}}
-        build_config(raw, environ={"AUTHPROXY_LISTEN": "127.0.0.1:2",
-                                   "AUTHPROXY_DATABASE_URL": "postgresql://h/d"})
+        build_config(
+            raw,
+            environ={
+                "AUTHPROXY_LISTEN": "127.0.0.1:2",
+                "AUTHPROXY_DATABASE_URL": "postgresql://h/d",
+            },
+        )
         assert raw == {"server": {"listen": "127.0.0.1:1"}}
 
     def test_empty_database_url_means_embedded(self) -> None:
         """AUTHPROXY_DATABASE_URL set to the empty string selects the embedded database."""
-        cfg = build_config({"db": {"url": "postgresql://h/d"}},
-                           environ={"AUTHPROXY_DATABASE_URL": ""})
+        cfg = build_config(
+            {"db": {"url": "postgresql://h/d"}}, environ={"AUTHPROXY_DATABASE_URL": ""}
+        )
         assert cfg.db.url is None and cfg.db.is_embedded
 
 
@@ -107,8 +119,10 @@ class TestLoadConfig:
     def test_reads_a_yaml_file(self, tmp_path: Path) -> None:
         """load_config(path) reads the YAML file's sections."""
         path = tmp_path / "authproxy.yaml"
-        path.write_text("server:\n  listen: 0.0.0.0:9000\ncache:\n  ttl: 30\n"
-                        "logging:\n  level: debug\n", encoding="utf-8")
+        path.write_text(
+            "server:\n  listen: 0.0.0.0:9000\ncache:\n  ttl: 30\nlogging:\n  level: debug\n",
+            encoding="utf-8",
+        )
         cfg = load_config(path, environ={})
         assert cfg.server.listen == "0.0.0.0:9000"
         assert cfg.cache.ttl == 30.0
@@ -177,8 +191,7 @@ class TestLoadConfig:
         assert str(path) in problem
 
     @pytest.mark.parametrize("text", ["- server\n- db\n", "just a string\n", "42\n"])
-    def test_yaml_that_is_not_a_mapping_is_a_config_error(self, tmp_path: Path,
-                                                          text: str) -> None:
+    def test_yaml_that_is_not_a_mapping_is_a_config_error(self, tmp_path: Path, text: str) -> None:
         """A YAML list or scalar gives a ConfigError asking for a mapping of sections."""
         path = tmp_path / "list.yaml"
         path.write_text(text, encoding="utf-8")
@@ -196,58 +209,107 @@ INVALID = [
     pytest.param({"cache": {"ttl": "soon"}}, "cache.ttl", "'soon'", id="float-wrong-type"),
     pytest.param({"db": {"max_pool": 2.5}}, "db.max_pool", "2.5", id="int-fraction"),
     pytest.param({"db": {"max_pool": "ten"}}, "db.max_pool", "'ten'", id="int-wrong-type"),
-    pytest.param({"cache": {"max_entries": True}}, "cache.max_entries", "True",
-                 id="bool-as-number"),
+    pytest.param(
+        {"cache": {"max_entries": True}}, "cache.max_entries", "True", id="bool-as-number"
+    ),
     pytest.param({"upstream": {"url": 8081}}, "upstream.url", "8081", id="str-wrong-type"),
-    pytest.param({"upstream": {"url": ["http://h"]}}, "upstream.url", "['http://h']",
-                 id="str-list"),
-    pytest.param({"db": {"auto_migrate": "maybe"}}, "db.auto_migrate", "'maybe'",
-                 id="bool-wrong"),
+    pytest.param(
+        {"upstream": {"url": ["http://h"]}}, "upstream.url", "['http://h']", id="str-list"
+    ),
+    pytest.param({"db": {"auto_migrate": "maybe"}}, "db.auto_migrate", "'maybe'", id="bool-wrong"),
     pytest.param({"db": {"max_pool": 0}}, "db.max_pool", "0", id="below-min"),
     pytest.param({"cache": {"ttl": 86401}}, "cache.ttl", "86401", id="above-max"),
     pytest.param({"cache": {"max_entries": -1}}, "cache.max_entries", "-1", id="negative"),
-    pytest.param({"hashing": {"memory_cost_kib": 4}}, "hashing.memory_cost_kib", "4",
-                 id="argon2-memory-too-low"),
-    pytest.param({"logging": {"level": "verbose"}}, "logging.level", "'verbose'",
-                 id="literal"),
-    pytest.param({"logging": {"format": "JSON"}}, "logging.format", "'JSON'",
-                 id="literal-case"),
-    pytest.param({"server": {"listen": "localhost"}}, "server.listen", "'localhost'",
-                 id="listen-no-port"),
-    pytest.param({"server": {"listen": ":8080"}}, "server.listen", "':8080'",
-                 id="listen-no-host"),
-    pytest.param({"server": {"listen": "localhost:0"}}, "server.listen", "'localhost:0'",
-                 id="listen-port-zero"),
-    pytest.param({"server": {"listen": "localhost:65536"}}, "server.listen",
-                 "'localhost:65536'", id="listen-port-too-big"),
-    pytest.param({"server": {"listen": "localhost:http"}}, "server.listen",
-                 "'localhost:http'", id="listen-port-name"),
-    pytest.param({"upstream": {"url": "ftp://files.example"}}, "upstream.url",
-                 "'ftp://files.example'", id="upstream-ftp"),
-    pytest.param({"upstream": {"url": "upstream.example:8081"}}, "upstream.url",
-                 "'upstream.example:8081'", id="upstream-no-scheme"),
-    pytest.param({"upstream": {"url": "http://"}}, "upstream.url", "'http://'",
-                 id="upstream-no-host"),
-    pytest.param({"upstream": {"url": "http://h/api?x=1"}}, "upstream.url",
-                 "'http://h/api?x=1'", id="upstream-query"),
-    pytest.param({"upstream": {"url": "http://h/api#top"}}, "upstream.url",
-                 "'http://h/api#top'", id="upstream-fragment"),
-    pytest.param({"upstream": {"max_header_bytes": 100}}, "upstream.max_header_bytes", "100",
-                 id="upstream-head-limit-too-small"),
-    pytest.param({"upstream": {"max_headers": 0}}, "upstream.max_headers", "0",
-                 id="upstream-field-limit-zero"),
-    pytest.param({"db": {"url": f"mysql://u:{DB_SECRET}@h/d"}}, "db.url", "<redacted>",
-                 id="db-not-postgresql"),
+    pytest.param(
+        {"hashing": {"memory_cost_kib": 4}},
+        "hashing.memory_cost_kib",
+        "4",
+        id="argon2-memory-too-low",
+    ),
+    pytest.param({"logging": {"level": "verbose"}}, "logging.level", "'verbose'", id="literal"),
+    pytest.param({"logging": {"format": "JSON"}}, "logging.format", "'JSON'", id="literal-case"),
+    pytest.param(
+        {"server": {"listen": "localhost"}}, "server.listen", "'localhost'", id="listen-no-port"
+    ),
+    pytest.param({"server": {"listen": ":8080"}}, "server.listen", "':8080'", id="listen-no-host"),
+    pytest.param(
+        {"server": {"listen": "localhost:0"}},
+        "server.listen",
+        "'localhost:0'",
+        id="listen-port-zero",
+    ),
+    pytest.param(
+        {"server": {"listen": "localhost:65536"}},
+        "server.listen",
+        "'localhost:65536'",
+        id="listen-port-too-big",
+    ),
+    pytest.param(
+        {"server": {"listen": "localhost:http"}},
+        "server.listen",
+        "'localhost:http'",
+        id="listen-port-name",
+    ),
+    pytest.param(
+        {"upstream": {"url": "ftp://files.example"}},
+        "upstream.url",
+        "'ftp://files.example'",
+        id="upstream-ftp",
+    ),
+    pytest.param(
+        {"upstream": {"url": "upstream.example:8081"}},
+        "upstream.url",
+        "'upstream.example:8081'",
+        id="upstream-no-scheme",
+    ),
+    pytest.param(
+        {"upstream": {"url": "http://"}}, "upstream.url", "'http://'", id="upstream-no-host"
+    ),
+    pytest.param(
+        {"upstream": {"url": "http://h/api?x=1"}},
+        "upstream.url",
+        "'http://h/api?x=1'",
+        id="upstream-query",
+    ),
+    pytest.param(
+        {"upstream": {"url": "http://h/api#top"}},
+        "upstream.url",
+        "'http://h/api#top'",
+        id="upstream-fragment",
+    ),
+    pytest.param(
+        {"upstream": {"max_header_bytes": 100}},
+        "upstream.max_header_bytes",
+        "100",
+        id="upstream-head-limit-too-small",
+    ),
+    pytest.param(
+        {"upstream": {"max_headers": 0}},
+        "upstream.max_headers",
+        "0",
+        id="upstream-field-limit-zero",
+    ),
+    pytest.param(
+        {"db": {"url": f"mysql://u:{DB_SECRET}@h/d"}},
+        "db.url",
+        "<redacted>",
+        id="db-not-postgresql",
+    ),
     pytest.param({"db": {"url": 5432}}, "db.url", "<redacted>", id="db-url-wrong-type"),
-    pytest.param({"admin": {"jwt_secret": 12345}}, "admin.jwt_secret", "<redacted>",
-                 id="jwt-secret-wrong-type"),
+    pytest.param(
+        {"admin": {"jwt_secret": 12345}},
+        "admin.jwt_secret",
+        "<redacted>",
+        id="jwt-secret-wrong-type",
+    ),
 ]
 
 
 class TestProblems:
     @pytest.mark.parametrize(("raw", "setting", "got"), INVALID)
-    def test_each_invalid_value_is_one_problem_line(self, raw: dict[str, Any], setting: str,
-                                                    got: str) -> None:
+    def test_each_invalid_value_is_one_problem_line(
+        self, raw: dict[str, Any], setting: str, got: str
+    ) -> None:
         """One `setting: rule (got value)` line names the setting, the rule and the value."""
         [problem] = problems_of(raw)
         match = PROBLEM_LINE.fullmatch(problem)
@@ -265,32 +327,50 @@ class TestProblems:
 
     def test_several_field_problems_are_reported_at_once(self) -> None:
         """Every bad setting gets its line in one ConfigError, not one per run."""
-        problems = problems_of({
-            "nope": 1,
-            "server": {"shutdown_timeout": "x"},
-            "db": {"max_pool": 0, "extra": True},
-            "cache": {"ttl": -1},
-            "logging": {"level": "loud"},
-        })
+        problems = problems_of(
+            {
+                "nope": 1,
+                "server": {"shutdown_timeout": "x"},
+                "db": {"max_pool": 0, "extra": True},
+                "cache": {"ttl": -1},
+                "logging": {"level": "loud"},
+            }
+        )
         settings = sorted(p.split(":")[0] for p in problems)
-        assert settings == ["cache.ttl", "db.extra", "db.max_pool", "logging.level", "nope",
-                            "server.shutdown_timeout"]
+        assert settings == [
+            "cache.ttl",
+            "db.extra",
+            "db.max_pool",
+            "logging.level",
+            "nope",
+            "server.shutdown_timeout",
+        ]
 
     def test_shape_problems_are_reported_together(self) -> None:
         """listen, upstream URL and database URL problems are all reported at once."""
-        problems = problems_of({"server": {"listen": "nope"},
-                                "upstream": {"url": "ftp://x"},
-                                "db": {"url": "mysql://h/d"}})
+        problems = problems_of(
+            {
+                "server": {"listen": "nope"},
+                "upstream": {"url": "ftp://x"},
+                "db": {"url": "mysql://h/d"},
+            }
+        )
         assert sorted(p.split(":")[0] for p in problems) == [
-            "db.url", "server.listen", "upstream.url"]
+            "db.url",
+            "server.listen",
+            "upstream.url",
+        ]
 
     def test_shape_problems_are_reported_with_field_problems(self) -> None:
         """A bad listen or upstream URL is reported even when another setting is also bad."""
-        problems = problems_of({"server": {"listen": "nope"},
-                                "upstream": {"url": "ftp://x"},
-                                "cache": {"ttl": -1}})
+        problems = problems_of(
+            {"server": {"listen": "nope"}, "upstream": {"url": "ftp://x"}, "cache": {"ttl": -1}}
+        )
         assert sorted(p.split(":")[0] for p in problems) == [
-            "cache.ttl", "server.listen", "upstream.url"]
+            "cache.ttl",
+            "server.listen",
+            "upstream.url",
+        ]
 
     def test_problems_from_environment_name_the_setting(self) -> None:
         """A bad environment value is reported under the setting it overrides."""
@@ -298,10 +378,14 @@ class TestProblems:
         assert problem.startswith("server.listen: ")
         assert "'everywhere'" in problem
 
-    @pytest.mark.parametrize("raw", [
-        {1: {"listen": "x"}},
-        {"server": {8080: "x"}},
-    ], ids=["int-section", "int-key"])
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            {1: {"listen": "x"}},
+            {"server": {8080: "x"}},
+        ],
+        ids=["int-section", "int-key"],
+    )
     def test_non_string_names_are_problems_not_crashes(self, raw: dict[Any, Any]) -> None:
         """A YAML key that is not a string (`1:`, `8080:`) is an unknown setting, not a crash."""
         [problem] = problems_of(raw)
@@ -313,24 +397,34 @@ class TestProblems:
         [problem] = problems_of({"server": section})
         assert problem.startswith("server: must be a mapping")
 
-    @pytest.mark.parametrize("value", ["nan", "NaN", float("nan"), "inf", float("-inf")],
-                             ids=["nan-str", "NaN-str", "nan-float", "inf-str", "minus-inf"])
+    @pytest.mark.parametrize(
+        "value",
+        ["nan", "NaN", float("nan"), "inf", float("-inf")],
+        ids=["nan-str", "NaN-str", "nan-float", "inf-str", "minus-inf"],
+    )
     def test_non_finite_numbers_are_problems(self, value: str | float) -> None:
         """cache.ttl NaN (YAML `.nan`, env "nan") or infinity is refused, not an immortal TTL."""
         [problem] = problems_of({"cache": {"ttl": value}})
         assert problem.startswith("cache.ttl: ")
 
-    @pytest.mark.parametrize("listen", ["localhost:\u00b9", "localhost:\u00b2\u00b3"],
-                             ids=["superscript-1", "superscript-23"])
+    @pytest.mark.parametrize(
+        "listen",
+        ["localhost:\u00b9", "localhost:\u00b2\u00b3"],
+        ids=["superscript-1", "superscript-23"],
+    )
     def test_odd_digits_in_listen_port_are_problems(self, listen: str) -> None:
         """A port of Unicode digits int() cannot read gives a problem line, not a crash."""
         [problem] = problems_of({}, environ={"AUTHPROXY_LISTEN": listen})
         assert problem.startswith("server.listen: ")
 
-    @pytest.mark.parametrize(("var", "url", "setting"), [
-        ("AUTHPROXY_UPSTREAM_URL", "http://[upstream", "upstream.url"),
-        ("AUTHPROXY_DATABASE_URL", f"postgresql://u:{DB_SECRET}@[db/x", "db.url"),
-    ], ids=["upstream", "database"])
+    @pytest.mark.parametrize(
+        ("var", "url", "setting"),
+        [
+            ("AUTHPROXY_UPSTREAM_URL", "http://[upstream", "upstream.url"),
+            ("AUTHPROXY_DATABASE_URL", f"postgresql://u:{DB_SECRET}@[db/x", "db.url"),
+        ],
+        ids=["upstream", "database"],
+    )
     def test_unparseable_urls_are_problems(self, var: str, url: str, setting: str) -> None:
         """A URL yarl cannot parse (bad IPv6 literal) is a problem line, not a crash."""
         [problem] = problems_of({}, environ={var: url})
@@ -339,18 +433,35 @@ class TestProblems:
 
 
 class TestSecrets:
-    @pytest.mark.parametrize(("raw", "environ"), [
-        ({"db": {"url": f"mysql://app:{DB_SECRET}@db/x"}}, {}),
-        ({}, {"AUTHPROXY_DATABASE_URL": f"mysql://app:{DB_SECRET}@db/x"}),
-        ({"db": {"url": [f"postgresql://app:{DB_SECRET}@db/x"]}}, {}),
-        ({"admin": {"jwt_secret": [JWT_SECRET]}}, {}),
-        ({"admin": {"jwt_secret": {"value": JWT_SECRET}}}, {}),
-        ({"db": {"url": f"postgresql://app:{DB_SECRET}@db/x", "max_pool": 0},
-          "admin": {"jwt_secret": JWT_SECRET}, "cache": {"ttl": "x"}}, {}),
-    ], ids=["db-scheme", "db-scheme-env", "db-wrong-type", "jwt-list", "jwt-mapping",
-            "secrets-beside-other-problems"])
-    def test_secret_settings_never_appear_in_problems(self, raw: dict[str, Any],
-                                                      environ: dict[str, str]) -> None:
+    @pytest.mark.parametrize(
+        ("raw", "environ"),
+        [
+            ({"db": {"url": f"mysql://app:{DB_SECRET}@db/x"}}, {}),
+            ({}, {"AUTHPROXY_DATABASE_URL": f"mysql://app:{DB_SECRET}@db/x"}),
+            ({"db": {"url": [f"postgresql://app:{DB_SECRET}@db/x"]}}, {}),
+            ({"admin": {"jwt_secret": [JWT_SECRET]}}, {}),
+            ({"admin": {"jwt_secret": {"value": JWT_SECRET}}}, {}),
+            (
+                {
+                    "db": {"url": f"postgresql://app:{DB_SECRET}@db/x", "max_pool": 0},
+                    "admin": {"jwt_secret": JWT_SECRET},
+                    "cache": {"ttl": "x"},
+                },
+                {},
+            ),
+        ],
+        ids=[
+            "db-scheme",
+            "db-scheme-env",
+            "db-wrong-type",
+            "jwt-list",
+            "jwt-mapping",
+            "secrets-beside-other-problems",
+        ],
+    )
+    def test_secret_settings_never_appear_in_problems(
+        self, raw: dict[str, Any], environ: dict[str, str]
+    ) -> None:
         """db.url and admin.jwt_secret values are shown as <redacted>, never verbatim."""
         problems = problems_of(raw, environ)
         assert problems
@@ -358,12 +469,16 @@ class TestSecrets:
             assert DB_SECRET not in problem
             assert JWT_SECRET not in problem
 
-    @pytest.mark.parametrize("raw", [
-        {"db": f"postgresql://app:{DB_SECRET}@db/x"},
-        {"admin": JWT_SECRET},
-        {"db": {"uri": f"postgresql://app:{DB_SECRET}@db/x"}},
-        {"admin": {"jwt-secret": JWT_SECRET}},
-    ], ids=["db-section-as-url", "admin-section-as-secret", "db-uri-typo", "jwt-secret-typo"])
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            {"db": f"postgresql://app:{DB_SECRET}@db/x"},
+            {"admin": JWT_SECRET},
+            {"db": {"uri": f"postgresql://app:{DB_SECRET}@db/x"}},
+            {"admin": {"jwt-secret": JWT_SECRET}},
+        ],
+        ids=["db-section-as-url", "admin-section-as-secret", "db-uri-typo", "jwt-secret-typo"],
+    )
     def test_misplaced_secrets_never_appear_in_problems(self, raw: dict[str, Any]) -> None:
         """A secret written in the wrong place (section scalar, misspelt key) is not echoed."""
         for problem in problems_of(raw):
@@ -390,11 +505,24 @@ class TestImmutability:
 
 
 class TestBooleans:
-    @pytest.mark.parametrize(("text", "expected"), [
-        ("true", True), ("True", True), ("TRUE", True), ("yes", True), ("1", True),
-        ("on", True), ("false", False), ("False", False), ("no", False), ("0", False),
-        ("off", False), (True, True), (False, False),
-    ])
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("true", True),
+            ("True", True),
+            ("TRUE", True),
+            ("yes", True),
+            ("1", True),
+            ("on", True),
+            ("false", False),
+            ("False", False),
+            ("no", False),
+            ("0", False),
+            ("off", False),
+            (True, True),
+            (False, False),
+        ],
+    )
     def test_boolean_strings_are_accepted(self, text: str | bool, expected: bool) -> None:
         """Booleans accept true/false/yes/no/1/0 (any case) as environment strings arrive."""
         cfg = build_config({"db": {"auto_migrate": text}}, environ={})
@@ -418,10 +546,15 @@ class TestMigrateOnStart:
         cfg = build_config({}, environ={"AUTHPROXY_DATABASE_URL": "postgresql://h/d"})
         assert cfg.db.should_migrate_on_start is False
 
-    @pytest.mark.parametrize(("url", "auto", "expected"), [
-        (None, False, False), (None, True, True),
-        ("postgresql://h/d", True, True), ("postgresql://h/d", False, False),
-    ])
+    @pytest.mark.parametrize(
+        ("url", "auto", "expected"),
+        [
+            (None, False, False),
+            (None, True, True),
+            ("postgresql://h/d", True, True),
+            ("postgresql://h/d", False, False),
+        ],
+    )
     def test_auto_migrate_overrides(self, url: str | None, auto: bool, expected: bool) -> None:
         """An explicit auto_migrate wins over the embedded/external default."""
         raw: dict[str, Any] = {"db": {"auto_migrate": auto}}
@@ -433,11 +566,21 @@ class TestMigrateOnStart:
 class TestHashingSection:
     def test_hashing_section_is_read(self) -> None:
         """hashing settings reach HashingConfig; admin reads jwt_secret."""
-        cfg = build_config({"hashing": {"time_cost": 3, "memory_cost_kib": 65536,
-                                        "parallelism": 2, "max_concurrency": 4},
-                            "admin": {"jwt_secret": JWT_SECRET}}, environ={})
-        assert cfg.hashing == HashingConfig(time_cost=3, memory_cost_kib=65536,
-                                            parallelism=2, max_concurrency=4)
+        cfg = build_config(
+            {
+                "hashing": {
+                    "time_cost": 3,
+                    "memory_cost_kib": 65536,
+                    "parallelism": 2,
+                    "max_concurrency": 4,
+                },
+                "admin": {"jwt_secret": JWT_SECRET},
+            },
+            environ={},
+        )
+        assert cfg.hashing == HashingConfig(
+            time_cost=3, memory_cost_kib=65536, parallelism=2, max_concurrency=4
+        )
         assert cfg.admin == AdminConfig(jwt_secret=JWT_SECRET)
 
 

@@ -96,7 +96,10 @@ class TestComposeServices:
         """The file passes the compose-spec JSON schema (unknown keys and typos fail)."""
         result = subprocess.run(
             [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-            capture_output=True, text=True, check=False)
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
     def test_authproxy_services_build_this_dockerfile(self, services: dict[str, Any]) -> None:
@@ -166,8 +169,10 @@ class TestComposeStartOrder:
     def test_database_url_matches_postgres(self, services: dict[str, Any]) -> None:
         """migrate and authproxy get one AUTHPROXY_DATABASE_URL, naming the postgres service."""
         pg = services["postgres"]["environment"]
-        expected = (f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}"
-                    f"@postgres:5432/{pg['POSTGRES_DB']}")
+        expected = (
+            f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}"
+            f"@postgres:5432/{pg['POSTGRES_DB']}"
+        )
         for name in ("migrate", "authproxy"):
             assert services[name]["environment"]["AUTHPROXY_DATABASE_URL"] == expected, name
 
@@ -185,13 +190,18 @@ class TestKubernetesResources:
 
     def test_valid_against_the_kubernetes_schemas(self) -> None:
         """Every resource passes kubernetes-validate --strict (unknown fields fail)."""
-        result = subprocess.run([tool("kubernetes-validate"), "--strict", str(KUBERNETES)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [tool("kubernetes-validate"), "--strict", str(KUBERNETES)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "did not validate" not in result.stdout + result.stderr
 
     def test_service_targets_the_container_port(
-            self, manifests: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
+        self, manifests: dict[str, dict[str, Any]], container: dict[str, Any]
+    ) -> None:
         """The Service's named target port is the container's 8080."""
         (port,) = manifests["Service"]["spec"]["ports"]
         (container_port,) = container["ports"]
@@ -210,8 +220,7 @@ class TestKubernetesResources:
             assert match, quantity
             return int(match[1]) * (1024 if match[2] == "Gi" else 1)
 
-        assert mebibytes(resources["limits"]["memory"]) > mebibytes(
-            resources["requests"]["memory"])
+        assert mebibytes(resources["limits"]["memory"]) > mebibytes(resources["requests"]["memory"])
 
 
 class TestKubernetesProbes:
@@ -236,7 +245,8 @@ class TestKubernetesProbes:
 
 class TestKubernetesSecretsAndUser:
     def test_secret_feeds_database_url_and_jwt_secret(
-            self, manifests: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
+        self, manifests: dict[str, dict[str, Any]], container: dict[str, Any]
+    ) -> None:
         """AUTHPROXY_DATABASE_URL and AUTHPROXY_ADMIN_JWT_SECRET come from the Secret."""
         secret = manifests["Secret"]
         env = env_of(container)
@@ -263,7 +273,8 @@ class TestKubernetesSecretsAndUser:
         assert context["runAsGroup"] == int(gid or uid)
 
     def test_containers_are_locked_down(
-            self, pod: dict[str, Any], container: dict[str, Any]) -> None:
+        self, pod: dict[str, Any], container: dict[str, Any]
+    ) -> None:
         """No privilege escalation, no capabilities, a read-only root with /tmp in memory."""
         for each in [container, *pod["initContainers"]]:
             context = each["securityContext"]

@@ -58,8 +58,9 @@ class _Collector:
         self.done.append(self.answers[-1])
 
 
-async def exchange(client: Client, payload: bytes, expect: int,
-                   head_only: bool = False, timeout: float = 10.0) -> list[Answer]:
+async def exchange(
+    client: Client, payload: bytes, expect: int, head_only: bool = False, timeout: float = 10.0
+) -> list[Answer]:
     """Write ``payload`` on one connection; read until ``expect`` complete answers."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
     collector = _Collector()
@@ -84,8 +85,14 @@ async def close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-def request(method: str, target: str, key: str | None = None, *extra: str,
-            close: bool = False, body: bytes | None = None) -> bytes:
+def request(
+    method: str,
+    target: str,
+    key: str | None = None,
+    *extra: str,
+    close: bool = False,
+    body: bytes | None = None,
+) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", "Host: proxy.test"]
     if key is not None:
         lines.append(f"Authorization: Bearer {key}")
@@ -98,8 +105,9 @@ def request(method: str, target: str, key: str | None = None, *extra: str,
 
 
 class TestPipelining:
-    async def test_pipelined_requests_answered_in_order(self, client: Client,
-                                                        upstream: Upstream) -> None:
+    async def test_pipelined_requests_answered_in_order(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         created = await new_key(client)
         payload = b"".join(request("GET", f"/item/{n}", created.key) for n in range(5))
         answers = await exchange(client, payload, expect=5)
@@ -122,15 +130,18 @@ class TestPipelining:
 class TestRepeatedFields:
     """fasthead's FieldMemo: a connection's repeated header block is parsed once."""
 
-    async def test_each_request_gets_its_own_fields(self, client: Client,
-                                                    upstream: Upstream) -> None:
+    async def test_each_request_gets_its_own_fields(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """Same block, new targets; then a changed block; then the first one again."""
         created = await new_key(client)
-        payload = (request("GET", "/a", created.key, "X-Trace: one")
-                   + request("GET", "/b", created.key, "X-Trace: one")
-                   + request("GET", "/c", created.key, "X-Trace: two")
-                   + request("GET", "/d", created.key, "X-Trace: one")
-                   + request("GET", "/e", "asc_not_a_key", "X-Trace: one"))
+        payload = (
+            request("GET", "/a", created.key, "X-Trace: one")
+            + request("GET", "/b", created.key, "X-Trace: one")
+            + request("GET", "/c", created.key, "X-Trace: two")
+            + request("GET", "/d", created.key, "X-Trace: one")
+            + request("GET", "/e", "asc_not_a_key", "X-Trace: one")
+        )
         answers = await exchange(client, payload, expect=5)
         assert [a.status for a in answers] == [200, 200, 200, 200, 401]
         seen = [(r.raw_path, dict(r.headers)["X-Trace"]) for r in upstream.requests]
@@ -141,24 +152,26 @@ class TestRepeatedFields:
         assert sent_ids == [a.header("X-Request-Id") for a in answers[:4]]
         assert {dict(r.headers)["X-Api-Key-Id"] for r in upstream.requests} == {created.record.id}
 
-    async def test_another_key_on_the_same_connection(self, client: Client,
-                                                      upstream: Upstream) -> None:
+    async def test_another_key_on_the_same_connection(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         first, second = await new_key(client), await new_key(client, space="plant-9")
-        payload = b"".join(request("GET", f"/{n}", key.key)
-                           for n, key in enumerate([first, first, second, first]))
+        payload = b"".join(
+            request("GET", f"/{n}", key.key) for n, key in enumerate([first, first, second, first])
+        )
         assert [a.status for a in await exchange(client, payload, expect=4)] == [200] * 4
-        seen = [(dict(r.headers)["X-Api-Key-Id"], dict(r.headers)["X-Space-Id"])
-                for r in upstream.requests]
+        seen = [
+            (dict(r.headers)["X-Api-Key-Id"], dict(r.headers)["X-Space-Id"])
+            for r in upstream.requests
+        ]
         one, two = (first.record.id, "plant-7"), (second.record.id, "plant-9")
         assert seen == [one, one, two, one]
 
-    async def test_empty_line_before_a_request(self, client: Client,
-                                               upstream: Upstream) -> None:
+    async def test_empty_line_before_a_request(self, client: Client, upstream: Upstream) -> None:
         """RFC 9112 §2.2 lets a server skip an empty line before the request line; the
         request line must never be read as a header field (found by review)."""
         created = await new_key(client)
-        payload = (request("GET", "/a", created.key) + b"\r\n"
-                   + request("GET", "/b:c", created.key))
+        payload = request("GET", "/a", created.key) + b"\r\n" + request("GET", "/b:c", created.key)
         answers = await exchange(client, payload, expect=2)
         assert [a.status for a in answers] == [200, 200]
         assert [r.raw_path for r in upstream.requests] == ["/a", "/b:c"]
@@ -169,20 +182,22 @@ class TestRepeatedFields:
         """A block aiohttp must judge (two Host fields: 400) is never served from memory."""
         created = await new_key(client)
         bad = request("GET", "/x", created.key, "Host: other.test")
-        answers = await exchange(client, request("GET", "/ok", created.key) + bad + bad,
-                                 expect=2)
+        answers = await exchange(client, request("GET", "/ok", created.key) + bad + bad, expect=2)
         assert [a.status for a in answers] == [200, 400]
 
 
 class TestHandOff:
-    async def test_body_then_bodiless_on_one_connection(self, client: Client,
-                                                        upstream: Upstream) -> None:
+    async def test_body_then_bodiless_on_one_connection(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """A request with a body moves the connection to aiohttp; all three are answered,
         bodies intact, in order."""
         created = await new_key(client)
-        payload = (request("GET", "/first", created.key)
-                   + request("POST", "/upload", created.key, body=b"x" * 1000)
-                   + request("GET", "/third", created.key))
+        payload = (
+            request("GET", "/first", created.key)
+            + request("POST", "/upload", created.key, body=b"x" * 1000)
+            + request("GET", "/third", created.key)
+        )
         answers = await exchange(client, payload, expect=3)
         assert [a.status for a in answers] == [200, 200, 200]
         assert b'"size": 1000' in answers[1].body
@@ -190,16 +205,16 @@ class TestHandOff:
 
     async def test_admin_path_after_proxied_request(self, client: Client) -> None:
         created = await new_key(client)
-        payload = (request("GET", "/data", created.key)
-                   + request("GET", "/_authproxy/healthz"))
+        payload = request("GET", "/data", created.key) + request("GET", "/_authproxy/healthz")
         answers = await exchange(client, payload, expect=2)
         assert [a.status for a in answers] == [200, 200]
         assert b'"status": "ok"' in answers[1].body
 
     async def test_http10_is_served_by_aiohttp(self, client: Client) -> None:
         created = await new_key(client)
-        payload = (f"GET /old HTTP/1.0\r\nHost: h\r\nAuthorization: Bearer {created.key}"
-                   "\r\n\r\n").encode()
+        payload = (
+            f"GET /old HTTP/1.0\r\nHost: h\r\nAuthorization: Bearer {created.key}\r\n\r\n"
+        ).encode()
         reader, writer = await asyncio.open_connection(client.host, client.port)
         writer.write(payload)
         data = await asyncio.wait_for(reader.read(-1), 10)
@@ -207,8 +222,9 @@ class TestHandOff:
         assert data.startswith(b"HTTP/1.0 200 OK\r\n")
 
     async def test_malformed_head_gets_aiohttps_json_400(self, client: Client) -> None:
-        answers = await exchange(client, b"GET /x HTTP/1.1\r\nHost: h\r\nBad Header: v\r\n\r\n",
-                                 expect=1)
+        answers = await exchange(
+            client, b"GET /x HTTP/1.1\r\nHost: h\r\nBad Header: v\r\n\r\n", expect=1
+        )
         assert answers[0].status == 400
         assert b'"code": "bad_request"' in answers[0].body
 
@@ -216,16 +232,14 @@ class TestHandOff:
 class TestFraming:
     async def test_chunked_upstream_answer_is_rechunked(self, client: Client) -> None:
         created = await new_key(client)
-        answers = await exchange(client, request("GET", "/bytes/300000", created.key),
-                                 expect=1)
+        answers = await exchange(client, request("GET", "/bytes/300000", created.key), expect=1)
         assert answers[0].status == 200
         assert answers[0].header("Transfer-Encoding") == "chunked"
         assert answers[0].body == b"x" * 300000
 
     async def test_head_keeps_length_and_sends_no_body(self, client: Client) -> None:
         created = await new_key(client)
-        payload = request("HEAD", "/anything", created.key) + request("GET", "/next",
-                                                                      created.key)
+        payload = request("HEAD", "/anything", created.key) + request("GET", "/next", created.key)
         reader, writer = await asyncio.open_connection(client.host, client.port)
         writer.write(payload)
         data = b""
@@ -244,12 +258,23 @@ class TestFraming:
         assert b"Connection: close\r\n" in data
 
     async def test_underscored_framing_header_never_reaches_upstream(
-            self, client: Client, upstream: Upstream) -> None:
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """An upstream folding "_" into "-" (CGI, WSGI) would read Content_Length as the
         framing of the pooled connection: it is dropped (found by review)."""
         created = await new_key(client)
-        await exchange(client, request("GET", "/x", created.key, "Content_Length: 5",
-                                       "Transfer_Encoding: chunked", close=True), expect=1)
+        await exchange(
+            client,
+            request(
+                "GET",
+                "/x",
+                created.key,
+                "Content_Length: 5",
+                "Transfer_Encoding: chunked",
+                close=True,
+            ),
+            expect=1,
+        )
         names = {name.lower() for name, _ in upstream.requests[-1].headers}
         assert not names & {"content_length", "transfer_encoding"}
 
@@ -263,12 +288,13 @@ class TestFraming:
 
 class TestUpstreamReasonPhrase:
     @pytest.mark.parametrize("transport", ["h1", "aiohttp"])
-    async def test_reason_with_stray_bytes_is_passed_on(self, app_client: AppClient,
-                                                        transport: str) -> None:
+    async def test_reason_with_stray_bytes_is_passed_on(
+        self, app_client: AppClient, transport: str
+    ) -> None:
         """A reason phrase that is not UTF-8 reaches the client, on either upstream
         transport, instead of failing the answer (found by review)."""
-        async def raw_upstream(reader: asyncio.StreamReader,
-                               writer: asyncio.StreamWriter) -> None:
+
+        async def raw_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 200 Caf\xe9 \xff\r\nContent-Length: 2\r\n\r\nok")
             await writer.drain()
@@ -277,8 +303,9 @@ class TestUpstreamReasonPhrase:
         server = await asyncio.start_server(raw_upstream, "127.0.0.1", 0)
         try:
             port = server.sockets[0].getsockname()[1]
-            client = await app_client(upstream={"url": f"http://127.0.0.1:{port}",
-                                                "transport": transport})
+            client = await app_client(
+                upstream={"url": f"http://127.0.0.1:{port}", "transport": transport}
+            )
             created = await new_key(client)
             reader, writer = await asyncio.open_connection(client.host, client.port)
             writer.write(request("GET", "/reason", created.key, close=True))
@@ -291,8 +318,7 @@ class TestUpstreamReasonPhrase:
 
 
 class TestFlowControl:
-    async def test_client_that_never_reads_cannot_grow_our_buffers(self,
-                                                                   client: Client) -> None:
+    async def test_client_that_never_reads_cannot_grow_our_buffers(self, client: Client) -> None:
         """Pipelined requests from a client that reads no answer: we stop taking requests
         instead of buffering answers (found by review: 2.5 MB and growing)."""
         reader, writer = await asyncio.open_connection(client.host, client.port)
@@ -300,8 +326,11 @@ class TestFlowControl:
         await asyncio.sleep(3)
         runner = client.server.runner
         assert runner is not None and isinstance(runner.server, GuardedServer)
-        buffered = [c.transport.get_write_buffer_size()
-                    for c in runner.server.fast_connections if c.transport is not None]
+        buffered = [
+            c.transport.get_write_buffer_size()
+            for c in runner.server.fast_connections
+            if c.transport is not None
+        ]
         assert buffered and max(buffered) < 512 * 1024
         writer.transport.abort()
         await close(writer)
@@ -336,18 +365,17 @@ SAMENESS: dict[str, Callable[[str], bytes]] = {
     "upstream status": lambda key: request("GET", "/status/418", key, close=True),
     "redirect": lambda key: request("GET", "/redirect", key, close=True),
     "hop-by-hop": lambda key: request("GET", "/hop", key, close=True),
-    "gzip untouched": lambda key: request("GET", "/gzip", key, "Accept-Encoding: gzip",
-                                          close=True),
+    "gzip untouched": lambda key: request("GET", "/gzip", key, "Accept-Encoding: gzip", close=True),
     # Found by review: each once differed between the two front ends.
-    "websocket upgrade": lambda key: request("GET", "/ws", key, "Connection: Upgrade",
-                                             "Upgrade: websocket"),
+    "websocket upgrade": lambda key: request(
+        "GET", "/ws", key, "Connection: Upgrade", "Upgrade: websocket"
+    ),
     "connect": lambda key: b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
-    "trailing space after the key": lambda key: request("GET", "/same", key + " \t",
-                                                        close=True),
-    "duplicate host": lambda key: request("GET", "/same", key, "Host: other.test",
-                                          close=True),
-    "underscored content length": lambda key: request("GET", "/same", key,
-                                                      "Content_Length: 5", close=True),
+    "trailing space after the key": lambda key: request("GET", "/same", key + " \t", close=True),
+    "duplicate host": lambda key: request("GET", "/same", key, "Host: other.test", close=True),
+    "underscored content length": lambda key: request(
+        "GET", "/same", key, "Content_Length: 5", close=True
+    ),
 }
 _VARYING = {"date", "x-request-id"}
 # In the upstream's echo of what it received: differs per key and per request.
@@ -360,8 +388,9 @@ def _normalized(body: bytes) -> Any:
     except ValueError:
         return body
     if isinstance(echoed, dict) and "headers" in echoed:
-        echoed["headers"] = [[k, "<varies>" if k.lower() in _ECHO_VARYING else v]
-                             for k, v in echoed["headers"]]
+        echoed["headers"] = [
+            [k, "<varies>" if k.lower() in _ECHO_VARYING else v] for k, v in echoed["headers"]
+        ]
     return echoed
 
 
@@ -372,8 +401,9 @@ async def test_same_answer_as_aiohttp(app_client: AppClient, case: str) -> None:
     for fast in (True, False):
         client = await app_client(server={"fast_path": fast})
         created = await new_key(client)
-        answer = (await exchange(client, SAMENESS[case](created.key), expect=1,
-                                 head_only=case == "head"))[0]
+        answer = (
+            await exchange(client, SAMENESS[case](created.key), expect=1, head_only=case == "head")
+        )[0]
         headers = sorted((k.lower(), v) for k, v in answer.headers if k.lower() not in _VARYING)
         seen.append((answer.status, headers, _normalized(answer.body)))
     assert seen[0] == seen[1]

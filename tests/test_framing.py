@@ -21,34 +21,48 @@ KEY_HEADER = b"Authorization: Bearer %s\r\n"
 FRAMING = {
     "content-length-and-chunked": (
         b"POST /x HTTP/1.1\r\nHost: h\r\n{auth}Content-Length: 5\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
     "two-content-lengths": (
         b"POST /x HTTP/1.1\r\nHost: h\r\n{auth}Content-Length: 5\r\nContent-Length: 6\r\n\r\n"
-        b"hello!", 400),
+        b"hello!",
+        400,
+    ),
     "invalid-content-length": (
-        b"POST /x HTTP/1.1\r\nHost: h\r\n{auth}Content-Length: 5x\r\n\r\nhello", 400),
+        b"POST /x HTTP/1.1\r\nHost: h\r\n{auth}Content-Length: 5x\r\n\r\nhello",
+        400,
+    ),
     "obs-fold": (b"GET /x HTTP/1.1\r\nHost: h\r\n{auth}X-A: a\r\n b\r\n\r\n", 400),
     "bare-lf": (b"GET /x HTTP/1.1\nHost: h\n{auth_lf}\n", 400),
     "unknown-transfer-coding": (
-        b"POST /x HTTP/1.1\r\nHost: h\r\n{auth}Transfer-Encoding: xchunked\r\n\r\n", 400),
+        b"POST /x HTTP/1.1\r\nHost: h\r\n{auth}Transfer-Encoding: xchunked\r\n\r\n",
+        400,
+    ),
     "nul-in-header": (b"GET /x HTTP/1.1\r\nHost: h\r\n{auth}X-A: a\x00b\r\n\r\n", 400),
     "space-before-colon": (b"GET /x HTTP/1.1\r\nHost: h\r\n{auth}X-A : a\r\n\r\n", 400),
     "long-url": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n{auth}\r\n", 414),
-    "long-header": (b"GET /x HTTP/1.1\r\nHost: h\r\n{auth}X-A: " + b"a" * 20000
-                    + b"\r\n\r\n", 431),
-    "too-many-headers": (b"GET /x HTTP/1.1\r\nHost: h\r\n{auth}"
-                         + b"".join(b"X-%d: a\r\n" % i for i in range(150)) + b"\r\n", 431),
+    "long-header": (b"GET /x HTTP/1.1\r\nHost: h\r\n{auth}X-A: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    "too-many-headers": (
+        b"GET /x HTTP/1.1\r\nHost: h\r\n{auth}"
+        + b"".join(b"X-%d: a\r\n" % i for i in range(150))
+        + b"\r\n",
+        431,
+    ),
 }
 
 
 @pytest.fixture
-async def daemon_and_key(tmp_path: Path, database_url: str,
-                         upstream: Upstream) -> AsyncIterator[tuple[Daemon, str]]:
-    async with DaemonLauncher(tmp_path, database_url=database_url,
-                              upstream_url=upstream.url) as launcher:
+async def daemon_and_key(
+    tmp_path: Path, database_url: str, upstream: Upstream
+) -> AsyncIterator[tuple[Daemon, str]]:
+    async with DaemonLauncher(
+        tmp_path, database_url=database_url, upstream_url=upstream.url
+    ) as launcher:
         key = (await launcher.create_key())["key"]
-        daemon = await launcher.start(server={"header_timeout": 1.0, "max_connections": 40,
-                                              "idle_timeout": 1.5})
+        daemon = await launcher.start(
+            server={"header_timeout": 1.0, "max_connections": 40, "idle_timeout": 1.5}
+        )
         yield daemon, key
 
 
@@ -67,20 +81,24 @@ async def exchange(daemon: Daemon, payload: bytes) -> tuple[bytes, bool]:
 
 
 async def still_serves(daemon: Daemon, key: str) -> None:
-    async with aiohttp.ClientSession() as session, session.get(
-            daemon.url("/after"), headers={"Authorization": f"Bearer {key}"}) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(daemon.url("/after"), headers={"Authorization": f"Bearer {key}"}) as resp,
+    ):
         assert resp.status == 200
 
 
 class TestFraming:
-    async def test_refused_with_json_and_closed(self, daemon_and_key: tuple[Daemon, str],
-                                                upstream: Upstream) -> None:
+    async def test_refused_with_json_and_closed(
+        self, daemon_and_key: tuple[Daemon, str], upstream: Upstream
+    ) -> None:
         """Each ambiguous or oversize request: its 4xx as JSON, the connection closed,
         nothing forwarded, and the daemon keeps serving (one daemon for all cases)."""
         daemon, key = daemon_and_key
         for case, (template, status) in sorted(FRAMING.items()):
             payload = template.replace(b"{auth}", KEY_HEADER % key.encode()).replace(
-                b"{auth_lf}", (KEY_HEADER % key.encode()).replace(b"\r\n", b"\n"))
+                b"{auth_lf}", (KEY_HEADER % key.encode()).replace(b"\r\n", b"\n")
+            )
             data, closed = await exchange(daemon, payload)
             head, _, body = data.partition(b"\r\n\r\n")
             assert head.split(b" ")[1] == str(status).encode(), (case, head[:80])
@@ -106,7 +124,8 @@ class TestSlowAndMany:
         writer.close()
 
     async def test_idle_keep_alive_connection_is_closed(
-            self, daemon_and_key: tuple[Daemon, str]) -> None:
+        self, daemon_and_key: tuple[Daemon, str]
+    ) -> None:
         """After a complete request, a connection left idle is closed after
         server.idle_timeout."""
         daemon, key = daemon_and_key
@@ -122,13 +141,13 @@ class TestSlowAndMany:
         writer.close()
 
     async def test_connections_beyond_the_cap_are_closed(
-            self, daemon_and_key: tuple[Daemon, str]) -> None:
+        self, daemon_and_key: tuple[Daemon, str]
+    ) -> None:
         """Past server.max_connections, new connections are closed at once; the held ones
         keep working and the daemon recovers when they go."""
         daemon, key = daemon_and_key
         address = urlsplit(daemon.base_url)
-        held = [await asyncio.open_connection(address.hostname, address.port)
-                for _ in range(40)]
+        held = [await asyncio.open_connection(address.hostname, address.port) for _ in range(40)]
         reader, writer = await asyncio.open_connection(address.hostname, address.port)
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()

@@ -35,10 +35,17 @@ _VARYING_FIELDS = {"duration_ms", "timestamp"}
 
 async def _hop_headers(ex: Exchange) -> bool:
     """An answer carrying hop-by-hop fields (some named by Connection) among its own."""
-    await ex.send(response(200, b'{"ok": true}', extra=(
-        b"Content-Type: application/json\r\nConnection: X-Secret\r\nX-Secret: 1\r\n"
-        b"Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nX-Visible: 1\r\n"
-        b"X-Request-Id: upstream-chose-this\r\n")))
+    await ex.send(
+        response(
+            200,
+            b'{"ok": true}',
+            extra=(
+                b"Content-Type: application/json\r\nConnection: X-Secret\r\nX-Secret: 1\r\n"
+                b"Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nX-Visible: 1\r\n"
+                b"X-Request-Id: upstream-chose-this\r\n"
+            ),
+        )
+    )
     return True
 
 
@@ -58,15 +65,22 @@ async def _closes_without_answer(ex: Exchange) -> bool:
 
 async def _endless_download(ex: Exchange) -> bool:
     """A long download, sent slowly, until the proxy stops reading it."""
-    await ex.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n"
-                  b"Content-Type: application/octet-stream\r\n\r\n")
+    await ex.send(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
     for _ in range(400):
         await ex.send(b"y" * 65536, pause=0.02)
     return False
 
 
-SCRIPTS = {"/hop": _hop_headers, "/reset": _reset_mid_body, "/slow": _never_answers_in_time,
-           "/gone": _closes_without_answer, "/download": _endless_download}
+SCRIPTS = {
+    "/hop": _hop_headers,
+    "/reset": _reset_mid_body,
+    "/slow": _never_answers_in_time,
+    "/gone": _closes_without_answer,
+    "/download": _endless_download,
+}
 
 
 @dataclass
@@ -98,9 +112,10 @@ async def daemons(app_client: AppClient, byte_upstream: ByteUpstream) -> list[Da
     url = await byte_upstream.start()
     made = []
     for fast_path in (True, False):
-        client = await app_client(upstream={"url": url, "read_timeout": READ_TIMEOUT},
-                                  server={"fast_path": fast_path,
-                                          "max_body_bytes": BODY_LIMIT})
+        client = await app_client(
+            upstream={"url": url, "read_timeout": READ_TIMEOUT},
+            server={"fast_path": fast_path, "max_body_bytes": BODY_LIMIT},
+        )
         made.append(Daemon("fast" if fast_path else "aiohttp", client))
     return made
 
@@ -124,8 +139,9 @@ async def _metrics(client: TestClient[Any, Any]) -> dict[str, float]:
     return _samples(await resp.text())
 
 
-async def _access_line(logs: list[MutableMapping[str, Any]], name: str,
-                       timeout: float = 5.0) -> dict[str, Any]:
+async def _access_line(
+    logs: list[MutableMapping[str, Any]], name: str, timeout: float = 5.0
+) -> dict[str, Any]:
     """The one access line (event "request") of the request just sent."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -148,8 +164,11 @@ async def _observe(daemon: Daemon, send: Send) -> Seen:
         line = await _access_line(logs, daemon.name)
     # The access line is the lifecycle's last act: its metrics are counted by then.
     after = await _metrics(daemon.client)
-    deltas = {name: after[name] - before.get(name, 0.0) for name in after
-              if after[name] != before.get(name, 0.0)}
+    deltas = {
+        name: after[name] - before.get(name, 0.0)
+        for name in after
+        if after[name] != before.get(name, 0.0)
+    }
     return Seen(status, code, headers, line, deltas)
 
 
@@ -166,12 +185,16 @@ def _get(target: str, headers: dict[str, str], *, read_body: bool = True) -> Sen
                     if resp.content_type == "application/json" and resp.status >= 400:
                         code = json.loads(body)["error"]["code"]
             return resp.status, code, _comparable(resp.headers)
+
     return send
 
 
 def _comparable(headers: Any) -> dict[str, str]:
-    return {name.lower(): value for name, value in headers.items()
-            if name.lower() not in ("date", "content-length", "transfer-encoding")}
+    return {
+        name.lower(): value
+        for name, value in headers.items()
+        if name.lower() not in ("date", "content-length", "transfer-encoding")
+    }
 
 
 async def _same_everywhere(daemons: list[Daemon], send: Send) -> Seen:
@@ -193,18 +216,19 @@ class TestTheSameRequestThroughBothFrontEnds:
         """200: the upstream's own fields kept, hop-by-hop ones dropped, our id set."""
         created = await new_key(daemons[0].client)
         seen = await _same_everywhere(
-            daemons, _get("/hop?x=1", _with_id(bearer(created.key), "diff-200")))
+            daemons, _get("/hop?x=1", _with_id(bearer(created.key), "diff-200"))
+        )
         assert seen.status == 200
         assert seen.headers["x-visible"] == "1"
         assert seen.headers["x-request-id"] == "diff-200"
         assert not {"x-secret", "keep-alive", "proxy-authenticate"} & set(seen.headers)
         assert seen.access_line["space_id"] == "plant-7"
         assert seen.access_line["path"] == "/hop"
-        assert seen.metric_deltas[
-            'authproxy_requests_total{outcome="allowed",status="200"}'] == 1
+        assert seen.metric_deltas['authproxy_requests_total{outcome="allowed",status="200"}'] == 1
 
-    @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer asc_not_a_key"}],
-                             ids=["missing", "invalid"])
+    @pytest.mark.parametrize(
+        "headers", [{}, {"Authorization": "Bearer asc_not_a_key"}], ids=["missing", "invalid"]
+    )
     async def test_refused_keys(self, daemons: list[Daemon], headers: dict[str, str]) -> None:
         seen = await _same_everywhere(daemons, _get("/x", _with_id(headers, "diff-401")))
         assert seen.status == 401
@@ -215,47 +239,60 @@ class TestTheSameRequestThroughBothFrontEnds:
         created = await new_key(daemons[0].client)
 
         async def send(client: TestClient[Any, Any]) -> tuple[int, str | None, dict[str, str]]:
-            async with client.post("/upload", data=b"z" * (BODY_LIMIT + 1),
-                                   headers=_with_id(bearer(created.key), "diff-413")) as resp:
+            async with client.post(
+                "/upload",
+                data=b"z" * (BODY_LIMIT + 1),
+                headers=_with_id(bearer(created.key), "diff-413"),
+            ) as resp:
                 return resp.status, (await resp.json())["error"]["code"], {}
+
         seen = await _same_everywhere(daemons, send)
         assert seen.status == 413
-        assert seen.metric_deltas[
-            'authproxy_requests_total{outcome="allowed",status="413"}'] == 1
+        assert seen.metric_deltas['authproxy_requests_total{outcome="allowed",status="413"}'] == 1
 
     async def test_a_key_over_its_rate(self, daemons: list[Daemon]) -> None:
         keys = daemons[0].client.app[COMPONENTS].keys
-        created = await keys.create(space_id="plant-7", name="slow", rate_limit=0.001,
-                                    audit=AuditContext(actor="test"))
+        created = await keys.create(
+            space_id="plant-7", name="slow", rate_limit=0.001, audit=AuditContext(actor="test")
+        )
         first = await _same_everywhere(
-            daemons, _get("/x", _with_id(bearer(created.key), "diff-ok")))
+            daemons, _get("/x", _with_id(bearer(created.key), "diff-ok"))
+        )
         limited = await _same_everywhere(
-            daemons, _get("/x", _with_id(bearer(created.key), "diff-429")))
+            daemons, _get("/x", _with_id(bearer(created.key), "diff-429"))
+        )
         assert (first.status, limited.status) == (200, 429)
         assert limited.error_code == "rate_limited"
-        assert limited.metric_deltas[
-            'authproxy_requests_total{outcome="rate_limited",status="429"}'] == 1
+        assert (
+            limited.metric_deltas['authproxy_requests_total{outcome="rate_limited",status="429"}']
+            == 1
+        )
 
-    @pytest.mark.parametrize(("target", "status", "kind"), [
-        ("/gone", 502, "unavailable"), ("/slow", 504, "timeout")])
+    @pytest.mark.parametrize(
+        ("target", "status", "kind"), [("/gone", 502, "unavailable"), ("/slow", 504, "timeout")]
+    )
     async def test_an_upstream_that_fails_before_answering(
-            self, daemons: list[Daemon], target: str, status: int, kind: str) -> None:
+        self, daemons: list[Daemon], target: str, status: int, kind: str
+    ) -> None:
         created = await new_key(daemons[0].client)
         seen = await _same_everywhere(
-            daemons, _get(target, _with_id(bearer(created.key), f"diff-{status}")))
+            daemons, _get(target, _with_id(bearer(created.key), f"diff-{status}"))
+        )
         assert seen.status == status
         assert seen.metric_deltas[f'authproxy_upstream_errors_total{{kind="{kind}"}}'] == 1
-        assert seen.metric_deltas[
-            f'authproxy_requests_total{{outcome="allowed",status="{status}"}}'] == 1
+        assert (
+            seen.metric_deltas[f'authproxy_requests_total{{outcome="allowed",status="{status}"}}']
+            == 1
+        )
 
     async def test_an_upstream_that_resets_mid_body(self, daemons: list[Daemon]) -> None:
         """The head went out: the client connection is cut, so the body cannot look whole."""
         created = await new_key(daemons[0].client)
         seen = await _same_everywhere(
-            daemons, _get("/reset", _with_id(bearer(created.key), "diff-reset")))
+            daemons, _get("/reset", _with_id(bearer(created.key), "diff-reset"))
+        )
         assert (seen.status, seen.error_code) == (200, "<body cut short>")
-        assert seen.metric_deltas[
-            'authproxy_upstream_errors_total{kind="aborted_mid_stream"}'] == 1
+        assert seen.metric_deltas['authproxy_upstream_errors_total{kind="aborted_mid_stream"}'] == 1
 
     async def test_a_client_that_hangs_up_mid_download(self, daemons: list[Daemon]) -> None:
         """Logged as 499, counted with the status the client was being sent."""
@@ -264,14 +301,16 @@ class TestTheSameRequestThroughBothFrontEnds:
         async def send(client: TestClient[Any, Any]) -> tuple[int, str | None, dict[str, str]]:
             assert client.server.port is not None
             reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
-            writer.write(f"GET /download HTTP/1.1\r\nHost: t\r\nX-Request-Id: diff-499\r\n"
-                         f"Authorization: Bearer {created.key}\r\n\r\n".encode())
+            writer.write(
+                f"GET /download HTTP/1.1\r\nHost: t\r\nX-Request-Id: diff-499\r\n"
+                f"Authorization: Bearer {created.key}\r\n\r\n".encode()
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             await reader.readexactly(65536)  # well into the body
             writer.close()
             return int(head.split(b" ", 2)[1]), None, {}
+
         seen = await _same_everywhere(daemons, send)
         assert seen.status == 200
         assert seen.access_line["status"] == 499
-        assert seen.metric_deltas[
-            'authproxy_requests_total{outcome="allowed",status="200"}'] == 1
+        assert seen.metric_deltas['authproxy_requests_total{outcome="allowed",status="200"}'] == 1

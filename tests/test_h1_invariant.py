@@ -53,8 +53,10 @@ def responses(draw: st.DrawFn) -> Generated:
     valid = True
     status = draw(st.sampled_from([200, 200, 201, 204, 206, 304, 404, 500, 599]))
     body = b"" if status in (204, 304) else draw(st.binary(max_size=300))
-    fields = [(b"x-" + name, value) for name, value in draw(
-        st.lists(st.tuples(_token, _value), max_size=4))]
+    fields = [
+        (b"x-" + name, value)
+        for name, value in draw(st.lists(st.tuples(_token, _value), max_size=4))
+    ]
     framing = draw(st.sampled_from(["length", "chunked", "close"]))
     if status in (204, 304):
         framing = "length" if body else "none"
@@ -75,15 +77,27 @@ def responses(draw: st.DrawFn) -> Generated:
         payload = body
     else:
         payload = b""
-    interim = draw(st.sampled_from([b"", b"", b"HTTP/1.1 100 Continue\r\n\r\n",
-                                    b"HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n"]))
-    head = b"HTTP/1.1 %d X\r\n" % status + b"".join(
-        n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+    interim = draw(
+        st.sampled_from(
+            [
+                b"",
+                b"",
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n",
+            ]
+        )
+    )
+    head = (
+        b"HTTP/1.1 %d X\r\n" % status
+        + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+        + b"\r\n"
+    )
     data = interim + head + payload
-    change = draw(st.sampled_from(["none", "none", "cut", "extra", "second", "flip",
-                                   "status", "101"]))
+    change = draw(
+        st.sampled_from(["none", "none", "cut", "extra", "second", "flip", "status", "101"])
+    )
     if change == "cut" and len(data) > 1:
-        data = data[:draw(st.integers(1, len(data) - 1))]
+        data = data[: draw(st.integers(1, len(data) - 1))]
         valid = False
     elif change == "extra":
         data += draw(st.binary(min_size=1, max_size=20))
@@ -93,11 +107,14 @@ def responses(draw: st.DrawFn) -> Generated:
         valid = False
     elif change == "flip":
         at = draw(st.integers(0, len(data) - 1))
-        data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+        data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
         valid = False
     elif change == "status":
-        data = data.replace(b"HTTP/1.1 %d" % status, draw(st.sampled_from(
-            [b"HTTP/1.1 000", b"HTTP/1.1 600", b"HTTP/1.1 099"])), 1)
+        data = data.replace(
+            b"HTTP/1.1 %d" % status,
+            draw(st.sampled_from([b"HTTP/1.1 000", b"HTTP/1.1 600", b"HTTP/1.1 099"])),
+            1,
+        )
         valid = False
     elif change == "101":
         data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n" + data
@@ -135,8 +152,11 @@ class Oracle:
                     return cls(False)
         except h11.RemoteProtocolError:
             return cls(False)
-        clean = (conn.their_state is h11.DONE and conn.trailing_data == (b"", False)
-                 and conn.our_state is h11.DONE)
+        clean = (
+            conn.their_state is h11.DONE
+            and conn.trailing_data == (b"", False)
+            and conn.our_state is h11.DONE
+        )
         try:
             conn.start_next_cycle()  # only possible when both sides keep the connection
         except h11.LocalProtocolError:
@@ -191,8 +211,9 @@ async def _run(generated: Generated) -> tuple[tuple[int, bytes] | None, bool]:
     upstream = Upstream(pieces=generated.pieces)
     server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    transport = H1Transport(UpstreamConfig(url=f"http://127.0.0.1:{port}", read_timeout=0.3,
-                                           max_header_bytes=MAX_HEAD))
+    transport = H1Transport(
+        UpstreamConfig(url=f"http://127.0.0.1:{port}", read_timeout=0.3, max_header_bytes=MAX_HEAD)
+    )
     try:
         first = await _exchange(transport)
         await asyncio.sleep(0.02)  # every piece is out before the second request
@@ -216,11 +237,13 @@ def own_loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 class TestPoolInvariant:
-    @settings(max_examples=150, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(generated=responses())
-    def test_reused_only_after_an_exact_exchange(self, own_loop: asyncio.AbstractEventLoop,
-                                                 generated: Generated) -> None:
+    def test_reused_only_after_an_exact_exchange(
+        self, own_loop: asyncio.AbstractEventLoop, generated: Generated
+    ) -> None:
         """Either the response completed exactly (h11 agrees, what we relayed is what
         h11 read) and the connection is reused, or it is closed."""
         first, reused = own_loop.run_until_complete(_run(generated))
@@ -260,8 +283,12 @@ class Upload:
 @st.composite
 def uploads(draw: st.DrawFn) -> Upload:
     chunks = draw(st.lists(st.binary(min_size=1, max_size=200), min_size=2, max_size=5))
-    return Upload(chunks, draw(st.booleans()),
-                  draw(st.sampled_from(["exact", "short", "long", "fails"])), draw(st.booleans()))
+    return Upload(
+        chunks,
+        draw(st.booleans()),
+        draw(st.sampled_from(["exact", "short", "long", "fails"])),
+        draw(st.booleans()),
+    )
 
 
 async def _upload_then_ask(upload: Upload) -> tuple[bool, ByteUpstream]:
@@ -299,11 +326,13 @@ async def _upload_then_ask(upload: Upload) -> tuple[bool, ByteUpstream]:
 
 
 class TestRequestSide:
-    @settings(max_examples=60, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(upload=uploads())
-    def test_reused_only_after_the_whole_request_went(self, own_loop: asyncio.AbstractEventLoop,
-                                                      upload: Upload) -> None:
+    def test_reused_only_after_the_whole_request_went(
+        self, own_loop: asyncio.AbstractEventLoop, upload: Upload
+    ) -> None:
         """A request body that ended short, ran past its Content-Length or failed never
         leaves its connection in the pool, nor does an answer that came before the whole
         body went (the upstream may not read the rest); the upstream never reads a byte

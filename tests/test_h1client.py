@@ -67,9 +67,13 @@ def transport(url: str, **overrides: Any) -> H1Transport:
     return H1Transport(UpstreamConfig(url=url, **{"read_timeout": 2.0, **overrides}))
 
 
-async def fetch(t: H1Transport, method: str = "GET", target: str = "/",
-                body: AsyncIterator[bytes] | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes, list[Any]]:
+async def fetch(
+    t: H1Transport,
+    method: str = "GET",
+    target: str = "/",
+    body: AsyncIterator[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes, list[Any]]:
     async with t.request(method, target, CIMultiDict(headers or {}), body) as resp:
         data = b"".join([chunk async for chunk in resp.body])
         return resp.status, data, list(resp.headers)
@@ -83,6 +87,7 @@ async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
 class TestKeepAlive:
     async def test_connection_reused(self) -> None:
         """Sequential requests share one upstream connection."""
+
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             for _ in range(3):
                 await read_request(reader)
@@ -100,6 +105,7 @@ class TestKeepAlive:
     async def test_stale_connection_retried_for_get_only(self) -> None:
         """A pooled connection that dies before answering is retried once for a GET on a
         fresh connection, but never for a POST with a body (that one is a 502)."""
+
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(ok())
@@ -134,14 +140,18 @@ class TestFraming:
         assert head.startswith(b"POST /base/a%2Fb/../c?x=%zz& HTTP/1.1\r\n")
         assert b"transfer-encoding: chunked" in head.lower() and body == b"hello world"
 
-    @pytest.mark.parametrize("response, expected", [
-        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
-        (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(b"final"), b"final"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", b"abc"),
-        (b"HTTP/1.0 200 OK\r\n\r\nuntil close", b"until close"),
-    ])
+    @pytest.mark.parametrize(
+        "response, expected",
+        [
+            (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+            (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(b"final"), b"final"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", b"abc"),
+            (b"HTTP/1.0 200 OK\r\n\r\nuntil close", b"until close"),
+        ],
+    )
     async def test_response_framings(self, response: bytes, expected: bytes) -> None:
         """204, interim 1xx, chunked and read-until-close responses are read correctly."""
+
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(response)
@@ -155,6 +165,7 @@ class TestFraming:
 
     async def test_head_response_has_no_body(self) -> None:
         """A HEAD answer with Content-Length carries no body, and the connection is reused."""
+
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
@@ -174,14 +185,22 @@ class TestOutOfStepUpstream:
     """An upstream that sends more than the one answer asked for: the answer stands, the
     connection is never reused (its parser is shared across responses)."""
 
-    @pytest.mark.parametrize(("method", "first", "extra"), [
-        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n",
-         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"),
-        ("GET", b"HTTP/1.1 304 Not Modified\r\n\r\n", b"HT"),
-        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", b"abc"),
-    ], ids=["second-response-after-204", "garbage-after-304", "body-on-head"])
-    async def test_extra_bytes_end_the_connection(self, method: str, first: bytes,
-                                                  extra: bytes) -> None:
+    @pytest.mark.parametrize(
+        ("method", "first", "extra"),
+        [
+            (
+                "GET",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",
+            ),
+            ("GET", b"HTTP/1.1 304 Not Modified\r\n\r\n", b"HT"),
+            ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", b"abc"),
+        ],
+        ids=["second-response-after-204", "garbage-after-304", "body-on-head"],
+    )
+    async def test_extra_bytes_end_the_connection(
+        self, method: str, first: bytes, extra: bytes
+    ) -> None:
         answered = 0
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -255,6 +274,7 @@ class TestFailures:
 
     async def test_silent_upstream_times_out(self) -> None:
         """No response head within read_timeout: UpstreamTimeout."""
+
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             await asyncio.sleep(5)
@@ -265,6 +285,7 @@ class TestFailures:
 
     async def test_stall_mid_body_times_out(self) -> None:
         """A body that stops flowing for read_timeout raises UpstreamTimeout mid-stream."""
+
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
@@ -277,6 +298,7 @@ class TestFailures:
 
     async def test_garbage_response(self) -> None:
         """A response that is not HTTP: UpstreamUnavailable."""
+
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
             writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
@@ -288,6 +310,7 @@ class TestFailures:
     async def test_early_answer_closes_connection(self) -> None:
         """An upstream that answers before reading the whole body: its connection is not
         reused for the next request."""
+
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")

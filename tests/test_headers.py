@@ -20,8 +20,13 @@ from authproxy.http.headers import (
 )
 
 IDENTITY = Identity(
-    space_id="plant-7", key_id="key-123", key_prefix="asc_AbCdEfGhIj",
-    request_id="req-1", client_ip="203.0.113.9", scheme="https", host="scada.example",
+    space_id="plant-7",
+    key_id="key-123",
+    key_prefix="asc_AbCdEfGhIj",
+    request_id="req-1",
+    client_ip="203.0.113.9",
+    scheme="https",
+    host="scada.example",
 )
 # The names DESIGN.md says the upstream receives from us, with the value each must carry.
 OURS = {
@@ -33,8 +38,14 @@ OURS = {
     "X-Forwarded-Proto": IDENTITY.scheme,
     "X-Forwarded-Host": IDENTITY.host,
 }
-RFC_9110_HOP_BY_HOP = ["Connection", "Proxy-Connection", "Keep-Alive", "TE",
-                       "Transfer-Encoding", "Upgrade"]
+RFC_9110_HOP_BY_HOP = [
+    "Connection",
+    "Proxy-Connection",
+    "Keep-Alive",
+    "TE",
+    "Transfer-Encoding",
+    "Upgrade",
+]
 
 
 def forward(client: list[tuple[str, str]]) -> CIMultiDict[str]:
@@ -78,16 +89,20 @@ class TestHopByHop:
         client = [
             ("Connection", "keep-alive ,X-Trace-Hop,   x-debug\t,, X-ZONE"),
             ("Connection", "close, X-Second-Line"),
-            ("X-Trace-Hop", "1"), ("X-Debug", "1"), ("x-zone", "eu"),
-            ("X-Second-Line", "2"), ("X-Kept", "yes"),
+            ("X-Trace-Hop", "1"),
+            ("X-Debug", "1"),
+            ("x-zone", "eu"),
+            ("X-Second-Line", "2"),
+            ("X-Kept", "yes"),
         ]
         out = forward(client)
         for gone in ("Connection", "X-Trace-Hop", "X-Debug", "X-Zone", "X-Second-Line"):
             assert gone not in out
         assert out.getall("X-Kept") == ["yes"]
 
-    @pytest.mark.parametrize("name", ["Authorization", "authorization", "Host", "HOST",
-                                      "Expect", "expect"])
+    @pytest.mark.parametrize(
+        "name", ["Authorization", "authorization", "Host", "HOST", "Expect", "expect"]
+    )
     def test_request_only_headers_are_removed(self, name: str) -> None:
         """Authorization, the client's Host and Expect never reach the upstream."""
         out = forward([(name, "Bearer asc_secret"), ("Accept", "*/*")])
@@ -102,13 +117,31 @@ class TestHopByHop:
 
 
 class TestIdentityHeaders:
-    @pytest.mark.parametrize("spelling", [
-        "X-Space-Id", "x-space-id", "X-SPACE-ID", "x_space_id", "X_Space-Id",
-        "x-api-key-id", "X_API_KEY_ID", "X-Api-Key-Prefix", "x_api_key_prefix",
-        "X-Request-Id", "x_request_id", "X-Forwarded-For", "X_Forwarded_For",
-        "x-forwarded-proto", "X_FORWARDED_PROTO", "x_forwarded-host", "X-Forwarded-Host",
-        "Forwarded", "FORWARDED", "forwarded",
-    ])
+    @pytest.mark.parametrize(
+        "spelling",
+        [
+            "X-Space-Id",
+            "x-space-id",
+            "X-SPACE-ID",
+            "x_space_id",
+            "X_Space-Id",
+            "x-api-key-id",
+            "X_API_KEY_ID",
+            "X-Api-Key-Prefix",
+            "x_api_key_prefix",
+            "X-Request-Id",
+            "x_request_id",
+            "X-Forwarded-For",
+            "X_Forwarded_For",
+            "x-forwarded-proto",
+            "X_FORWARDED_PROTO",
+            "x_forwarded-host",
+            "X-Forwarded-Host",
+            "Forwarded",
+            "FORWARDED",
+            "forwarded",
+        ],
+    )
     def test_client_copies_of_our_headers_are_removed(self, spelling: str) -> None:
         """A client-sent identity header is dropped however it is spelt; ours are set."""
         out = forward([(spelling, "spoofed"), ("Accept", "*/*")])
@@ -139,8 +172,13 @@ class TestIdentityHeaders:
 
     def test_authorization_is_gone_and_identity_present(self) -> None:
         """A typical request loses its credential and gains our headers."""
-        out = forward([("Host", "scada.example"), ("Authorization", "Bearer asc_x"),
-                       ("Accept", "application/json")])
+        out = forward(
+            [
+                ("Host", "scada.example"),
+                ("Authorization", "Bearer asc_x"),
+                ("Accept", "application/json"),
+            ]
+        )
         assert "Authorization" not in out
         assert "Host" not in out
         assert out["Accept"] == "application/json"
@@ -150,16 +188,21 @@ class TestIdentityHeaders:
 class TestUnrelatedHeaders:
     def test_unrelated_headers_are_kept_in_order(self) -> None:
         """Other headers pass through unchanged, repeated ones included, in client order."""
-        client = [("Accept", "*/*"), ("X-Custom", "one"), ("Content-Type", "text/plain"),
-                  ("X-Custom", "two"), ("Cookie", "a=b"), ("X-Space", "not-ours")]
+        client = [
+            ("Accept", "*/*"),
+            ("X-Custom", "one"),
+            ("Content-Type", "text/plain"),
+            ("X-Custom", "two"),
+            ("Cookie", "a=b"),
+            ("X-Space", "not-ours"),
+        ]
         out = forward(client)
-        assert list(out.items())[:len(client)] == client
+        assert list(out.items())[: len(client)] == client
         assert out.getall("X-Custom") == ["one", "two"]
 
     def test_names_merely_resembling_ours_are_kept(self) -> None:
         """X-Space-Identifier or X-Forwarded-Port are not ours and pass through."""
-        client = [("X-Space-Identifier", "a"), ("X-Forwarded-Port", "443"),
-                  ("X-Forwarded", "b")]
+        client = [("X-Space-Identifier", "a"), ("X-Forwarded-Port", "443"), ("X-Forwarded", "b")]
         out = forward(client)
         assert [(n, out[n]) for n, _ in client] == client
 
@@ -172,27 +215,51 @@ class TestClientResponseHeaders:
 
     def test_connection_listed_names_are_dropped(self) -> None:
         """Names the upstream's Connection header lists are dropped, whatever the case."""
-        upstream = [("Connection", " X-Upstream-Hop ,x-other"), ("X-UPSTREAM-HOP", "1"),
-                    ("x-Other", "2"), ("ETag", '"abc"')]
+        upstream = [
+            ("Connection", " X-Upstream-Hop ,x-other"),
+            ("X-UPSTREAM-HOP", "1"),
+            ("x-Other", "2"),
+            ("ETag", '"abc"'),
+        ]
         assert client_response_headers(upstream) == [("ETag", '"abc"')]
 
     def test_other_headers_are_kept_in_order(self) -> None:
         """Everything else, repeated Set-Cookie included, is passed on in order."""
-        upstream = [("Content-Type", "application/json"), ("Set-Cookie", "a=1"),
-                    ("Cache-Control", "no-store"), ("Set-Cookie", "b=2"),
-                    ("Content-Length", "12")]
+        upstream = [
+            ("Content-Type", "application/json"),
+            ("Set-Cookie", "a=1"),
+            ("Cache-Control", "no-store"),
+            ("Set-Cookie", "b=2"),
+            ("Content-Length", "12"),
+        ]
         assert client_response_headers(upstream) == upstream
 
 
 class TestRequestId:
-    @pytest.mark.parametrize("value", ["abc", "0f8fad5b-d9cb-469f-a165-70867728950e",
-                                       "trace:1.2_3", "A" * 128, "x"])
+    @pytest.mark.parametrize(
+        "value", ["abc", "0f8fad5b-d9cb-469f-a165-70867728950e", "trace:1.2_3", "A" * 128, "x"]
+    )
     def test_sane_client_id_is_kept(self, value: str) -> None:
         """A client request id of 1-128 safe characters is kept for end-to-end tracing."""
         assert request_id_from(value) == value
 
-    @pytest.mark.parametrize("value", [None, "", "A" * 129, "a b", "a\nb", "abc\n", "a/b",
-                                       "<script>", "ü", "id;drop", "a\x00b", "\u2028"])
+    @pytest.mark.parametrize(
+        "value",
+        [
+            None,
+            "",
+            "A" * 129,
+            "a b",
+            "a\nb",
+            "abc\n",
+            "a/b",
+            "<script>",
+            "ü",
+            "id;drop",
+            "a\x00b",
+            "\u2028",
+        ],
+    )
     def test_odd_client_id_is_replaced(self, value: str | None) -> None:
         """Missing, empty, too long or odd-character ids are replaced by a fresh 32-hex id."""
         fresh = request_id_from(value)
@@ -205,8 +272,10 @@ class TestRequestId:
 
 
 _HEADER_NAME = st.one_of(
-    st.sampled_from(sorted(HOP_BY_HOP) + ["Authorization", "Host", "Expect", "Forwarded",
-                                          *OURS, "X-Custom", "Accept", "Cookie"]),
+    st.sampled_from(
+        sorted(HOP_BY_HOP)
+        + ["Authorization", "Host", "Expect", "Forwarded", *OURS, "X-Custom", "Accept", "Cookie"]
+    ),
     st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True),
 )
 
@@ -224,8 +293,9 @@ _HEADERS = st.lists(st.tuples(_spelling(), st.text(max_size=20)), max_size=25)
 
 class TestUpstreamHeaderProperties:
     @given(_HEADERS, st.lists(st.lists(_spelling(), max_size=4), max_size=2))
-    def test_output_is_clean_for_any_input(self, client: list[tuple[str, str]],
-                                           connection_lists: list[list[str]]) -> None:
+    def test_output_is_clean_for_any_input(
+        self, client: list[tuple[str, str]], connection_lists: list[list[str]]
+    ) -> None:
         """No hop-by-hop or Connection-listed name, one copy of each of ours, our values."""
         connection = [", ".join(tokens) for tokens in connection_lists]
         out = upstream_request_headers(client, IDENTITY, connection)
@@ -236,9 +306,13 @@ class TestUpstreamHeaderProperties:
             assert name.lower() not in forbidden - ours
         assert_exactly_ours(out)
         kept = [(n, v) for n, v in out.items() if normalized(n) not in ours]
-        expected = [(n, v) for n, v in client
-                    if n.lower() not in forbidden and normalized(n) not in forbidden
-                    and normalized(n) not in ours | {"forwarded"}]
+        expected = [
+            (n, v)
+            for n, v in client
+            if n.lower() not in forbidden
+            and normalized(n) not in forbidden
+            and normalized(n) not in ours | {"forwarded"}
+        ]
         assert kept == expected
 
 
@@ -246,8 +320,19 @@ class TestUnderscoreSpellingsOfHopByHop:
     def test_underscore_hop_by_hop_names_dropped(self) -> None:
         """Transfer_Encoding, Keep_Alive and Proxy_Authorization never reach the upstream."""
         out = upstream_request_headers(
-            [("Transfer_Encoding", "chunked"), ("keep_alive", "1"),
-             ("Proxy_Authorization", "Basic x"), ("X-Ok", "1")], IDENTITY, [])
-        assert [n for n in out if n.lower().replace("_", "-") in
-                {"transfer-encoding", "keep-alive", "proxy-authorization"}] == []
+            [
+                ("Transfer_Encoding", "chunked"),
+                ("keep_alive", "1"),
+                ("Proxy_Authorization", "Basic x"),
+                ("X-Ok", "1"),
+            ],
+            IDENTITY,
+            [],
+        )
+        assert [
+            n
+            for n in out
+            if n.lower().replace("_", "-")
+            in {"transfer-encoding", "keep-alive", "proxy-authorization"}
+        ] == []
         assert out["X-Ok"] == "1"

@@ -30,13 +30,17 @@ async def still_serves(client: Client) -> None:
 
 
 class TestExpectContinue:
-    async def test_no_100_continue_before_the_key_is_verified(self, client: Client,
-                                                              upstream: Upstream) -> None:
+    async def test_no_100_continue_before_the_key_is_verified(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """Without a valid key: 401 straight away, never '100 Continue', connection closed."""
         reader, writer = await open_raw(client)
-        writer.write(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1048576\r\n"
-                     b"Expect: 100-continue\r\nAuthorization: Bearer "
-                     + generate_key().full.encode() + b"\r\n\r\n")
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1048576\r\n"
+            b"Expect: 100-continue\r\nAuthorization: Bearer "
+            + generate_key().full.encode()
+            + b"\r\n\r\n"
+        )
         head = await read_head(reader)
         assert head.startswith("HTTP/1.1 401"), head
         await asyncio.wait_for(reader.read(), 5)  # the server closes: read returns at EOF
@@ -45,14 +49,18 @@ class TestExpectContinue:
         assert upstream.requests == []
         await still_serves(client)
 
-    async def test_100_continue_after_verification(self, client: Client,
-                                                   upstream: Upstream) -> None:
+    async def test_100_continue_after_verification(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """With a valid key: '100 Continue', then the body streams to the upstream."""
         created = await new_key(client)
         reader, writer = await open_raw(client)
-        writer.write(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
-                     b"Expect: 100-continue\r\nConnection: close\r\nAuthorization: Bearer "
-                     + created.key.encode() + b"\r\n\r\n")
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\nAuthorization: Bearer "
+            + created.key.encode()
+            + b"\r\n\r\n"
+        )
         assert (await read_head(reader)).startswith("HTTP/1.1 100 Continue")
         writer.write(b"hello")
         head = await read_head(reader)
@@ -64,19 +72,24 @@ class TestExpectContinue:
     async def test_unknown_expectation_is_417(self, client: Client, upstream: Upstream) -> None:
         """An Expect other than 100-continue gets 417 and nothing is forwarded."""
         created = await new_key(client)
-        resp = await raw_request(str(client.host), int(client.port or 0), get(
-            "/x", "h", {**bearer(created.key), "Expect": "teapot"}))
+        resp = await raw_request(
+            str(client.host),
+            int(client.port or 0),
+            get("/x", "h", {**bearer(created.key), "Expect": "teapot"}),
+        )
         assert resp.status == 417
         assert upstream.requests == []
 
 
 class TestUnauthenticatedUpload:
-    async def test_refused_without_reading_the_body(self, client: Client,
-                                                    upstream: Upstream) -> None:
+    async def test_refused_without_reading_the_body(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """A 1 GiB upload without a key is answered 401 at once and the connection closed."""
         reader, writer = await open_raw(client)
-        writer.write(b"PUT /bulk HTTP/1.1\r\nHost: h\r\nContent-Length: 1073741824\r\n\r\n"
-                     + b"x" * 65536)
+        writer.write(
+            b"PUT /bulk HTTP/1.1\r\nHost: h\r\nContent-Length: 1073741824\r\n\r\n" + b"x" * 65536
+        )
         head = await read_head(reader)
         assert head.startswith("HTTP/1.1 401")
         await asyncio.wait_for(reader.read(), 5)
@@ -89,8 +102,10 @@ class TestKeyInQuery:
     async def test_key_in_query_is_refused(self, client: Client, upstream: Upstream) -> None:
         """A key in the query string is a 400, with or without a valid header."""
         created = await new_key(client)
-        for path, headers in [(f"/x?api_key={created.key}", {}),
-                              (f"/x?a=1&token={created.key}", bearer(created.key))]:
+        for path, headers in [
+            (f"/x?api_key={created.key}", {}),
+            (f"/x?a=1&token={created.key}", bearer(created.key)),
+        ]:
             resp = await client.get(path, headers=headers)
             assert resp.status == 400
             assert (await resp.json())["error"]["code"] == "key_in_query"
@@ -99,8 +114,9 @@ class TestKeyInQuery:
 
 
 class TestBodyLimit:
-    async def test_content_length_over_limit_is_413(self, app_client: AppClient,
-                                                    upstream: Upstream) -> None:
+    async def test_content_length_over_limit_is_413(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """Content-Length above server.max_body_bytes: 413, the upstream is not contacted."""
         client = await app_client(server={"max_body_bytes": 1000})
         created = await new_key(client)
@@ -110,8 +126,9 @@ class TestBodyLimit:
         ok = await client.post("/upload", data=b"x" * 1000, headers=bearer(created.key))
         assert ok.status == 200
 
-    async def test_chunked_over_limit_is_413(self, app_client: AppClient,
-                                             upstream: Upstream) -> None:
+    async def test_chunked_over_limit_is_413(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """A chunked body that grows past the limit is cut off and answered 413."""
         client = await app_client(server={"max_body_bytes": 100_000})
 
@@ -127,35 +144,47 @@ class TestBodyLimit:
 
 
 class TestForwardedHeaders:
-    async def test_trusted_proxy_chain_is_extended(self, app_client: AppClient,
-                                                   upstream: Upstream) -> None:
+    async def test_trusted_proxy_chain_is_extended(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """From a trusted proxy, X-Forwarded-* are kept and the peer appended."""
         client = await app_client(server={"trusted_proxies": ["127.0.0.0/8"]})
         created = await new_key(client)
-        await client.get("/x", headers={**bearer(created.key),
-                                        "X-Forwarded-For": "203.0.113.7",
-                                        "X-Forwarded-Proto": "https",
-                                        "X-Forwarded-Host": "scada.example"})
+        await client.get(
+            "/x",
+            headers={
+                **bearer(created.key),
+                "X-Forwarded-For": "203.0.113.7",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "scada.example",
+            },
+        )
         seen = upstream.recorder.last
         assert seen.header("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
         assert seen.header("X-Forwarded-Proto") == ["https"]
         assert seen.header("X-Forwarded-Host") == ["scada.example"]
 
-    async def test_untrusted_peer_cannot_choose_its_address(self, app_client: AppClient,
-                                                            upstream: Upstream) -> None:
+    async def test_untrusted_peer_cannot_choose_its_address(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """From a peer outside trusted_proxies, client X-Forwarded-* are replaced."""
         client = await app_client(server={"trusted_proxies": ["10.0.0.0/8"]})
         created = await new_key(client)
-        await client.get("/x", headers={**bearer(created.key), "X-Forwarded-For": "1.2.3.4",
-                                        "X-Forwarded-Proto": "https"})
+        await client.get(
+            "/x",
+            headers={
+                **bearer(created.key),
+                "X-Forwarded-For": "1.2.3.4",
+                "X-Forwarded-Proto": "https",
+            },
+        )
         seen = upstream.recorder.last
         assert seen.header("X-Forwarded-For") == ["127.0.0.1"]
         assert seen.header("X-Forwarded-Proto") == ["http"]
 
 
 class TestCredentials:
-    async def test_hostile_authorization_values(self, client: Client,
-                                                upstream: Upstream) -> None:
+    async def test_hostile_authorization_values(self, client: Client, upstream: Upstream) -> None:
         """Comma-joined, tab-separated, control bytes, NUL, non-ASCII and oversize
         credentials are all refused with a 4xx; nothing reaches the upstream."""
         created = await new_key(client)
@@ -172,8 +201,11 @@ class TestCredentials:
             key,
         ]
         for value in values:
-            payload = (b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nAuthorization: "
-                       + value + b"\r\n\r\n")
+            payload = (
+                b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nAuthorization: "
+                + value
+                + b"\r\n\r\n"
+            )
             resp = await raw_request(str(client.host), int(client.port or 0), payload)
             assert 400 <= resp.status < 500, value[:40]
         assert upstream.requests == []
@@ -182,22 +214,35 @@ class TestCredentials:
 
 class TestStripPrefix:
     async def test_prefixed_client_headers_never_reach_upstream(
-            self, app_client: AppClient, upstream: Upstream) -> None:
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """Headers under upstream.strip_header_prefixes are dropped in any spelling."""
         client = await app_client(upstream={"strip_header_prefixes": ["X-Authproxy-", "X-Org-"]})
         created = await new_key(client)
-        await raw_request(str(client.host), int(client.port or 0), get("/x", "h", {
-            **bearer(created.key), "X-Authproxy-Role": "admin", "x_authproxy_role": "admin",
-            "X-ORG-ID": "other", "X-Organic": "kept"}))
+        await raw_request(
+            str(client.host),
+            int(client.port or 0),
+            get(
+                "/x",
+                "h",
+                {
+                    **bearer(created.key),
+                    "X-Authproxy-Role": "admin",
+                    "x_authproxy_role": "admin",
+                    "X-ORG-ID": "other",
+                    "X-Organic": "kept",
+                },
+            ),
+        )
         names = [n.lower() for n, _ in upstream.recorder.last.headers]
-        assert not [n for n in names if n.replace("_", "-").startswith(("x-authproxy-",
-                                                                         "x-org-"))]
+        assert not [n for n in names if n.replace("_", "-").startswith(("x-authproxy-", "x-org-"))]
         assert "x-organic" in names
 
 
 class TestCostOfBadKeys:
     async def test_junk_costs_nothing_and_unknown_costs_like_wrong(
-            self, client: Client, upstream: Upstream) -> None:
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """Malformed keys cost no lookup and no argon2; an unknown id and a wrong secret
         each cost exactly one argon2 verification, so timing does not tell them apart."""
         from authproxy.app import COMPONENTS
@@ -207,8 +252,10 @@ class TestCostOfBadKeys:
         # Read as /_authproxy/metrics shows them: render() hands batched counts over first.
         def argon2_runs() -> float:
             text = metrics.render().decode()
-            return sum(metric_total(text, "authproxy_argon2_verifications_total", result=r)
-                       for r in ("match", "mismatch"))
+            return sum(
+                metric_total(text, "authproxy_argon2_verifications_total", result=r)
+                for r in ("match", "mismatch")
+            )
 
         def misses() -> float:
             return metric_total(metrics.render().decode(), "authproxy_cache_misses_total")
@@ -229,8 +276,9 @@ class TestCostOfBadKeys:
 
 
 class TestClientGoesAway:
-    async def test_disconnect_mid_download_is_not_an_error(self, client: Client,
-                                                           upstream: Upstream) -> None:
+    async def test_disconnect_mid_download_is_not_an_error(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """A client hanging up during a large download is logged as client_disconnected,
         not as an unhandled error, and the daemon keeps serving."""
         from structlog.contextvars import merge_contextvars
@@ -239,8 +287,11 @@ class TestClientGoesAway:
         created = await new_key(client)
         with capture_logs(processors=[merge_contextvars]) as logs:
             reader, writer = await open_raw(client)
-            writer.write(b"GET /bytes/200000000 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer "
-                         + created.key.encode() + b"\r\n\r\n")
+            writer.write(
+                b"GET /bytes/200000000 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer "
+                + created.key.encode()
+                + b"\r\n\r\n"
+            )
             await reader.readexactly(100_000)
             writer.transport.abort()
             for _ in range(100):

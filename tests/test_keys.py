@@ -102,7 +102,7 @@ class TestParseKeyRejects:
             for replacement in ALPHABET + "_":
                 if replacement == original:
                     continue
-                mutated = key[:position] + replacement + key[position + 1:]
+                mutated = key[:position] + replacement + key[position + 1 :]
                 with pytest.raises(InvalidKey):
                     parse_key(mutated)
 
@@ -113,24 +113,37 @@ class TestParseKeyRejects:
         for i in range(len(KEY_PREFIX), KEY_LEN - CHECKSUM_LEN - 1):
             if key[i] == key[i + 1]:
                 continue
-            swapped = key[:i] + key[i + 1] + key[i] + key[i + 2:]
+            swapped = key[:i] + key[i + 1] + key[i] + key[i + 2 :]
             with pytest.raises(InvalidKey):
                 parse_key(swapped)
 
-    @pytest.mark.parametrize("raw", [
-        "",
-        "asc_",
-        "asc",
-        SAMPLE_KEYS[0].full[:-1],
-        SAMPLE_KEYS[0].full + "0",
-        SAMPLE_KEYS[0].full + SAMPLE_KEYS[0].full,
-        " " + SAMPLE_KEYS[0].full,
-        SAMPLE_KEYS[0].full + "\n",
-        with_checksum("asc_" + "A" * 37),
-        with_checksum("asc_" + "A" * 39),
-    ], ids=["empty", "prefix-only", "short-prefix", "one-short", "one-long", "doubled",
-            "leading-space", "trailing-newline", "well-checksummed-short",
-            "well-checksummed-long"])
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            "",
+            "asc_",
+            "asc",
+            SAMPLE_KEYS[0].full[:-1],
+            SAMPLE_KEYS[0].full + "0",
+            SAMPLE_KEYS[0].full + SAMPLE_KEYS[0].full,
+            " " + SAMPLE_KEYS[0].full,
+            SAMPLE_KEYS[0].full + "\n",
+            with_checksum("asc_" + "A" * 37),
+            with_checksum("asc_" + "A" * 39),
+        ],
+        ids=[
+            "empty",
+            "prefix-only",
+            "short-prefix",
+            "one-short",
+            "one-long",
+            "doubled",
+            "leading-space",
+            "trailing-newline",
+            "well-checksummed-short",
+            "well-checksummed-long",
+        ],
+    )
     def test_wrong_length_is_rejected(self, raw: str) -> None:
         """Anything that is not exactly 48 characters is malformed."""
         with pytest.raises(InvalidKey):
@@ -149,7 +162,7 @@ class TestParseKeyRejects:
         """A non-base62 ASCII character in the id, secret or checksum is rejected."""
         key = SAMPLE_KEYS[1].full
         for position in (4, 13, 14, 30, 41, 42, 47):
-            mutated = key[:position] + char + key[position + 1:]
+            mutated = key[:position] + char + key[position + 1 :]
             with pytest.raises(InvalidKey):
                 parse_key(mutated)
 
@@ -158,7 +171,7 @@ class TestParseKeyRejects:
         """Non-ASCII look-alikes (accents, other digits, fullwidth, surrogates) are rejected."""
         key = SAMPLE_KEYS[2].full
         for position in (0, 4, 20, 47):
-            mutated = key[:position] + char + key[position + 1:]
+            mutated = key[:position] + char + key[position + 1 :]
             with pytest.raises(InvalidKey):
                 parse_key(mutated)
 
@@ -202,7 +215,8 @@ class TestKeyHasher:
     def test_from_config_hashes_with_argon2id_and_the_configured_costs(self) -> None:
         """KeyHasher.from_config produces argon2id with the configured t, m and p."""
         keyhasher = KeyHasher.from_config(
-            HashingConfig(time_cost=2, memory_cost_kib=64, parallelism=1))
+            HashingConfig(time_cost=2, memory_cost_kib=64, parallelism=1)
+        )
         stored = keyhasher.hash("secret")
         assert stored.startswith("$argon2id$v=19$m=64,t=2,p=1$")
 
@@ -230,14 +244,17 @@ class TestKeyHasher:
         assert hasher.verify(stored, secret[:-1]) is False
         assert hasher.verify(stored, "") is False
 
-    @pytest.mark.parametrize("stored", [
-        "",
-        "garbage",
-        "$argon2id$",
-        "$argon2id$v=19$m=8,t=1,p=1$garbage",
-        "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$",
-        "$2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234",
-    ])
+    @pytest.mark.parametrize(
+        "stored",
+        [
+            "",
+            "garbage",
+            "$argon2id$",
+            "$argon2id$v=19$m=8,t=1,p=1$garbage",
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$",
+            "$2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234",
+        ],
+    )
     def test_verify_is_false_for_a_garbage_hash(self, hasher: KeyHasher, stored: str) -> None:
         """An unreadable stored hash verifies False instead of raising."""
         assert hasher.verify(stored, "secret") is False
@@ -246,20 +263,23 @@ class TestKeyHasher:
         """A hash made with a smaller time cost than configured needs rehashing."""
         cheaper = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
         configured = KeyHasher.from_config(
-            HashingConfig(time_cost=2, memory_cost_kib=64, parallelism=1))
+            HashingConfig(time_cost=2, memory_cost_kib=64, parallelism=1)
+        )
         assert configured.should_rehash(cheaper.hash("secret")) is True
 
     def test_should_rehash_when_memory_cost_is_lower(self) -> None:
         """A hash made with less memory than configured needs rehashing."""
         cheaper = argon2.PasswordHasher(time_cost=1, memory_cost=32, parallelism=1)
         configured = KeyHasher.from_config(
-            HashingConfig(time_cost=1, memory_cost_kib=64, parallelism=1))
+            HashingConfig(time_cost=1, memory_cost_kib=64, parallelism=1)
+        )
         assert configured.should_rehash(cheaper.hash("secret")) is True
 
     def test_should_not_rehash_with_the_configured_parameters(self) -> None:
         """A hash made with exactly the configured parameters is left alone."""
         configured = KeyHasher.from_config(
-            HashingConfig(time_cost=1, memory_cost_kib=64, parallelism=1))
+            HashingConfig(time_cost=1, memory_cost_kib=64, parallelism=1)
+        )
         assert configured.should_rehash(configured.hash("secret")) is False
 
 

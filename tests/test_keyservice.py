@@ -14,14 +14,16 @@ from tests.conftest import bearer, new_key
 
 
 class TestLookupIdCollision:
-    async def test_taken_lookup_id_is_drawn_again(self, client: TestClient[Any, Any],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_taken_lookup_id_is_drawn_again(
+        self, client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """If the random lookup id exists already, another key is drawn; both keys work,
         and exactly one audit row is written for the new one."""
         first = await new_key(client)
         other = generate_key()
-        taken = NewKey(full=other.full, parsed=ParsedKey(first.record.lookup_id,
-                                                          other.parsed.secret))
+        taken = NewKey(
+            full=other.full, parsed=ParsedKey(first.record.lookup_id, other.parsed.secret)
+        )
         draws = iter([taken, generate_key()])
         monkeypatch.setattr(keyservice, "generate_key", lambda: next(draws))
         second = await new_key(client, name="second")

@@ -27,8 +27,13 @@ LAYERS: list[list[str]] = [
     ["authproxy.cli"],
 ]
 # Inside http/: the shared lifecycle never loads a front end.
-HTTP_CORE = ["authproxy.http.headers", "authproxy.http.errormap", "authproxy.http.admission",
-             "authproxy.http.lifecycle", "authproxy.http.reserved"]
+HTTP_CORE = [
+    "authproxy.http.headers",
+    "authproxy.http.errormap",
+    "authproxy.http.admission",
+    "authproxy.http.lifecycle",
+    "authproxy.http.reserved",
+]
 FRONT_ENDS = ("authproxy.http.aio", "authproxy.http.fast")
 PACKAGE_ROOT = Path(authproxy.__file__).parent
 
@@ -37,10 +42,13 @@ def _loaded_by(package: str) -> list[str]:
     """authproxy modules loaded by importing every module of ``package`` (or the module
     itself) in a fresh interpreter."""
     mine = [m for m in _modules() if m == package or m.startswith(package + ".")]
-    code = (f"import sys, json, {', '.join(mine)}; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('authproxy'))))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True).stdout
+    code = (
+        f"import sys, json, {', '.join(mine)}; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('authproxy'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
     loaded: list[str] = json.loads(out)
     return loaded
 
@@ -91,8 +99,12 @@ def _imports(module: str) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.startswith("authproxy."):
                 # "from authproxy.http.fast import head" imports the module head.
-                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in _MODULES
-                          else node.module for a in node.names}
+                found |= {
+                    f"{node.module}.{a.name}"
+                    if f"{node.module}.{a.name}" in _MODULES
+                    else node.module
+                    for a in node.names
+                }
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("authproxy.")}
     return found
@@ -110,7 +122,7 @@ def test_no_import_cycles() -> None:
         state[module] = 1
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                cycle = path[path.index(dep):] + [dep] if dep in path else [module, dep]
+                cycle = path[path.index(dep) :] + [dep] if dep in path else [module, dep]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if dep not in state:
                 visit(dep, [*path, dep])
@@ -126,8 +138,7 @@ def test_the_readme_code_map_names_every_folder_and_module() -> None:
     readme = (PACKAGE_ROOT.parent / "README.md").read_text()
     code_map = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
     for path in sorted(PACKAGE_ROOT.rglob("*")):
-        if "__pycache__" in path.parts or path.name in ("__init__.py", "__main__.py",
-                                                        "py.typed"):
+        if "__pycache__" in path.parts or path.name in ("__init__.py", "__main__.py", "py.typed"):
             continue
         if path.is_dir() and not (path / "__init__.py").exists():
             continue  # data folders (db/sql, a link to the repository's sql/)

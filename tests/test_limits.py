@@ -76,8 +76,9 @@ class TestKeyRateLimiter:
 
 
 class TestThrottlingThroughTheProxy:
-    async def test_repeated_failures_get_429(self, app_client: AppClient,
-                                             upstream: Upstream) -> None:
+    async def test_repeated_failures_get_429(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """After the threshold, the address gets 429 + Retry-After, even with a good key."""
         client = await app_client(limits={"failure_threshold": 3, "failure_window": 60})
         good = await new_key(client)
@@ -89,8 +90,9 @@ class TestThrottlingThroughTheProxy:
         assert (await resp.json())["error"]["code"] == "too_many_failures"
         assert upstream.requests == []
 
-    async def test_missing_credentials_do_not_count(self, app_client: AppClient,
-                                                    upstream: Upstream) -> None:
+    async def test_missing_credentials_do_not_count(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """Requests without any credential are 401 but do not throttle the address."""
         client = await app_client(limits={"failure_threshold": 2})
         for _ in range(5):
@@ -101,11 +103,13 @@ class TestThrottlingThroughTheProxy:
 
 class TestKeyRateLimit:
     async def test_per_key_override_gives_429_with_ratelimit_headers(
-            self, client: Client, upstream: Upstream) -> None:
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """A key created with rate 2/s: the third immediate request is 429 with headers."""
         keys = client.app[COMPONENTS].keys
-        created = await keys.create(space_id="plant-7", name="slow", rate_limit=2,
-                                    audit=AuditContext(actor="test"))
+        created = await keys.create(
+            space_id="plant-7", name="slow", rate_limit=2, audit=AuditContext(actor="test")
+        )
         assert created.record.rate_limit_per_second == 2
         first = await client.get("/x", headers=bearer(created.key))
         assert first.status == 200
@@ -121,13 +125,13 @@ class TestKeyRateLimit:
         other = await new_key(client)
         assert (await client.get("/x", headers=bearer(other.key))).status == 200
 
-    async def test_default_rate_from_config(self, app_client: AppClient,
-                                            upstream: Upstream) -> None:
+    async def test_default_rate_from_config(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """limits.key_rate_per_second applies to keys without their own rate."""
         client = await app_client(limits={"key_rate_per_second": 1})
         created = await new_key(client)
-        statuses = [(await client.get("/x", headers=bearer(created.key))).status
-                    for _ in range(3)]
+        statuses = [(await client.get("/x", headers=bearer(created.key))).status for _ in range(3)]
         assert statuses == [200, 429, 429]
 
     @pytest.mark.parametrize("rate", [0, -1, "5", True, 10_000_001])
@@ -136,27 +140,35 @@ class TestKeyRateLimit:
         from authproxy.errors import InvalidInput
 
         with pytest.raises(InvalidInput):
-            await client.app[COMPONENTS].keys.create(space_id="plant-7", name="k", rate_limit=rate,
-                                          audit=AuditContext(actor="test"))
+            await client.app[COMPONENTS].keys.create(
+                space_id="plant-7", name="k", rate_limit=rate, audit=AuditContext(actor="test")
+            )
 
 
 class TestArgon2Queue:
     async def test_flood_of_misses_cannot_starve_cached_keys(
-            self, make_config: MakeConfig, hasher: KeyHasher, upstream: Upstream,
-            aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
+        self,
+        make_config: MakeConfig,
+        hasher: KeyHasher,
+        upstream: Upstream,
+        aiohttp_client: Callable[..., Awaitable[Client]],
+    ) -> None:
         """With the argon2 queue full, new misses get 503 at once; cached keys still pass."""
         gated = GatedHasher(hasher)
         gated.gate.set()
-        cfg = make_config(hashing={"max_concurrency": 1, "max_pending": 2},
-                          limits={"failure_threshold": 0})
+        cfg = make_config(
+            hashing={"max_concurrency": 1, "max_pending": 2}, limits={"failure_threshold": 0}
+        )
         client = await aiohttp_client(create_app(cfg, hasher=gated))
         # The listener's first LISTEN flushes the cache; let that happen before caching.
         await wait_for(client.app[COMPONENTS].listener.connected.is_set)
         cached = await new_key(client)
         assert (await client.get("/x", headers=bearer(cached.key))).status == 200
         gated.gate.clear()
-        stuck = [asyncio.create_task(client.get("/x", headers=bearer(generate_key().full)))
-                 for _ in range(2)]
+        stuck = [
+            asyncio.create_task(client.get("/x", headers=bearer(generate_key().full)))
+            for _ in range(2)
+        ]
         await wait_for(gated.entered.is_set)
         await asyncio.sleep(0.05)
         overflow = await client.get("/x", headers=bearer(generate_key().full))

@@ -23,9 +23,11 @@ def exposition(registry: CollectorRegistry) -> str:
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(exposition(registry))
-            for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition(registry))
+        for s in family.samples
+    }
 
 
 def assert_same_samples(batched: CollectorRegistry, direct: CollectorRegistry) -> None:
@@ -40,12 +42,13 @@ def assert_same_samples(batched: CollectorRegistry, direct: CollectorRegistry) -
 def test_batched_histogram_exposes_what_direct_observations_do() -> None:
     direct, batched = CollectorRegistry(), CollectorRegistry()
     plain = Histogram("t_seconds", "t", buckets=BUCKETS, registry=direct)
-    wrapped = BatchedHistogram(Histogram("t_seconds", "t", buckets=BUCKETS, registry=batched),
-                               BUCKETS)
+    wrapped = BatchedHistogram(
+        Histogram("t_seconds", "t", buckets=BUCKETS, registry=batched), BUCKETS
+    )
     for value in SAMPLES:
         plain.observe(value)
         wrapped.observe(value)
-    assert 't_seconds_count 0.0' in exposition(batched)  # nothing until flushed
+    assert "t_seconds_count 0.0" in exposition(batched)  # nothing until flushed
     wrapped.flush()
     assert_same_samples(batched, direct)
     # A second batch adds to the first, and an empty flush changes nothing.

@@ -43,7 +43,8 @@ async def recorded(conn: asyncpg.Connection) -> list[tuple[int, str]]:
 
 async def tables(conn: asyncpg.Connection) -> set[str]:
     rows = await conn.fetch(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    )
     return {r["table_name"] for r in rows}
 
 
@@ -73,17 +74,35 @@ class TestMigrate:
         conn = await connect()
         await migrate(conn)
         assert {"schema_migrations", "api_keys"} <= await tables(conn)
-        columns = {r["column_name"] for r in await conn.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'")}
-        assert {"id", "space_id", "name", "lookup_id", "prefix", "secret_hash", "created_at",
-                "last_used_at", "expires_at", "revoked_at"} <= columns
+        columns = {
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'"
+            )
+        }
+        assert {
+            "id",
+            "space_id",
+            "name",
+            "lookup_id",
+            "prefix",
+            "secret_hash",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "revoked_at",
+        } <= columns
 
     async def test_key_table_stores_no_plain_key(self, connect: Connect) -> None:
         """No column of the key table is meant for the key itself, only its hash."""
         conn = await connect()
         await migrate(conn)
-        columns = {r["column_name"] for r in await conn.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'")}
+        columns = {
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'"
+            )
+        }
         assert not columns & {"key", "secret", "api_key", "token"}
 
     async def test_concurrent_runs_apply_each_migration_once(self, connect: Connect) -> None:
@@ -106,7 +125,8 @@ class TestMigrate:
         conn = await connect()
         await migrate(conn)
         held = await conn.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
         assert held == 0
 
     async def test_newer_database_is_refused(self, connect: Connect) -> None:
@@ -115,8 +135,9 @@ class TestMigrate:
         conn = await connect()
         await migrate(conn)
         future = SHIPPED[-1][0] + 1
-        await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, 'future')",
-                           future)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, 'future')", future
+        )
         with pytest.raises(MigrationError) as caught:
             await migrate(conn)
         message = str(caught.value)
@@ -124,12 +145,13 @@ class TestMigrate:
         assert "upgrade authproxy" in message
         assert await recorded(conn) == [*SHIPPED, (future, "future")]
 
-    async def test_newer_database_refused_before_anything_applies(self,
-                                                                   connect: Connect) -> None:
+    async def test_newer_database_refused_before_anything_applies(self, connect: Connect) -> None:
         """A database that only knows a future migration gets none of ours applied."""
         conn = await connect()
-        await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
-                           "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (999, 'future')")
         with pytest.raises(MigrationError, match="999"):
             await migrate(conn)

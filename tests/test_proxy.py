@@ -28,8 +28,9 @@ PLAIN_CHALLENGE = 'Bearer realm="authproxy"'
 INVALID_CHALLENGE = 'Bearer realm="authproxy", error="invalid_token"'
 
 
-async def assert_refused(resp: aiohttp.ClientResponse, upstream: Upstream,
-                         challenge: str = INVALID_CHALLENGE) -> dict[str, Any]:
+async def assert_refused(
+    resp: aiohttp.ClientResponse, upstream: Upstream, challenge: str = INVALID_CHALLENGE
+) -> dict[str, Any]:
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"] == challenge
     assert resp.content_type == "application/json"
@@ -44,8 +45,9 @@ def hostport(client: Client) -> tuple[str, int]:
 
 
 class TestValidKey:
-    async def test_identity_reaches_upstream_without_credential(self, client: Client,
-                                                                upstream: Upstream) -> None:
+    async def test_identity_reaches_upstream_without_credential(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """A valid key gets through; the upstream sees our identity headers, not the key."""
         created = await new_key(client, space="plant-7")
         resp = await client.get("/api/v1/points", headers=bearer(created.key))
@@ -69,20 +71,23 @@ class TestValidKey:
             resp = await client.get("/x", headers={"Authorization": f"{scheme} {created.key}"})
             assert resp.status == 200, scheme
 
-    async def test_methods_and_bodies_pass_through(self, client: Client,
-                                                   upstream: Upstream) -> None:
+    async def test_methods_and_bodies_pass_through(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """PUT, PATCH, DELETE and POST reach the upstream with their bodies."""
         created = await new_key(client)
         for method in ("POST", "PUT", "PATCH", "DELETE"):
-            resp = await client.request(method, "/items/1", data=b'{"v": 1}',
-                                        headers=bearer(created.key))
+            resp = await client.request(
+                method, "/items/1", data=b'{"v": 1}', headers=bearer(created.key)
+            )
             assert resp.status == 200
             echoed = await resp.json()
             assert echoed["method"] == method
             assert echoed["body"] == '{"v": 1}'
 
-    async def test_upstream_status_and_redirect_unchanged(self, client: Client,
-                                                          upstream: Upstream) -> None:
+    async def test_upstream_status_and_redirect_unchanged(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """Upstream errors pass through as they are, and redirects are not followed."""
         created = await new_key(client)
         for code in (404, 500, 503):
@@ -118,10 +123,18 @@ class TestRefusals:
         body = await assert_refused(resp, upstream, PLAIN_CHALLENGE)
         assert body["error"]["code"] == "missing_token"
 
-    @pytest.mark.parametrize("value", [
-        "Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "Bearer not-a-key", "Token asc_x",
-        "Bearer asc_" + "A" * 44, "Bearer a b",
-    ])
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer ",
+            "Bearer not-a-key",
+            "Token asc_x",
+            "Bearer asc_" + "A" * 44,
+            "Bearer a b",
+        ],
+    )
     async def test_malformed(self, client: Client, upstream: Upstream, value: str) -> None:
         """Malformed credentials get 401 invalid_token."""
         resp = await client.get("/x", headers={"Authorization": value})
@@ -142,10 +155,13 @@ class TestRefusals:
     async def test_duplicate_authorization(self, client: Client, upstream: Upstream) -> None:
         """Two Authorization headers are refused even when both are the valid key."""
         created = await new_key(client)
-        payload = get("/x", f"{client.host}:{client.port}",
-                      None) .replace(b"\r\n\r\n", (
-                          f"\r\nAuthorization: Bearer {created.key}"
-                          f"\r\nAuthorization: Bearer {created.key}\r\n\r\n").encode())
+        payload = get("/x", f"{client.host}:{client.port}", None).replace(
+            b"\r\n\r\n",
+            (
+                f"\r\nAuthorization: Bearer {created.key}"
+                f"\r\nAuthorization: Bearer {created.key}\r\n\r\n"
+            ).encode(),
+        )
         resp = await raw_request(*hostport(client), payload)
         assert resp.status == 401
         assert upstream.requests == []
@@ -154,14 +170,16 @@ class TestRefusals:
         """Revoking evicts the cached key in the same process: the next request gets 401."""
         created = await new_key(client)
         assert (await client.get("/x", headers=bearer(created.key))).status == 200
-        await client.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
-                                      audit=AuditContext(actor="test"))
+        await client.app[COMPONENTS].keys.revoke(
+            space_id="plant-7", key_id=created.record.id, audit=AuditContext(actor="test")
+        )
         upstream.requests.clear()
         resp = await client.get("/x", headers=bearer(created.key))
         await assert_refused(resp, upstream)
 
-    async def test_expired_key_refused_even_when_cached(self, client: Client,
-                                                        upstream: Upstream) -> None:
+    async def test_expired_key_refused_even_when_cached(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """A key stops working at its expiry, although the cache TTL is longer."""
         expires = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
         created = await new_key(client, expires_at=expires)
@@ -171,14 +189,24 @@ class TestRefusals:
         resp = await client.get("/x", headers=bearer(created.key))
         await assert_refused(resp, upstream)
 
-    @pytest.mark.parametrize(("written", "status", "listed"), [
-        ("infinity", 200, "9999-12-31T23:59:59.999999Z"),
-        ("-infinity", 401, "0001-01-01T00:00:00Z"),
-    ])
+    @pytest.mark.parametrize(
+        ("written", "status", "listed"),
+        [
+            ("infinity", 200, "9999-12-31T23:59:59.999999Z"),
+            ("-infinity", 401, "0001-01-01T00:00:00Z"),
+        ],
+    )
     @pytest.mark.parametrize("cached", [0, 100], ids=["uncached", "cached"])
     async def test_an_infinite_expiry_written_by_sql(
-            self, app_client: AppClient, database_url: str, upstream: Upstream,
-            written: str, status: int, listed: str, cached: int) -> None:
+        self,
+        app_client: AppClient,
+        database_url: str,
+        upstream: Upstream,
+        written: str,
+        status: int,
+        listed: str,
+        cached: int,
+    ) -> None:
         """PostgreSQL's 'infinity' / '-infinity' in expires_at (only direct SQL can write
         them) mean never / always expired; they used to fail every request with a 500."""
         client = await app_client(cache={"max_entries": cached})
@@ -193,12 +221,14 @@ class TestRefusals:
         [record] = await client.app[COMPONENTS].keys.list_keys("plant-7")
         assert key_object(record, datetime.now(UTC))["expires_at"] == listed
 
-    async def test_refusal_reason_logged_without_key(self, client: Client,
-                                                     upstream: Upstream) -> None:
+    async def test_refusal_reason_logged_without_key(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """The reason of a refusal is logged; the key never is."""
         created = await new_key(client)
-        await client.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
-                                      audit=AuditContext(actor="test"))
+        await client.app[COMPONENTS].keys.revoke(
+            space_id="plant-7", key_id=created.record.id, audit=AuditContext(actor="test")
+        )
         with capture_logs() as logs:
             await client.get("/x", headers=bearer(created.key))
         refused = [e for e in logs if e["event"] == "auth_refused"]
@@ -208,26 +238,32 @@ class TestRefusals:
 
 
 class TestRawPath:
-    @pytest.mark.parametrize("target", [
-        "/a%2Fb/c?x=%2F&y=a+b",
-        "/a/../b/./c",
-        "//double//slash",
-        "/%7Euser/%zz?q=%zz&&=",
-        "/semi;colon=1/%20space",
-        "/%5Fauthproxy/healthz",
-        "/empty-query?",
-    ])
-    async def test_forwarded_byte_for_byte(self, client: Client, upstream: Upstream,
-                                           target: str) -> None:
+    @pytest.mark.parametrize(
+        "target",
+        [
+            "/a%2Fb/c?x=%2F&y=a+b",
+            "/a/../b/./c",
+            "//double//slash",
+            "/%7Euser/%zz?q=%zz&&=",
+            "/semi;colon=1/%20space",
+            "/%5Fauthproxy/healthz",
+            "/empty-query?",
+        ],
+    )
+    async def test_forwarded_byte_for_byte(
+        self, client: Client, upstream: Upstream, target: str
+    ) -> None:
         """The raw path and query reach the upstream exactly as sent."""
         created = await new_key(client)
-        resp = await raw_request(*hostport(client), get(
-            target, f"{client.host}:{client.port}", bearer(created.key)))
+        resp = await raw_request(
+            *hostport(client), get(target, f"{client.host}:{client.port}", bearer(created.key))
+        )
         assert resp.status == 200
         assert upstream.recorder.last.raw_path == target
 
-    async def test_upstream_base_path_prefixed(self, app_client: AppClient,
-                                               upstream: Upstream) -> None:
+    async def test_upstream_base_path_prefixed(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """An upstream URL with a path is joined with the raw target, nothing re-encoded."""
         client = await app_client(upstream={"url": upstream.url + "/base/"})
         created = await new_key(client)
@@ -236,14 +272,17 @@ class TestRawPath:
 
 
 class TestHeaderRules:
-    async def test_client_identity_copies_removed(self, client: Client,
-                                                  upstream: Upstream) -> None:
+    async def test_client_identity_copies_removed(self, client: Client, upstream: Upstream) -> None:
         """Client copies of our headers, in any case or with '_', never reach the upstream."""
         created = await new_key(client, space="plant-7")
         spoofed = {
-            "X-Space-Id": "plant-9", "x_space_id": "plant-9", "X-SPACE-ID": "plant-9",
-            "X_Api_Key_Id": "forged", "x-api-key-prefix": "forged",
-            "X-Forwarded-For": "10.0.0.1", "x_forwarded_host": "evil",
+            "X-Space-Id": "plant-9",
+            "x_space_id": "plant-9",
+            "X-SPACE-ID": "plant-9",
+            "X_Api_Key_Id": "forged",
+            "x-api-key-prefix": "forged",
+            "X-Forwarded-For": "10.0.0.1",
+            "x_forwarded_host": "evil",
             "X-Forwarded-Proto": "gopher",
             "Forwarded": "for=10.0.0.1",
         }
@@ -251,23 +290,36 @@ class TestHeaderRules:
         await raw_request(*hostport(client), payload)
         seen = upstream.recorder.last
         names = [n.lower().replace("_", "-") for n, _ in seen.headers]
-        for ours in ("x-space-id", "x-api-key-id", "x-api-key-prefix", "x-forwarded-for",
-                     "x-forwarded-host", "x-forwarded-proto", "x-request-id"):
+        for ours in (
+            "x-space-id",
+            "x-api-key-id",
+            "x-api-key-prefix",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-request-id",
+        ):
             assert names.count(ours) == 1, ours
         assert "forwarded" not in names
         assert seen.header("X-Space-Id") == ["plant-7"]
         assert seen.header("X-Forwarded-Host") == ["client.example"]
         assert seen.header("X-Forwarded-For") == ["127.0.0.1"]
 
-    async def test_hop_by_hop_removed_both_ways(self, client: Client,
-                                                upstream: Upstream) -> None:
+    async def test_hop_by_hop_removed_both_ways(self, client: Client, upstream: Upstream) -> None:
         """Hop-by-hop headers and names listed in Connection are not forwarded, either way."""
         created = await new_key(client)
-        headers = {**bearer(created.key), "Keep-Alive": "timeout=5", "TE": "trailers",
-                   "Trailer": "X-T", "Proxy-Authorization": "Basic eA==",
-                   "X-Private": "1", "X-Kept": "yes"}
+        headers = {
+            **bearer(created.key),
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+            "Trailer": "X-T",
+            "Proxy-Authorization": "Basic eA==",
+            "X-Private": "1",
+            "X-Kept": "yes",
+        }
         payload = get("/x", "h", headers).replace(
-            b"Connection: close", b"Connection: close, X-Private, X-Space-Id")
+            b"Connection: close", b"Connection: close, X-Private, X-Space-Id"
+        )
         await raw_request(*hostport(client), payload)
         seen = {n.lower() for n, _ in upstream.recorder.last.headers}
         for name in ("keep-alive", "te", "trailer", "proxy-authorization", "x-private"):
@@ -321,11 +373,13 @@ class TestReservedPrefix:
             assert json.loads(resp.body)["error"]["code"] == "not_found"
         assert upstream.requests == []
 
-    async def test_readyz_503_when_database_unreachable(self, app_client: AppClient,
-                                                        upstream: Upstream) -> None:
+    async def test_readyz_503_when_database_unreachable(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
         """readyz says 503 when PostgreSQL cannot be reached; healthz stays 200."""
-        client = await app_client(db={"url": "postgresql://postgres@127.0.0.1:9/x",
-                                      "connect_timeout": 0.5})
+        client = await app_client(
+            db={"url": "postgresql://postgres@127.0.0.1:9/x", "connect_timeout": 0.5}
+        )
         assert (await client.get("/_authproxy/healthz")).status == 200
         resp = await client.get("/_authproxy/readyz")
         assert resp.status == 503
@@ -351,8 +405,7 @@ class TestAccessLog:
 
 class TestBothTransports:
     @pytest.mark.parametrize("kind", ["h1", "aiohttp"])
-    async def test_round_trip(self, app_client: AppClient, upstream: Upstream,
-                              kind: str) -> None:
+    async def test_round_trip(self, app_client: AppClient, upstream: Upstream, kind: str) -> None:
         """Either upstream transport forwards the raw target, bodies and statuses."""
         client = await app_client(upstream={"transport": kind})
         created = await new_key(client)

@@ -55,8 +55,12 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 class TestRevokeDuringLookup:
     async def test_in_flight_lookup_cannot_recache_revoked_key(
-            self, make_config: MakeConfig, hasher: KeyHasher, upstream: Upstream,
-            aiohttp_client: AiohttpClient) -> None:
+        self,
+        make_config: MakeConfig,
+        hasher: KeyHasher,
+        upstream: Upstream,
+        aiohttp_client: AiohttpClient,
+    ) -> None:
         """A lookup that read the key before a revoke does not put it back in the cache."""
         gated = GatedHasher(hasher)
         gated.gate.set()
@@ -67,8 +71,9 @@ class TestRevokeDuringLookup:
         gated.entered.clear()
         in_flight = asyncio.create_task(client.get("/x", headers=bearer(created.key)))
         await wait_for(gated.entered.is_set)  # the record was read: the key was active then
-        await client.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
-                                      audit=AuditContext(actor="test"))
+        await client.app[COMPONENTS].keys.revoke(
+            space_id="plant-7", key_id=created.record.id, audit=AuditContext(actor="test")
+        )
         gated.gate.set()
         await (await in_flight).release()
         assert len(client.app[COMPONENTS].cache) == 0
@@ -80,11 +85,13 @@ class TestRevokeDuringLookup:
 
 class TestRevokeDuringOutage:
     async def test_a_revoke_during_the_recheck_of_a_stale_key_wins(
-            self, app_client: Any, database_url: str, upstream: Upstream) -> None:
+        self, app_client: Any, database_url: str, upstream: Upstream
+    ) -> None:
         """A stale cached key is being re-checked, PostgreSQL does not answer in time, and
         the key's revocation arrives meanwhile: the answer is 503, not the cached 200."""
-        client = await app_client(cache={"ttl": 0.2, "outage_grace": 300},
-                                  db={"query_timeout": 1.0})
+        client = await app_client(
+            cache={"ttl": 0.2, "outage_grace": 300}, db={"query_timeout": 1.0}
+        )
         created = await new_key(client)
         assert (await client.get("/x", headers=bearer(created.key))).status == 200
         await asyncio.sleep(0.3)  # past cache.ttl: the next use asks PostgreSQL again
@@ -122,15 +129,17 @@ class TestListener:
         try:
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
         finally:
             await admin.close()
         await wait_for(lambda: listener.connections >= 2)
         assert len(client.app[COMPONENTS].cache) == 0
         assert (await client.get("/x", headers=bearer(created.key))).status == 200
 
-    async def test_revoke_elsewhere_evicts_here(self, app_client: Any,
-                                                make_config: MakeConfig) -> None:
+    async def test_revoke_elsewhere_evicts_here(
+        self, app_client: Any, make_config: MakeConfig
+    ) -> None:
         """A revoke through another app on the same database refuses the key here within a
         second, though it is cached here; the cached entry is counted as evicted."""
         here = await app_client()
@@ -140,8 +149,9 @@ class TestListener:
         created = await new_key(here)
         assert (await here.get("/x", headers=bearer(created.key))).status == 200
         assert len(here.app[COMPONENTS].cache) == 1
-        await there.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
-                                     audit=AuditContext(actor="test"))
+        await there.app[COMPONENTS].keys.revoke(
+            space_id="plant-7", key_id=created.record.id, audit=AuditContext(actor="test")
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
         while (await here.get("/x", headers=bearer(created.key))).status == 200:
@@ -161,24 +171,28 @@ class TestNotificationPayload:
 
 
 class TestMetrics:
-    async def test_metrics_endpoint_names_what_the_issue_asks(self, client: Client,
-                                                              upstream: Upstream) -> None:
+    async def test_metrics_endpoint_names_what_the_issue_asks(
+        self, client: Client, upstream: Upstream
+    ) -> None:
         """/_authproxy/metrics exposes outcomes, latencies, cache, argon2, upstream, flushes."""
         created = await new_key(client)
         await client.get("/x", headers=bearer(created.key))
         await client.get("/x", headers=bearer(created.key))
         await client.get("/x")
         await client.get("/x", headers=bearer("asc_" + "A" * 44))
-        await client.app[COMPONENTS].keys.revoke(space_id="plant-7", key_id=created.record.id,
-                                      audit=AuditContext(actor="test"))
+        await client.app[COMPONENTS].keys.revoke(
+            space_id="plant-7", key_id=created.record.id, audit=AuditContext(actor="test")
+        )
         text = ""
         for _ in range(100):  # until the NOTIFY and a last_used flush (0.1 s) have happened
             resp = await client.get("/_authproxy/metrics")
             assert resp.status == 200
             assert resp.content_type == "text/plain"
             text = await resp.text()
-            if ("authproxy_revocation_lag_seconds_count 1.0" in text
-                    and "authproxy_last_used_flush_keys_count 0.0" not in text):
+            if (
+                "authproxy_revocation_lag_seconds_count 1.0" in text
+                and "authproxy_last_used_flush_keys_count 0.0" not in text
+            ):
                 break
             await asyncio.sleep(0.05)
         for needle in (

@@ -20,19 +20,23 @@ OWNER = {"plant-7": "owner"}
 
 
 class TestDaemonOutput:
-    async def test_logs_metrics_and_errors_hold_no_secret(self, launcher: DaemonLauncher,
-                                                          upstream: Upstream) -> None:
+    async def test_logs_metrics_and_errors_hold_no_secret(
+        self, launcher: DaemonLauncher, upstream: Upstream
+    ) -> None:
         """Drive every credential path through a real daemon, then grep what it wrote."""
-        daemon = await launcher.start(admin={"jwt_secret": ADMIN_SECRET},
-                                      logging={"level": "debug"})
+        daemon = await launcher.start(
+            admin={"jwt_secret": ADMIN_SECRET}, logging={"level": "debug"}
+        )
         token = mint(OWNER)
         basic = base64.b64encode(b"operator:hunter2-password").decode()
         wrong = generate_key().full
         seen_bodies: list[str] = []
         async with aiohttp.ClientSession() as session:
-            async with session.post(daemon.url("/_authproxy/v1/spaces/plant-7/keys"),
-                                    json={"name": "grep me"},
-                                    headers={"Authorization": f"Bearer {token}"}) as resp:
+            async with session.post(
+                daemon.url("/_authproxy/v1/spaces/plant-7/keys"),
+                json={"name": "grep me"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp:
                 key = (await resp.json())["key"]
             requests = [
                 ("GET", "/data", {"Authorization": f"Bearer {key}"}),
@@ -40,12 +44,13 @@ class TestDaemonOutput:
                 ("GET", "/data", {"Authorization": f"Bearer {wrong}"}),
                 ("GET", "/data", {"Authorization": f"Basic {basic}"}),
                 ("GET", "/data", {"Authorization": f"Bearer {token}"}),
-                ("GET", "/_authproxy/v1/spaces/plant-7/keys",
-                 {"Authorization": f"Bearer {key}"}),
-                ("GET", "/_authproxy/v1/spaces/plant-7/keys",
-                 {"Authorization": f"Bearer {token}x"}),
-                ("GET", "/_authproxy/v1/spaces/plant-7/keys",
-                 {"Authorization": f"Bearer {token}"}),
+                ("GET", "/_authproxy/v1/spaces/plant-7/keys", {"Authorization": f"Bearer {key}"}),
+                (
+                    "GET",
+                    "/_authproxy/v1/spaces/plant-7/keys",
+                    {"Authorization": f"Bearer {token}x"},
+                ),
+                ("GET", "/_authproxy/v1/spaces/plant-7/keys", {"Authorization": f"Bearer {token}"}),
             ]
             for method, path, headers in requests:
                 async with session.request(method, daemon.url(path), headers=headers) as resp:
@@ -60,12 +65,15 @@ class TestDaemonOutput:
 
 
 class TestRedactionProcessor:
-    @pytest.mark.parametrize("text", [
-        "Authorization: Bearer asc_0123456789abcdefghijABCDEFGHIJ0123456789abcd",
-        "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl in a message",
-        "hash $argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA leaked",
-        "Basic b3BlcmF0b3I6aHVudGVyMg== sent",
-    ])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "Authorization: Bearer asc_0123456789abcdefghijABCDEFGHIJ0123456789abcd",
+            "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl in a message",
+            "hash $argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA leaked",
+            "Basic b3BlcmF0b3I6aHVudGVyMg== sent",
+        ],
+    )
     def test_masks_secret_shapes_in_any_field(self, text: str) -> None:
         """Whatever a log call is handed, the secret part is replaced."""
         event = redact_secrets(None, "info", {"event": "x", "detail": text})
@@ -75,8 +83,11 @@ class TestRedactionProcessor:
 
     def test_secret_field_names_are_masked(self) -> None:
         """Fields named authorization, key, token, secret_hash or jwt are never shown."""
-        event = redact_secrets(None, "info", {"event": "x", "authorization": "anything",
-                                              "token": "t", "key": "k", "jwt": "j"})
+        event = redact_secrets(
+            None,
+            "info",
+            {"event": "x", "authorization": "anything", "token": "t", "key": "k", "jwt": "j"},
+        )
         assert {event[n] for n in ("authorization", "token", "key", "jwt")} == {"<redacted>"}
 
     def test_exception_text_is_redacted(self) -> None:
@@ -84,8 +95,9 @@ class TestRedactionProcessor:
         import structlog
 
         key = generate_key().full
-        with capture_logs(processors=[structlog.processors.format_exc_info,
-                                      redact_secrets]) as logs:
+        with capture_logs(
+            processors=[structlog.processors.format_exc_info, redact_secrets]
+        ) as logs:
             try:
                 raise ValueError(f"bad {key}")
             except ValueError:
@@ -95,7 +107,8 @@ class TestRedactionProcessor:
 
 class TestReprs:
     async def test_key_objects_never_print_their_secrets(
-            self, client: TestClient[Any, Any]) -> None:
+        self, client: TestClient[Any, Any]
+    ) -> None:
         """repr of a created key, its record and a parsed key (what a traceback or a
         failed assertion prints) holds neither the full key, the secret nor the hash."""
         created = await new_key(client)

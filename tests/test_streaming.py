@@ -37,9 +37,11 @@ class Proxied:
     def peak_growth_mib(self, label: str) -> float:
         peak = self.daemon.memory_kib("VmHWM")
         growth = (peak - self.baseline_kib) / 1024
-        print(f"\n{label}: daemon peak RSS {self.baseline_kib / 1024:.1f} MiB idle -> "
-              f"{peak / 1024:.1f} MiB after, growth {growth:.1f} MiB "
-              f"(bound {MAX_PEAK_GROWTH_MIB} MiB)")
+        print(
+            f"\n{label}: daemon peak RSS {self.baseline_kib / 1024:.1f} MiB idle -> "
+            f"{peak / 1024:.1f} MiB after, growth {growth:.1f} MiB "
+            f"(bound {MAX_PEAK_GROWTH_MIB} MiB)"
+        )
         return growth
 
 
@@ -52,8 +54,9 @@ async def proxied(launcher: DaemonLauncher) -> AsyncIterator[Proxied]:
         # Warm up: first verification, upstream connection pool, lazy imports. The
         # baseline is the peak after that, so only the transfer itself is measured.
         for _ in range(3):
-            async with session.post(daemon.url("/upload"), data=b"warm" * 1024,
-                                    headers=headers) as resp:
+            async with session.post(
+                daemon.url("/upload"), data=b"warm" * 1024, headers=headers
+            ) as resp:
                 assert resp.status == 200
             async with session.get(daemon.url(f"/bytes/{MIB}"), headers=headers) as resp:
                 assert resp.status == 200
@@ -85,8 +88,9 @@ class TestStreaming:
         """A 100 MiB download arrives intact and the daemon never holds it in memory."""
         received = hashlib.sha256()
         size = 0
-        async with proxied.session.get(proxied.daemon.url(f"/bytes/{BODY_SIZE}"),
-                                       headers=proxied.headers) as resp:
+        async with proxied.session.get(
+            proxied.daemon.url(f"/bytes/{BODY_SIZE}"), headers=proxied.headers
+        ) as resp:
             assert resp.status == 200
             async for chunk in resp.content.iter_chunked(256 * 1024):
                 received.update(chunk)
@@ -95,13 +99,14 @@ class TestStreaming:
         assert received.hexdigest() == expected_download_sha256(BODY_SIZE)
         assert proxied.peak_growth_mib("download 100 MiB") < MAX_PEAK_GROWTH_MIB
 
-    async def test_large_chunked_upload_streams(self, proxied: Proxied,
-                                                upstream: Upstream) -> None:
+    async def test_large_chunked_upload_streams(self, proxied: Proxied, upstream: Upstream) -> None:
         """A 100 MiB chunked upload reaches the upstream intact, without being buffered."""
         sent = hashlib.sha256()
-        async with proxied.session.post(proxied.daemon.url("/upload"),
-                                        data=random_body(BODY_SIZE, sent),
-                                        headers=proxied.headers) as resp:
+        async with proxied.session.post(
+            proxied.daemon.url("/upload"),
+            data=random_body(BODY_SIZE, sent),
+            headers=proxied.headers,
+        ) as resp:
             assert resp.status == 200
             report = await resp.json()
         assert report["size"] == BODY_SIZE
@@ -114,9 +119,9 @@ class TestStreaming:
         length (upstreams that refuse chunked uploads keep working)."""
         sent = hashlib.sha256()
         headers = {**proxied.headers, "Content-Length": str(BODY_SIZE)}
-        async with proxied.session.post(proxied.daemon.url("/upload"),
-                                        data=random_body(BODY_SIZE, sent),
-                                        headers=headers) as resp:
+        async with proxied.session.post(
+            proxied.daemon.url("/upload"), data=random_body(BODY_SIZE, sent), headers=headers
+        ) as resp:
             assert resp.status == 200
             report = await resp.json()
         assert report["size"] == BODY_SIZE

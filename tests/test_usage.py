@@ -30,7 +30,9 @@ async def insert_keys(pool: asyncpg.Pool, n: int) -> list[str]:
     await pool.execute(
         "INSERT INTO api_keys (id, space_id, name, lookup_id, prefix, secret_hash) "
         "SELECT id, 'plant-7', 'k', 'L' || n, 'asc_L' || n, 'not a hash' "
-        "FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n)", ids)
+        "FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n)",
+        ids,
+    )
     return [str(i) for i in ids]
 
 

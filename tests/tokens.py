@@ -12,11 +12,22 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 ADMIN_SECRET = "test-admin-secret-with-enough-length-for-hs256"
 
 
-def mint(roles: dict[str, str], *, sub: str = "alice@example.com", key: Any = ADMIN_SECRET,
-         algorithm: str = "HS256", expires_in: float = 300, headers: dict[str, Any] | None = None,
-         **claims: Any) -> str:
-    payload: dict[str, Any] = {"sub": sub, "roles": roles, "exp": int(time.time() + expires_in),
-                               **claims}
+def mint(
+    roles: dict[str, str],
+    *,
+    sub: str = "alice@example.com",
+    key: Any = ADMIN_SECRET,
+    algorithm: str = "HS256",
+    expires_in: float = 300,
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    payload: dict[str, Any] = {
+        "sub": sub,
+        "roles": roles,
+        "exp": int(time.time() + expires_in),
+        **claims,
+    }
     return jwt.encode(payload, key, algorithm=algorithm, headers=headers)
 
 
@@ -26,8 +37,11 @@ def auth(token: str) -> dict[str, str]:
 
 def rsa_keypair() -> tuple[Any, str]:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return private, public_pem
 
 
@@ -38,5 +52,6 @@ def ec_keypair() -> tuple[Any, Any]:
 
 def unsigned(roles: dict[str, str], sub: str = "mallory") -> str:
     """alg=none: a token anyone can forge."""
-    return jwt.encode({"sub": sub, "roles": roles, "exp": int(time.time() + 300)}, "",
-                      algorithm="none")
+    return jwt.encode(
+        {"sub": sub, "roles": roles, "exp": int(time.time() + 300)}, "", algorithm="none"
+    )

@@ -44,8 +44,9 @@ _NO_STORE: Final = {"Cache-Control": "no-store"}
 
 def _token(request: web.Request) -> str:
     try:
-        token = bearer_token(request.headers.getall("Authorization", []),
-                             max_len=MAX_ADMIN_TOKEN_LEN)
+        token = bearer_token(
+            request.headers.getall("Authorization", []), max_len=MAX_ADMIN_TOKEN_LEN
+        )
     except MissingKey:
         raise AdminTokenMissing("no credential") from None
     except AuthError as exc:
@@ -78,8 +79,9 @@ async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dic
         raise MalformedBody()
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise InvalidInput("body", f"unknown field {unknown[0][:40]!r}; allowed: "
-                           + ", ".join(sorted(allowed)))
+        raise InvalidInput(
+            "body", f"unknown field {unknown[0][:40]!r}; allowed: " + ", ".join(sorted(allowed))
+        )
     return body
 
 
@@ -110,9 +112,14 @@ async def openapi(request: web.Request) -> web.Response:
 class AdminApi:
     """The admin API's handlers, with the services they use handed in (app.py)."""
 
-    def __init__(self, *, keys: KeyService, tokens: AdminTokenVerifier,
-                 manager_roles: tuple[str, ...] | frozenset[str],
-                 trusted_proxies: Networks) -> None:
+    def __init__(
+        self,
+        *,
+        keys: KeyService,
+        tokens: AdminTokenVerifier,
+        manager_roles: tuple[str, ...] | frozenset[str],
+        trusted_proxies: Networks,
+    ) -> None:
         self._keys = keys
         self._tokens = tokens
         self._manager_roles = manager_roles
@@ -147,21 +154,26 @@ class AdminApi:
         # Behind a trusted proxy, the address it forwarded; otherwise the peer (never a
         # client-chosen X-Forwarded-For).
         address = client_address(request.remote or "", request.headers, self._trusted)
-        return AuditContext(actor=caller.subject, client_address=address or None,
-                            request_id=request.get(REQUEST_ID))
+        return AuditContext(
+            actor=caller.subject, client_address=address or None, request_id=request.get(REQUEST_ID)
+        )
 
     async def create_key(self, request: web.Request) -> web.Response:
         space_id = request.match_info["space_id"]
         caller = self.authorize(request, space_id)
         body = await read_json_object(request, CREATE_FIELDS)
         keys = self._keys
-        created = await keys.create(space_id=space_id, name=body.get("name"),
-                                    expires_at=body.get("expires_at"),
-                                    rate_limit=body.get("rate_limit_per_second"),
-                                    audit=self._audit_context(request, caller))
+        created = await keys.create(
+            space_id=space_id,
+            name=body.get("name"),
+            expires_at=body.get("expires_at"),
+            rate_limit=body.get("rate_limit_per_second"),
+            audit=self._audit_context(request, caller),
+        )
         log.info("key_created", space_id=space_id, key_id=created.record.id)
-        return web.json_response(key_object(created.record, keys.now(), key=created.key),
-                                 status=201, headers=_NO_STORE)
+        return web.json_response(
+            key_object(created.record, keys.now(), key=created.key), status=201, headers=_NO_STORE
+        )
 
     async def list_keys(self, request: web.Request) -> web.Response:
         space_id = request.match_info["space_id"]
@@ -169,15 +181,15 @@ class AdminApi:
         keys = self._keys
         now = keys.now()
         records = await keys.list_keys(space_id)
-        return web.json_response({"keys": [key_object(r, now) for r in records]},
-                                 headers=_NO_STORE)
+        return web.json_response({"keys": [key_object(r, now) for r in records]}, headers=_NO_STORE)
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         space_id, key_id = request.match_info["space_id"], request.match_info["key_id"]
         caller = self.authorize(request, space_id)
         keys = self._keys
-        record = await keys.revoke(space_id=space_id, key_id=key_id,
-                                   audit=self._audit_context(request, caller))
+        record = await keys.revoke(
+            space_id=space_id, key_id=key_id, audit=self._audit_context(request, caller)
+        )
         log.info("key_revoked", space_id=space_id, key_id=record.id)
         return web.json_response(key_object(record, keys.now()), headers=_NO_STORE)
 
@@ -188,8 +200,10 @@ class AdminApi:
         before = _int_param(request, "before", 1, 2**63 - 1)
         events = await self._keys.audit_trail(space_id, limit=limit, before=before)
         next_before = events[-1].id if len(events) == limit else None
-        return web.json_response({"events": [audit_object(e) for e in events],
-                                  "next_before": next_before}, headers=_NO_STORE)
+        return web.json_response(
+            {"events": [audit_object(e) for e in events], "next_before": next_before},
+            headers=_NO_STORE,
+        )
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         keys = API_PREFIX + "/spaces/{space_id}/keys"

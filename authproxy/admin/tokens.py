@@ -67,10 +67,16 @@ class AdminTokenVerifier:
         key = self._key_for(algorithm, header.get("kid"))
         try:
             claims = jwt.decode(
-                token, key, algorithms=[algorithm], leeway=self._cfg.clock_skew,
-                issuer=self._cfg.issuer, audience=self._cfg.audience,
-                options={"require": _REQUIRED_CLAIMS + self._extra_required(),
-                         "verify_aud": self._cfg.audience is not None},
+                token,
+                key,
+                algorithms=[algorithm],
+                leeway=self._cfg.clock_skew,
+                issuer=self._cfg.issuer,
+                audience=self._cfg.audience,
+                options={
+                    "require": _REQUIRED_CLAIMS + self._extra_required(),
+                    "verify_aud": self._cfg.audience is not None,
+                },
             )
         except jwt.PyJWTError as exc:
             raise AdminTokenInvalid(f"{type(exc).__name__}: {exc}") from None
@@ -106,7 +112,7 @@ def _principal(claims: Mapping[str, Any]) -> AdminPrincipal:
     if not isinstance(subject, str) or not subject:
         raise AdminTokenInvalid("sub must be a non-empty string")
     if not isinstance(roles, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in roles.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in roles.items()
+    ):
         raise AdminTokenInvalid("roles must map space ids to role names")
     return AdminPrincipal(subject=subject, roles=dict(roles))
-

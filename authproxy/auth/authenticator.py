@@ -81,10 +81,19 @@ class Authenticator:
     is unchanged; if PostgreSQL cannot answer, the stale entry still admits the key.
     """
 
-    def __init__(self, *, store: Store, cache: VerifiedKeyCache[Verdict], hasher: KeyHasher,
-                 executor: Executor, usage: UsageRecorder, settings: CacheConfig,
-                 metrics: Metrics, max_pending: int = 64,
-                 wall_clock: WallClock = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        cache: VerifiedKeyCache[Verdict],
+        hasher: KeyHasher,
+        executor: Executor,
+        usage: UsageRecorder,
+        settings: CacheConfig,
+        metrics: Metrics,
+        max_pending: int = 64,
+        wall_clock: WallClock = lambda: datetime.now(UTC),
+    ) -> None:
         self._store = store
         self._cache = cache
         self._hasher = hasher
@@ -103,8 +112,9 @@ class Authenticator:
         # work as a wrong secret and response timing does not tell which ids exist.
         self._dummy_hash = hasher.hash(secrets.token_urlsafe(16))
 
-    def authenticate(self, authorizations: Sequence[str]
-                     ) -> Principal | Coroutine[Any, Any, Principal]:
+    def authenticate(
+        self, authorizations: Sequence[str]
+    ) -> Principal | Coroutine[Any, Any, Principal]:
         """The Principal of a valid key, its use recorded; or a coroutine that returns it.
 
         A fresh cache entry answers at once, with no coroutine made: that is every request
@@ -120,16 +130,18 @@ class Authenticator:
         if len(raw) != KEY_LEN:
             parse_key(raw)  # raises: the precise reason, and no cache lookup to count
         # Only keys that parsed are ever cached, so a hit needs no format or checksum check.
-        digest = hashlib.blake2b(raw.encode("utf-8", "surrogateescape"),
-                                 key=self._digest_key, digest_size=_DIGEST_SIZE).digest()
+        digest = hashlib.blake2b(
+            raw.encode("utf-8", "surrogateescape"), key=self._digest_key, digest_size=_DIGEST_SIZE
+        ).digest()
         now = self._now()
         entry = self._cache.get(digest)
         if entry is not None and self._answers_alone(entry):
             return self._from_cache(entry, now)
         return self._authenticate_with_io(raw, digest, now, entry)
 
-    async def _authenticate_with_io(self, raw: str, digest: bytes, now: datetime,
-                                    entry: Entry[Verdict] | None) -> Principal:
+    async def _authenticate_with_io(
+        self, raw: str, digest: bytes, now: datetime, entry: Entry[Verdict] | None
+    ) -> Principal:
         if entry is None:
             parsed = parse_key(raw)
             entry = await self._after_concurrent_miss(digest)
@@ -183,8 +195,9 @@ class Authenticator:
                 del self._verifying[digest]
             done.set_result(None)
 
-    async def _revalidate(self, parsed: ParsedKey, digest: bytes, now: datetime,
-                          cached: Verified) -> Principal:
+    async def _revalidate(
+        self, parsed: ParsedKey, digest: bytes, now: datetime, cached: Verified
+    ) -> Principal:
         try:
             return await self._verify(parsed, digest, now, cached=cached)
         except StoreUnavailable as exc:
@@ -192,31 +205,45 @@ class Authenticator:
             # being asked: only an entry the cache still holds may answer.
             if self._cache.get(digest) is None:
                 raise
-            log.warning("served_from_cache_during_outage", key_id=cached.principal.key_id,
-                        error=str(exc))
+            log.warning(
+                "served_from_cache_during_outage", key_id=cached.principal.key_id, error=str(exc)
+            )
             return cached.principal
 
-    async def _verify(self, parsed: ParsedKey, digest: bytes, now: datetime,
-                      cached: Verified | None) -> Principal:
+    async def _verify(
+        self, parsed: ParsedKey, digest: bytes, now: datetime, cached: Verified | None
+    ) -> Principal:
         generation = self._cache.generation()
         record = await self._store.find_by_lookup_id(parsed.lookup_id)
         try:
             verified = await self._check(record, parsed, now, cached)
         except AuthError as exc:
-            self._cache.put(digest, type(exc), key_id=None, ttl=self._settings.negative_ttl,
-                            generation=generation)
+            self._cache.put(
+                digest,
+                type(exc),
+                key_id=None,
+                ttl=self._settings.negative_ttl,
+                generation=generation,
+            )
             raise
         ttl, grace = self._settings.ttl, self._settings.outage_grace
         expires_at = verified.principal.expires_at
         if expires_at is not None:
             left = (expires_at - now).total_seconds()
             ttl, grace = min(ttl, left), min(grace, left)
-        self._cache.put(digest, verified, key_id=verified.principal.key_id,
-                        ttl=ttl, grace=grace, generation=generation)
+        self._cache.put(
+            digest,
+            verified,
+            key_id=verified.principal.key_id,
+            ttl=ttl,
+            grace=grace,
+            generation=generation,
+        )
         return verified.principal
 
-    async def _check(self, record: KeyRecord | None, parsed: ParsedKey, now: datetime,
-                     cached: Verified | None) -> Verified:
+    async def _check(
+        self, record: KeyRecord | None, parsed: ParsedKey, now: datetime, cached: Verified | None
+    ) -> Verified:
         if record is None:
             await self._argon2(self._dummy_hash, parsed.secret)
             raise InvalidKey("unknown key id")
@@ -231,13 +258,21 @@ class Authenticator:
             raise ExpiredKey("expired")
         if self._hasher.should_rehash(record.secret_hash):
             asyncio.create_task(self._rehash(record, parsed.secret))  # noqa: RUF006
-        principal = Principal(record.id, record.space_id, record.prefix,
-                              record.expires_at, record.rate_limit_per_second)
+        principal = Principal(
+            record.id,
+            record.space_id,
+            record.prefix,
+            record.expires_at,
+            record.rate_limit_per_second,
+        )
         return Verified(principal, self._fingerprint(record.secret_hash))
 
     def _fingerprint(self, secret_hash: str) -> bytes:
-        return hashlib.blake2b(secret_hash.encode("ascii", "replace"), key=self._digest_key,
-                               digest_size=_FINGERPRINT_SIZE).digest()
+        return hashlib.blake2b(
+            secret_hash.encode("ascii", "replace"),
+            key=self._digest_key,
+            digest_size=_FINGERPRINT_SIZE,
+        ).digest()
 
     async def _argon2(self, stored: str, secret: str) -> bool:
         if self._pending >= self._max_pending:
@@ -246,7 +281,8 @@ class Authenticator:
         started = time.perf_counter()
         try:
             ok = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._hasher.verify, stored, secret)
+                self._executor, self._hasher.verify, stored, secret
+            )
         finally:
             self._pending -= 1
         self._metrics.argon2_seconds.observe(time.perf_counter() - started)
@@ -255,7 +291,8 @@ class Authenticator:
 
     async def _rehash(self, record: KeyRecord, secret: str) -> None:
         new_hash = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._hasher.hash, secret)
+            self._executor, self._hasher.hash, secret
+        )
         try:
             await self._store.replace_hash(record.id, record.secret_hash, new_hash)
         except StoreUnavailable as exc:

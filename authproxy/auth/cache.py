@@ -70,8 +70,7 @@ class Entry(NamedTuple, Generic[V]):
 class VerifiedKeyCache(Generic[V]):
     """LRU + TTL cache; ``max_entries == 0`` disables caching entirely."""
 
-    def __init__(self, *, max_entries: int, codec: Codec[V],
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(self, *, max_entries: int, codec: Codec[V], clock: Clock = time.monotonic) -> None:
         self._max = max_entries
         self._codec = codec
         self._clock = clock
@@ -124,8 +123,9 @@ class VerifiedKeyCache(Generic[V]):
             del self._records[digest]
             self.misses += 1
             return None
-        if (entry.generation < self._last_invalidation
-                and self._revoked(entry.key_id, entry.generation)):
+        if entry.generation < self._last_invalidation and self._revoked(
+            entry.key_id, entry.generation
+        ):
             del self._records[digest]
             self._evicted("revoked")
             self.misses += 1
@@ -140,8 +140,16 @@ class VerifiedKeyCache(Generic[V]):
     def is_fresh(self, entry: Entry[V]) -> bool:
         return entry.fresh_until > self._clock()
 
-    def put(self, digest: bytes, value: V, *, key_id: str | None, ttl: float,
-            generation: int, grace: float = 0.0) -> bool:
+    def put(
+        self,
+        digest: bytes,
+        value: V,
+        *,
+        key_id: str | None,
+        ttl: float,
+        generation: int,
+        grace: float = 0.0,
+    ) -> bool:
         """Insert unless the key was invalidated after ``generation``; return whether stored.
 
         ``grace`` (>= ttl to matter) is how long the entry stays usable as a fallback.
@@ -160,8 +168,7 @@ class VerifiedKeyCache(Generic[V]):
             encoded_id = key_id.encode("utf-8", "surrogateescape")
             if len(encoded_id) >= _UUID_KEY_ID:
                 raise ValueError("key id too long to cache")
-            head = _HEAD.pack(fresh_until, usable_until, generation,
-                              len(encoded_id)) + encoded_id
+            head = _HEAD.pack(fresh_until, usable_until, generation, len(encoded_id)) + encoded_id
         self._records.pop(digest, None)  # a replaced entry becomes the most recent
         self._records[digest] = head + self._codec.encode(value)
         while len(self._records) > self._max:
@@ -207,8 +214,13 @@ class VerifiedKeyCache(Generic[V]):
     def _decode(self, record: bytes) -> Entry[V]:
         fresh_until, usable_until, generation, id_len = _HEAD.unpack_from(record)
         key_id, value_at = _key_id(record, id_len)
-        entry = Entry(self._codec.decode(key_id, record[value_at:]), key_id, fresh_until,
-                      usable_until, generation)
+        entry = Entry(
+            self._codec.decode(key_id, record[value_at:]),
+            key_id,
+            fresh_until,
+            usable_until,
+            generation,
+        )
         if len(self._decoded) >= RECENT:
             self._decoded.clear()
         self._decoded[record] = entry
@@ -226,9 +238,9 @@ def _key_id(record: bytes, id_len: int) -> tuple[str | None, int]:
         return None, _HEAD.size
     if id_len == _UUID_KEY_ID:
         end = _HEAD.size + 16
-        return _uuid_text(record[_HEAD.size:end]), end
+        return _uuid_text(record[_HEAD.size : end]), end
     end = _HEAD.size + id_len
-    return record[_HEAD.size:end].decode("utf-8", "surrogateescape"), end
+    return record[_HEAD.size : end].decode("utf-8", "surrogateescape"), end
 
 
 def _uuid_bytes(key_id: str) -> bytes | None:

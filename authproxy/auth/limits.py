@@ -22,8 +22,9 @@ class FailureLimiter:
     until the window ends, without spending a database query or argon2 on it.
     """
 
-    def __init__(self, *, threshold: int, window: float, max_clients: int,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, *, threshold: int, window: float, max_clients: int, clock: Clock = time.monotonic
+    ) -> None:
         self._threshold = threshold
         self._window = window
         self._max = max_clients
@@ -72,8 +73,9 @@ class Decision:
 class KeyRateLimiter:
     """Token bucket per key: ``rate`` requests/s on average, bursts up to ``burst`` s of it."""
 
-    def __init__(self, *, burst_seconds: float, max_keys: int,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, *, burst_seconds: float, max_keys: int, clock: Clock = time.monotonic
+    ) -> None:
         self._burst = burst_seconds
         self._max = max_keys
         self._clock = clock
@@ -92,9 +94,12 @@ class KeyRateLimiter:
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
         return Decision(
-            allowed=allowed, limit=int(capacity), remaining=int(tokens),
+            allowed=allowed,
+            limit=int(capacity),
+            remaining=int(tokens),
             reset=(capacity - tokens) / rate,
-            retry_after=0.0 if allowed else (1.0 - tokens) / rate)
+            retry_after=0.0 if allowed else (1.0 - tokens) / rate,
+        )
 
 
 def seconds_header(seconds: float) -> str:

@@ -36,9 +36,16 @@ def parse_notification(payload: str) -> tuple[str, float | None]:
 class RevocationListener:
     """Keeps one dedicated LISTEN connection alive, with backoff, for the process's life."""
 
-    def __init__(self, *, dsn: str, cache: VerifiedKeyCache[Any], metrics: Metrics,
-                 connect_timeout: float, ping_interval: float = 5.0,
-                 max_backoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        cache: VerifiedKeyCache[Any],
+        metrics: Metrics,
+        connect_timeout: float,
+        ping_interval: float = 5.0,
+        max_backoff: float = 5.0,
+    ) -> None:
         self._dsn = dsn
         self._cache = cache
         self._metrics = metrics
@@ -65,8 +72,11 @@ class RevocationListener:
                 log.warning("revocation_listener_lost", retry_in=0.05)
                 backoff = 0.05
             except _UNAVAILABLE as exc:
-                log.warning("revocation_listener_down", error=f"{type(exc).__name__}: {exc}",
-                            retry_in=round(backoff, 2))
+                log.warning(
+                    "revocation_listener_down",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=round(backoff, 2),
+                )
             self.connected.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)

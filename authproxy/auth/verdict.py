@@ -47,8 +47,7 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 _NEVER: Final = -(2**63)
 _NONE: Final = math.nan
 # A cached refusal is one byte: its index here.
-_REFUSALS: Final[tuple[type[AuthError], ...]] = (MissingKey, InvalidKey, ExpiredKey,
-                                                 RevokedKey)
+_REFUSALS: Final[tuple[type[AuthError], ...]] = (MissingKey, InvalidKey, ExpiredKey, RevokedKey)
 
 # What the cache holds for a key: it passed (who, against which hash), or the class of
 # the refusal, so the log keeps the precise reason.
@@ -82,11 +81,15 @@ class VerdictCodec:
         if number is None:
             number = self._numbers[principal.space_id] = len(self._spaces)
             self._spaces.append(principal.space_id)
-        expires = (_NEVER if principal.expires_at is None
-                   else (principal.expires_at - _EPOCH) // _MICROSECOND)
+        expires = (
+            _NEVER
+            if principal.expires_at is None
+            else (principal.expires_at - _EPOCH) // _MICROSECOND
+        )
         rate = _NONE if principal.rate_limit is None else principal.rate_limit
-        return (_PACKED.pack(value.hash_fingerprint, expires, rate, number)
-                + principal.prefix.encode("utf-8", "surrogateescape"))
+        return _PACKED.pack(
+            value.hash_fingerprint, expires, rate, number
+        ) + principal.prefix.encode("utf-8", "surrogateescape")
 
     def decode(self, key_id: str | None, data: bytes) -> Verdict:
         if len(data) == 1:
@@ -95,8 +98,10 @@ class VerdictCodec:
             raise ValueError("a cached key without a key id")
         fingerprint, expires, rate, number = _PACKED.unpack_from(data)
         principal = Principal(
-            key_id, self._spaces[number],
-            data[_PACKED.size:].decode("utf-8", "surrogateescape"),
+            key_id,
+            self._spaces[number],
+            data[_PACKED.size :].decode("utf-8", "surrogateescape"),
             None if expires == _NEVER else _EPOCH + timedelta(microseconds=expires),
-            None if math.isnan(rate) else rate)
+            None if math.isnan(rate) else rate,
+        )
         return Verified(principal, fingerprint)

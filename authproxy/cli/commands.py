@@ -47,8 +47,9 @@ def serve(cfg: Config, *, worker: bool = False, config_path: str | None = None) 
 
 def _serve(app: web.Application, *, reuse_port: bool = False) -> int:
     c = app[COMPONENTS]
-    return server.serve(app, c.config, readiness=c.readiness, answer=c.fast_front.answer,
-                        reuse_port=reuse_port)
+    return server.serve(
+        app, c.config, readiness=c.readiness, answer=c.fast_front.answer, reuse_port=reuse_port
+    )
 
 
 def demo(cfg: Config) -> int:
@@ -68,20 +69,24 @@ def _sample_upstream_ctx(cfg: Config) -> Callable[[web.Application], AsyncIterat
         await web.TCPSite(runner, upstream.host, upstream.port).start()
         yield
         await runner.cleanup()
+
     return ctx
 
 
 def _announce_first_key(c: Components) -> Callable[[web.Application], Awaitable[None]]:
     async def on_startup(_: web.Application) -> None:
-        created = await c.keys.create(space_id=DEMO_SPACE, name="demo key",
-                                      audit=AuditContext(actor="cli:demo"))
+        created = await c.keys.create(
+            space_id=DEMO_SPACE, name="demo key", audit=AuditContext(actor="cli:demo")
+        )
         _print_first_key(c.config, created.key)
+
     return on_startup
 
 
 def _print_first_key(cfg: Config, key: str) -> None:
     base = f"http://{cfg.server.listen}"
-    print(f"""
+    print(
+        f"""
 authproxy demo: proxy on {base}, sample upstream on {cfg.upstream.url}
 A first API key for space '{DEMO_SPACE}' (shown once, copy it now):
 
@@ -92,7 +97,10 @@ Try it through the proxy:
     curl -s -H 'Authorization: Bearer {key}' {base}/api/v1/historian/points
 
 Health: curl -s {base}/_authproxy/healthz   Stop: Ctrl-C
-""", file=sys.stderr, flush=True)
+""",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 @asynccontextmanager
@@ -106,9 +114,12 @@ async def _key_service(cfg: Config) -> AsyncIterator[KeyService]:
             async with pool.acquire() as conn:
                 await apply_migrations(conn)
         with ThreadPoolExecutor(max_workers=1) as executor:
-            yield KeyService(store=Store(pool, query_timeout=cfg.db.query_timeout),
-                             hasher=KeyHasher.from_config(cfg.hashing), executor=executor,
-                             cache=VerifiedKeyCache(max_entries=0, codec=VerdictCodec()))
+            yield KeyService(
+                store=Store(pool, query_timeout=cfg.db.query_timeout),
+                hasher=KeyHasher.from_config(cfg.hashing),
+                executor=executor,
+                cache=VerifiedKeyCache(max_entries=0, codec=VerdictCodec()),
+            )
     finally:
         await pool.close()
 
@@ -126,11 +137,17 @@ async def migrate(cfg: Config) -> dict[str, Any]:
     return {"applied": [f"{m.version:03d}_{m.name}" for m in applied], "version": current}
 
 
-async def create_key(cfg: Config, space: str, name: str, expires_at: str | None,
-                     rate_limit: float | None = None) -> dict[str, Any]:
+async def create_key(
+    cfg: Config, space: str, name: str, expires_at: str | None, rate_limit: float | None = None
+) -> dict[str, Any]:
     async with _key_service(cfg) as keys:
-        created = await keys.create(space_id=space, name=name, expires_at=expires_at,
-                                    rate_limit=rate_limit, audit=AuditContext.for_cli())
+        created = await keys.create(
+            space_id=space,
+            name=name,
+            expires_at=expires_at,
+            rate_limit=rate_limit,
+            audit=AuditContext.for_cli(),
+        )
         return key_object(created.record, keys.now(), key=created.key)
 
 

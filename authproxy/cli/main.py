@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     serve = command("serve", "run the daemon")
-    serve.add_argument("--workers", type=int, metavar="N",
-                       help="worker processes sharing the port (default: server.workers)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the port (default: server.workers)",
+    )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     command("migrate", "apply pending sql/ migrations (idempotent)")
     command("check-config", "validate the configuration; exit 2 listing every problem")
@@ -55,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--space", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--expires-at", help="RFC 3339 date-time, in the future")
-    create.add_argument("--rate-limit", type=float, metavar="PER_SECOND",
-                        help="requests/s for this key (default: limits.key_rate_per_second)")
+    create.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="PER_SECOND",
+        help="requests/s for this key (default: limits.key_rate_per_second)",
+    )
     listing = key_commands.add_parser("list", help="list a space's keys, newest first")
     listing.add_argument("--space", required=True)
     revoke = key_commands.add_parser("revoke", help="revoke a key for good")
@@ -78,8 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps({"status": "ok", "config": redacted(cfg)}, indent=2))
         return EXIT_OK
-    configure_logging(cfg.logging if args.command in ("serve", "demo")
-                      else LoggingConfig(level="warning", format=cfg.logging.format))
+    configure_logging(
+        cfg.logging
+        if args.command in ("serve", "demo")
+        else LoggingConfig(level="warning", format=cfg.logging.format)
+    )
     try:
         return _run(args, cfg)
     except AuthProxyError as exc:
@@ -94,8 +105,9 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     cfg = resolve_database(cfg)
     if args.command == "serve":
         if args.workers is not None:
-            cfg = dataclasses.replace(cfg, server=dataclasses.replace(
-                cfg.server, workers=args.workers))
+            cfg = dataclasses.replace(
+                cfg, server=dataclasses.replace(cfg.server, workers=args.workers)
+            )
         if args.worker:  # started by the supervisor, which has migrated already
             cfg = dataclasses.replace(cfg, db=dataclasses.replace(cfg.db, auto_migrate=False))
         return commands.serve(cfg, worker=args.worker, config_path=args.config)
@@ -105,8 +117,11 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         _print(asyncio.run(commands.migrate(cfg)))
         return EXIT_OK
     if args.keys_command == "create":
-        _print(asyncio.run(commands.create_key(cfg, args.space, args.name, args.expires_at,
-                                               args.rate_limit)))
+        _print(
+            asyncio.run(
+                commands.create_key(cfg, args.space, args.name, args.expires_at, args.rate_limit)
+            )
+        )
     elif args.keys_command == "list":
         _print(asyncio.run(commands.list_keys(cfg, args.space)))
     else:

@@ -82,8 +82,7 @@ def _coerce(hint: Any, value: Any) -> tuple[bool, Any, str]:
             return True, value, ""
         return False, None, "must be one of " + ", ".join(map(str, args))
     if origin is tuple:
-        items = ([i for i in value.split(",") if i.strip()] if isinstance(value, str)
-                 else value)
+        items = [i for i in value.split(",") if i.strip()] if isinstance(value, str) else value
         if isinstance(items, list) and all(isinstance(i, str) and i.strip() for i in items):
             return True, tuple(i.strip() for i in items), ""
         return False, None, "must be a list of non-empty strings"
@@ -126,8 +125,14 @@ def _range_problem(metadata: Mapping[str, Any], value: Any) -> str:
 
 def _kind(value: Any) -> str:
     """What a value is, without showing it (it may be a misplaced secret)."""
-    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-             list: "a list", dict: "a mapping"}
+    kinds = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }
     return kinds.get(type(value), "null" if value is None else "a value")
 
 

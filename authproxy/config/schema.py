@@ -176,8 +176,7 @@ class AdminConfig:
     issuer: str | None = None  # required "iss" when set
     audience: str | None = None  # required "aud" when set
     clock_skew: float = field(default=30.0, metadata=_rule(0, 600))
-    manager_roles: tuple[str, ...] = field(default=("owner", "admin"),
-                                           metadata={"non_empty": True})
+    manager_roles: tuple[str, ...] = field(default=("owner", "admin"), metadata={"non_empty": True})
     max_body_bytes: int = field(default=16384, metadata=_rule(256, 1048576))
 
 
@@ -242,27 +241,33 @@ def build_config(raw: dict[str, Any], environ: Mapping[str, str] = os.environ) -
 def cross_checks(config: Config) -> list[str]:
     """Rules that look at a value's shape or at several settings together."""
     problems = []
-    for setting, listen in (("server.listen", config.server.listen),
-                            ("metrics.listen", config.metrics.listen)):
+    for setting, listen in (
+        ("server.listen", config.server.listen),
+        ("metrics.listen", config.metrics.listen),
+    ):
         if listen is not None and not _is_host_port(listen):
             problems.append(f"{setting}: must be host:port with port 1-65535 (got {show(listen)})")
     upstream = _parse_url(config.upstream.url)
     if upstream is None or upstream.scheme not in ("http", "https") or not upstream.host:
-        problems.append(f"upstream.url: must be an http(s) URL with a host "
-                        f"(got {show(config.upstream.url)})")
+        problems.append(
+            f"upstream.url: must be an http(s) URL with a host (got {show(config.upstream.url)})"
+        )
     elif upstream.query_string or upstream.fragment:
-        problems.append(f"upstream.url: must not have a query or fragment "
-                        f"(got {show(config.upstream.url)})")
+        problems.append(
+            f"upstream.url: must not have a query or fragment (got {show(config.upstream.url)})"
+        )
     db_url = None if config.db.url is None else _parse_url(config.db.url)
     if config.db.url is not None and (
-            db_url is None or db_url.scheme not in ("postgresql", "postgres")):
+        db_url is None or db_url.scheme not in ("postgresql", "postgres")
+    ):
         problems.append("db.url: must be a postgresql:// URL (got <redacted>)")
     for cidr in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
-            problems.append(f"server.trusted_proxies: must be IP networks like 10.0.0.0/8 "
-                            f"(got {show(cidr)})")
+            problems.append(
+                f"server.trusted_proxies: must be IP networks like 10.0.0.0/8 (got {show(cidr)})"
+            )
     for setting in ("jwt_public_key_file", "jwks_file"):
         path = getattr(config.admin, setting)
         if path is not None and not os.path.isfile(os.path.expanduser(path)):

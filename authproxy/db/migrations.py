@@ -53,7 +53,8 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         if done - {m.version for m in known}:
             raise MigrationError(
                 f"database has migrations {sorted(done)} but this authproxy knows only "
-                f"{[m.version for m in known]}: upgrade authproxy")
+                f"{[m.version for m in known]}: upgrade authproxy"
+            )
         for migration in known:
             if migration.version in done:
                 continue
@@ -62,10 +63,13 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                     await conn.execute(migration.sql)
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        migration.version, migration.name)
+                        migration.version,
+                        migration.name,
+                    )
             except asyncpg.PostgresError as exc:
                 raise MigrationError(
-                    f"migration {migration.version:03d}_{migration.name} failed: {exc}") from exc
+                    f"migration {migration.version:03d}_{migration.name} failed: {exc}"
+                ) from exc
             log.info("migration_applied", version=migration.version, name=migration.name)
             applied.append(migration)
     finally:

@@ -16,9 +16,13 @@ async def create_pool(cfg: Config) -> asyncpg.Pool:
     # min_size=0: the daemon starts (and serves cached keys, healthz) while PostgreSQL is
     # away, and connects as soon as it is back; readyz reports the difference.
     return await asyncpg.create_pool(
-        cfg.db.url, min_size=0, max_size=cfg.db.max_pool,
-        timeout=cfg.db.connect_timeout, command_timeout=cfg.db.query_timeout,
-        max_inactive_connection_lifetime=300)
+        cfg.db.url,
+        min_size=0,
+        max_size=cfg.db.max_pool,
+        timeout=cfg.db.connect_timeout,
+        command_timeout=cfg.db.query_timeout,
+        max_inactive_connection_lifetime=300,
+    )
 
 
 async def prepare_schema(cfg: Config, pool: asyncpg.Pool) -> None:

@@ -31,8 +31,10 @@ log = structlog.get_logger(__name__)
 BAD_TARGET_MESSAGE = "The request target must be an absolute path ('/...')."
 TOO_MANY_FAILURES_MESSAGE = "Too many refused keys from this address; retry later."
 RATE_LIMITED_MESSAGE = "This key's request rate limit is exhausted; retry later."
-KEY_IN_QUERY_MESSAGE = ("API keys belong in the Authorization header, never in the URL, "
-                        "where logs and browser histories keep them.")
+KEY_IN_QUERY_MESSAGE = (
+    "API keys belong in the Authorization header, never in the URL, "
+    "where logs and browser histories keep them."
+)
 # Anything that looks like one of our keys, anywhere in the query string.
 _KEY_IN_QUERY = re.compile(KEY_REGEX)
 
@@ -50,12 +52,27 @@ def refuse_target(raw_path: str) -> web.Response | None:
 class Admission:
     """The admission policy, with everything it consults handed in by the composition root."""
 
-    __slots__ = ("_authenticator", "_burst_seconds", "_default_rate", "_failures",
-                 "_key_limits", "_metrics", "_trusted")
+    __slots__ = (
+        "_authenticator",
+        "_burst_seconds",
+        "_default_rate",
+        "_failures",
+        "_key_limits",
+        "_metrics",
+        "_trusted",
+    )
 
-    def __init__(self, *, authenticator: Authenticator, failures: FailureLimiter,
-                 key_limits: KeyRateLimiter, default_rate: float, burst_seconds: float,
-                 trusted_proxies: Networks, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        failures: FailureLimiter,
+        key_limits: KeyRateLimiter,
+        default_rate: float,
+        burst_seconds: float,
+        trusted_proxies: Networks,
+        metrics: Metrics,
+    ) -> None:
         self._authenticator = authenticator
         self._failures = failures
         self._key_limits = key_limits
@@ -64,8 +81,9 @@ class Admission:
         self._trusted = trusted_proxies
         self._metrics = metrics
 
-    def authenticate(self, peer: str, headers: MultiMapping[str]
-                     ) -> Principal | Coroutine[Any, Any, Principal]:
+    def authenticate(
+        self, peer: str, headers: MultiMapping[str]
+    ) -> Principal | Coroutine[Any, Any, Principal]:
         """The key's Principal, or a coroutine returning it when PostgreSQL or argon2 must
         answer (see Authenticator.authenticate). Refusals are counted per client and may
         turn into 429s."""
@@ -75,8 +93,11 @@ class Admission:
         if wait is not None:
             log.info("client_throttled", client=client)
             metrics.count_request("throttled", "429")
-            raise TooManyRequests("too_many_failures", TOO_MANY_FAILURES_MESSAGE,
-                                  {"Retry-After": seconds_header(wait)})
+            raise TooManyRequests(
+                "too_many_failures",
+                TOO_MANY_FAILURES_MESSAGE,
+                {"Retry-After": seconds_header(wait)},
+            )
         started = time.perf_counter()
         try:
             result = self._authenticator.authenticate(headers.getall("Authorization", []))
@@ -89,9 +110,9 @@ class Admission:
             return result
         return self._authenticate_with_io(client, result, started)
 
-    async def _authenticate_with_io(self, client: str,
-                                    pending: Coroutine[Any, Any, Principal],
-                                    started: float) -> Principal:
+    async def _authenticate_with_io(
+        self, client: str, pending: Coroutine[Any, Any, Principal], started: float
+    ) -> Principal:
         try:
             return await pending
         except Exception as exc:
@@ -111,7 +132,8 @@ class Admission:
         elif isinstance(exc, StoreUnavailable | Overloaded):
             log.warning("auth_unavailable", error=str(exc))
             metrics.count_request(
-                "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503")
+                "db_unavailable" if isinstance(exc, StoreUnavailable) else "overloaded", "503"
+            )
 
     def take_rate(self, principal: Principal) -> dict[str, str]:
         """Apply the key's token bucket; the RateLimit-* headers for the answer, or 429."""
@@ -119,14 +141,18 @@ class Admission:
         if rate <= 0:
             return {}
         decision = self._key_limits.take(principal.key_id, rate)
-        headers = {"RateLimit-Limit": str(decision.limit),
-                   "RateLimit-Remaining": str(decision.remaining),
-                   "RateLimit-Reset": seconds_header(decision.reset),
-                   "RateLimit-Policy":
-                       f"{decision.limit};w={seconds_header(self._burst_seconds)}"}
+        headers = {
+            "RateLimit-Limit": str(decision.limit),
+            "RateLimit-Remaining": str(decision.remaining),
+            "RateLimit-Reset": seconds_header(decision.reset),
+            "RateLimit-Policy": f"{decision.limit};w={seconds_header(self._burst_seconds)}",
+        }
         if not decision.allowed:
-            raise TooManyRequests("rate_limited", RATE_LIMITED_MESSAGE,
-                                  {**headers, "Retry-After": seconds_header(decision.retry_after)})
+            raise TooManyRequests(
+                "rate_limited",
+                RATE_LIMITED_MESSAGE,
+                {**headers, "Retry-After": seconds_header(decision.retry_after)},
+            )
         return headers
 
     def note_upstream_failure(self, exc: Exception, *, mid_stream: bool) -> None:
@@ -141,11 +167,26 @@ class Admission:
         self._metrics.upstream_errors.labels(kind=kind).inc()
         log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
 
-    def identity(self, principal: Principal, *, peer: str, headers: MultiMapping[str],
-                 scheme: str, host: str, request_id: str) -> Identity:
+    def identity(
+        self,
+        principal: Principal,
+        *,
+        peer: str,
+        headers: MultiMapping[str],
+        scheme: str,
+        host: str,
+        request_id: str,
+    ) -> Identity:
         """Who the upstream is told is calling, and from where."""
-        chain, scheme, host = forwarded_values(peer=peer, headers=headers, scheme=scheme,
-                                               host=host, trusted=self._trusted)
-        return Identity(space_id=principal.space_id, key_id=principal.key_id,
-                        key_prefix=principal.prefix, request_id=request_id, client_ip=chain,
-                        scheme=scheme, host=host)
+        chain, scheme, host = forwarded_values(
+            peer=peer, headers=headers, scheme=scheme, host=host, trusted=self._trusted
+        )
+        return Identity(
+            space_id=principal.space_id,
+            key_id=principal.key_id,
+            key_prefix=principal.prefix,
+            request_id=request_id,
+            client_ip=chain,
+            scheme=scheme,
+            host=host,
+        )

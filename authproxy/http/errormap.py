@@ -36,31 +36,57 @@ MISSING_TOKEN_MESSAGE: Final = "Send an API key as 'Authorization: Bearer <key>'
 _TABLE: Final[list[tuple[type[Exception], int, str, str]]] = [
     (MissingKey, 401, "missing_token", MISSING_TOKEN_MESSAGE),
     (AuthError, 401, "invalid_token", INVALID_TOKEN_MESSAGE),
-    (AdminTokenMissing, 401, "missing_token",
-     "Send an admin token as 'Authorization: Bearer <JWT>'."),
-    (AdminTokenInvalid, 401, "invalid_token",
-     "The admin token is invalid or expired; API keys are not admin tokens."),
+    (
+        AdminTokenMissing,
+        401,
+        "missing_token",
+        "Send an admin token as 'Authorization: Bearer <JWT>'.",
+    ),
+    (
+        AdminTokenInvalid,
+        401,
+        "invalid_token",
+        "The admin token is invalid or expired; API keys are not admin tokens.",
+    ),
     (Forbidden, 403, "forbidden", "Only owners and admins of this space may manage its keys."),
     (MalformedBody, 400, "malformed_json", "The body must be a JSON object."),
     (BodyTooLarge, 413, "body_too_large", "The request body is too large."),
-    (UnsupportedEncoding, 415, "unsupported_content_encoding",
-     "Send the body uncompressed, without a Content-Encoding."),
-    (UnsupportedMediaType, 415, "unsupported_media_type",
-     "Send the body as 'Content-Type: application/json'."),
-    (StoreUnavailable, 503, "key_store_unavailable",
-     "The key store is unavailable; try again shortly."),
+    (
+        UnsupportedEncoding,
+        415,
+        "unsupported_content_encoding",
+        "Send the body uncompressed, without a Content-Encoding.",
+    ),
+    (
+        UnsupportedMediaType,
+        415,
+        "unsupported_media_type",
+        "Send the body as 'Content-Type: application/json'.",
+    ),
+    (
+        StoreUnavailable,
+        503,
+        "key_store_unavailable",
+        "The key store is unavailable; try again shortly.",
+    ),
     (NotFound, 404, "not_found", "No such key in this space."),
     (Overloaded, 503, "overloaded", "Too many key verifications at once; retry shortly."),
     (UpstreamTimeout, 504, "upstream_timeout", "The upstream service did not answer in time."),
-    (UpstreamUnavailable, 502, "upstream_unavailable",
-     "The upstream service could not be reached."),
+    (
+        UpstreamUnavailable,
+        502,
+        "upstream_unavailable",
+        "The upstream service could not be reached.",
+    ),
 ]
 
 
-def json_error(status: int, code: str, message: str,
-               headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}},
-                             status=status, headers=headers)
+def json_error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
 
 
 def error_response(exc: Exception) -> web.Response | None:

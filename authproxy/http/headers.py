@@ -13,10 +13,19 @@ from typing import Final, NamedTuple
 from multidict import CIMultiDict, MultiMapping
 
 # RFC 9110 §7.6.1 (plus the legacy names proxies still see): meaningful for one hop only.
-HOP_BY_HOP: Final = frozenset({
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
-})
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 X_SPACE_ID: Final = "X-Space-Id"
 X_API_KEY_ID: Final = "X-Api-Key-Id"
@@ -29,10 +38,19 @@ X_FORWARDED_HOST: Final = "X-Forwarded-Host"
 # Names the upstream trusts because *we* set them. A client copy of any of them is
 # dropped, however it is spelled: nginx and many WSGI stacks fold "_" into "-".
 # "Forwarded" (RFC 7239) is dropped too: we do not set it, and a client must not.
-_OURS: Final = frozenset(n.lower() for n in (
-    X_SPACE_ID, X_API_KEY_ID, X_API_KEY_PREFIX, X_REQUEST_ID,
-    X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, "Forwarded",
-))
+_OURS: Final = frozenset(
+    n.lower()
+    for n in (
+        X_SPACE_ID,
+        X_API_KEY_ID,
+        X_API_KEY_PREFIX,
+        X_REQUEST_ID,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        "Forwarded",
+    )
+)
 # Never forwarded upstream: the credential itself, the client's Host (the upstream's own
 # goes out; the client's travels as X-Forwarded-Host) and Expect (answered by this hop).
 _REQUEST_ONLY: Final = frozenset({"authorization", "host", "expect"})
@@ -106,8 +124,9 @@ def _is_trusted(peer: str, trusted: Networks) -> bool:
     return any(address in network for network in trusted)
 
 
-def forwarded_values(*, peer: str, headers: MultiMapping[str], scheme: str, host: str,
-                     trusted: Networks) -> tuple[str, str, str]:
+def forwarded_values(
+    *, peer: str, headers: MultiMapping[str], scheme: str, host: str, trusted: Networks
+) -> tuple[str, str, str]:
     """X-Forwarded-For/-Proto/-Host to send upstream.
 
     From a trusted proxy, its values are kept and the peer appended to the chain (what
@@ -117,8 +136,11 @@ def forwarded_values(*, peer: str, headers: MultiMapping[str], scheme: str, host
     if not trusted or not _is_trusted(peer, trusted):
         return peer, scheme, host
     chain = [v.strip() for v in headers.getall(X_FORWARDED_FOR, []) if v.strip()]
-    return (", ".join([*chain, peer]), headers.get(X_FORWARDED_PROTO) or scheme,
-            headers.get(X_FORWARDED_HOST) or host)
+    return (
+        ", ".join([*chain, peer]),
+        headers.get(X_FORWARDED_PROTO) or scheme,
+        headers.get(X_FORWARDED_HOST) or host,
+    )
 
 
 def client_address(peer: str, headers: MultiMapping[str], trusted: Networks) -> str:
@@ -139,19 +161,27 @@ _verdicts: dict[tuple[str, tuple[str, ...]], bool] = {}
 _MAX_VERDICTS: Final = 4096
 
 
-def _is_dropped(name: str, dropped: frozenset[str] | set[str],
-                strip_prefixes: tuple[str, ...]) -> bool:
+def _is_dropped(
+    name: str, dropped: frozenset[str] | set[str], strip_prefixes: tuple[str, ...]
+) -> bool:
     # "_" read as "-" here too: an upstream that folds them must not see a
     # Transfer_Encoding or Content_Length that this hop never interpreted.
     folded = normalized(name)
-    return (name.lower() in dropped or folded in dropped or folded in _OURS
-            or folded.startswith(strip_prefixes)
-            or ("_" in name and folded in _FRAMING))
+    return (
+        name.lower() in dropped
+        or folded in dropped
+        or folded in _OURS
+        or folded.startswith(strip_prefixes)
+        or ("_" in name and folded in _FRAMING)
+    )
 
 
-def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identity,
-                             connection: Iterable[str],
-                             strip_prefixes: tuple[str, ...] = ()) -> CIMultiDict[str]:
+def upstream_request_headers(
+    client: Iterable[tuple[str, str]],
+    identity: Identity,
+    connection: Iterable[str],
+    strip_prefixes: tuple[str, ...] = (),
+) -> CIMultiDict[str]:
     """The headers the upstream receives: the client's, minus what it must not see, plus ours.
 
     ``strip_prefixes`` must be given normalized (lower case, "-" not "_").
@@ -163,9 +193,12 @@ def upstream_request_headers(client: Iterable[tuple[str, str]], identity: Identi
 REQUEST_ID_FROM_END: Final = -4
 
 
-def upstream_request_fields(client: Iterable[tuple[str, str]], identity: Identity,
-                            connection: Iterable[str],
-                            strip_prefixes: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+def upstream_request_fields(
+    client: Iterable[tuple[str, str]],
+    identity: Identity,
+    connection: Iterable[str],
+    strip_prefixes: tuple[str, ...] = (),
+) -> list[tuple[str, str]]:
     """upstream_request_headers as a list of fields, ours last (X-Request-Id at
     REQUEST_ID_FROM_END)."""
     # "Connection: keep-alive" or "close" lists nothing that is not dropped anyway.
@@ -173,8 +206,11 @@ def upstream_request_fields(client: Iterable[tuple[str, str]], identity: Identit
     kept: list[tuple[str, str]] = []
     if listed:
         dropped = _ALWAYS_DROPPED | listed
-        kept = [(name, value) for name, value in client
-                if not _is_dropped(name, dropped, strip_prefixes)]
+        kept = [
+            (name, value)
+            for name, value in client
+            if not _is_dropped(name, dropped, strip_prefixes)
+        ]
     else:
         for name, value in client:
             verdict = _verdicts.get((name, strip_prefixes))
@@ -182,15 +218,21 @@ def upstream_request_fields(client: Iterable[tuple[str, str]], identity: Identit
                 if len(_verdicts) >= _MAX_VERDICTS:
                     _verdicts.clear()
                 verdict = _verdicts[(name, strip_prefixes)] = _is_dropped(
-                    name, _ALWAYS_DROPPED, strip_prefixes)
+                    name, _ALWAYS_DROPPED, strip_prefixes
+                )
             if not verdict:
                 kept.append((name, value))
     # Added last; no client copy of these names is ever kept (_OURS), and a
     # Connection-listed name cannot remove them.
-    kept += ((X_SPACE_ID, identity.space_id), (X_API_KEY_ID, identity.key_id),
-             (X_API_KEY_PREFIX, identity.key_prefix), (X_REQUEST_ID, identity.request_id),
-             (X_FORWARDED_FOR, identity.client_ip), (X_FORWARDED_PROTO, identity.scheme),
-             (X_FORWARDED_HOST, identity.host))
+    kept += (
+        (X_SPACE_ID, identity.space_id),
+        (X_API_KEY_ID, identity.key_id),
+        (X_API_KEY_PREFIX, identity.key_prefix),
+        (X_REQUEST_ID, identity.request_id),
+        (X_FORWARDED_FOR, identity.client_ip),
+        (X_FORWARDED_PROTO, identity.scheme),
+        (X_FORWARDED_HOST, identity.host),
+    )
     return kept
 
 

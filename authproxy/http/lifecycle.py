@@ -74,6 +74,7 @@ class Exchange(Protocol):
     @property
     def target(self) -> str:
         """The request target as sent (origin-form: path and query, undecoded)."""
+
     @property
     def headers(self) -> MultiMapping[str]: ...
     @property
@@ -85,6 +86,7 @@ class Exchange(Protocol):
     @property
     def upstream_memo(self) -> UpstreamFieldsMemo | None:
         """Per-connection memo of encoded upstream fields, where the front end keeps one."""
+
     @property
     def head_sent(self) -> bool:
         """An answer's head is out: an error can no longer be answered, only cut."""
@@ -92,12 +94,16 @@ class Exchange(Protocol):
     def declared_length(self) -> int | None: ...
     def body(self) -> AsyncIterable[bytes] | None:
         """The request body as it arrives, or None for a request without one."""
+
     async def send_continue(self) -> None:
         """Tell a client waiting on ``Expect: 100-continue`` to send its body."""
+
     async def answer(self, response: web.StreamResponse) -> None:
         """Send one of our own answers (an error, a refusal, an admin API response)."""
+
     async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
         """Send the upstream's answer (its head filtered, plus ``extra``) and its body."""
+
     def abort(self) -> None:
         """Cut the client connection: the only honest end of a truncated answer."""
 
@@ -108,12 +114,24 @@ Handle = Callable[[Exchange], Awaitable[int]]
 class RequestLifecycle:
     """Both front ends' request sequence; built by the composition root (app.py)."""
 
-    __slots__ = ("_admission", "_h1", "_max_body_bytes", "_metrics", "_strip_prefixes",
-                 "_transport")
+    __slots__ = (
+        "_admission",
+        "_h1",
+        "_max_body_bytes",
+        "_metrics",
+        "_strip_prefixes",
+        "_transport",
+    )
 
-    def __init__(self, *, admission: Admission, transport: UpstreamTransport,
-                 metrics: Metrics, strip_prefixes: tuple[str, ...],
-                 max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        admission: Admission,
+        transport: UpstreamTransport,
+        metrics: Metrics,
+        strip_prefixes: tuple[str, ...],
+        max_body_bytes: int,
+    ) -> None:
         self._admission = admission
         self._transport = transport
         # The h1 transport takes header fields already encoded (see UpstreamFieldsMemo).
@@ -130,7 +148,8 @@ class RequestLifecycle:
         x.request_id = request_id = request_id_from(x.headers.get(X_REQUEST_ID))
         # The path only: a query string may carry anything, keys included.
         structlog.contextvars.bind_contextvars(
-            request_id=request_id, method=x.method, path=x.target.split("?", 1)[0])
+            request_id=request_id, method=x.method, path=x.target.split("?", 1)[0]
+        )
         try:
             status = await handle(x)
         except ConnectionError:
@@ -158,8 +177,7 @@ class RequestLifecycle:
         principal = admission.authenticate(x.peer, x.headers)  # refusals counted there
         if not isinstance(principal, Principal):
             principal = await principal
-        structlog.contextvars.bind_contextvars(space_id=principal.space_id,
-                                               key_id=principal.key_id)
+        structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
         outcome, status = "allowed", 502
         try:
             rate_headers = admission.take_rate(principal)
@@ -198,32 +216,59 @@ class RequestLifecycle:
         body = x.body()
         return None if body is None else _CappedBody(body, limit)
 
-    def _upstream_request(self, x: Exchange, principal: Principal,
-                          body: AsyncIterable[bytes] | None
-                          ) -> AbstractAsyncContextManager[UpstreamResponse]:
+    def _upstream_request(
+        self, x: Exchange, principal: Principal, body: AsyncIterable[bytes] | None
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
         headers, h1, memo = x.headers, self._h1, x.upstream_memo
-        if (h1 is not None and body is None and memo is not None and memo.headers is headers
-                and memo.principal == principal):  # a cache hit makes a new, equal Principal
-            return h1.request_encoded(x.method, x.target, b"%sX-Request-Id: %s\r\n%s" % (
-                memo.before, x.request_id.encode("ascii"), memo.after))
-        who = self._admission.identity(principal, peer=x.peer, headers=headers,
-                                       scheme=x.scheme, host=x.host, request_id=x.request_id)
-        fields = upstream_request_fields(headers.items(), who, headers.getall("Connection", []),
-                                         self._strip_prefixes)
+        if (
+            h1 is not None
+            and body is None
+            and memo is not None
+            and memo.headers is headers
+            and memo.principal == principal
+        ):  # a cache hit makes a new, equal Principal
+            return h1.request_encoded(
+                x.method,
+                x.target,
+                b"%sX-Request-Id: %s\r\n%s"
+                % (memo.before, x.request_id.encode("ascii"), memo.after),
+            )
+        who = self._admission.identity(
+            principal,
+            peer=x.peer,
+            headers=headers,
+            scheme=x.scheme,
+            host=x.host,
+            request_id=x.request_id,
+        )
+        fields = upstream_request_fields(
+            headers.items(), who, headers.getall("Connection", []), self._strip_prefixes
+        )
         if h1 is None or body is not None:
             return self._transport.request(x.method, x.target, CIMultiDict(fields), body)
         at = len(fields) + REQUEST_ID_FROM_END
-        before, after = encode_fields(fields[:at]), encode_fields(fields[at + 1:])
+        before, after = encode_fields(fields[:at]), encode_fields(fields[at + 1 :])
         if memo is not None:
-            memo.headers, memo.principal, memo.before, memo.after = (headers, principal,
-                                                                     before, after)
-        return h1.request_encoded(x.method, x.target, b"%sX-Request-Id: %s\r\n%s" % (
-            before, x.request_id.encode("ascii"), after))
+            memo.headers, memo.principal, memo.before, memo.after = (
+                headers,
+                principal,
+                before,
+                after,
+            )
+        return h1.request_encoded(
+            x.method,
+            x.target,
+            b"%sX-Request-Id: %s\r\n%s" % (before, x.request_id.encode("ascii"), after),
+        )
 
 
 def _access_line(status: int, started: float, peer: str) -> None:
-    log.info("request", status=status,
-             duration_ms=round((time.perf_counter() - started) * 1000, 3), remote=peer)
+    log.info(
+        "request",
+        status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        remote=peer,
+    )
 
 
 async def _answer_error(x: Exchange, exc: Exception) -> int:

@@ -51,13 +51,33 @@ class AuditEvent:
 
 def audit_event(row: Any) -> AuditEvent:
     return AuditEvent(
-        id=row["id"], occurred_at=row["occurred_at"], space_id=row["space_id"],
-        action=row["action"], key_id=str(row["key_id"]), actor=row["actor"],
-        client_address=row["client_address"], request_id=row["request_id"])
+        id=row["id"],
+        occurred_at=row["occurred_at"],
+        space_id=row["space_id"],
+        action=row["action"],
+        key_id=str(row["key_id"]),
+        actor=row["actor"],
+        client_address=row["client_address"],
+        request_id=row["request_id"],
+    )
 
 
-async def write_audit(conn: asyncpg.Connection, action: AuditAction, key_id: uuid.UUID,
-                      space_id: str, ctx: AuditContext, timeout: float) -> None:
+async def write_audit(
+    conn: asyncpg.Connection,
+    action: AuditAction,
+    key_id: uuid.UUID,
+    space_id: str,
+    ctx: AuditContext,
+    timeout: float,
+) -> None:
     """Called inside the transaction that makes the change, so both commit or neither."""
-    await conn.execute(_INSERT_AUDIT, space_id, action, key_id, ctx.actor,
-                       ctx.client_address, ctx.request_id, timeout=timeout)
+    await conn.execute(
+        _INSERT_AUDIT,
+        space_id,
+        action,
+        key_id,
+        ctx.actor,
+        ctx.client_address,
+        ctx.request_id,
+        timeout=timeout,
+    )

@@ -84,7 +84,7 @@ def parse_key(raw: str) -> ParsedKey:
     """
     if len(raw) != KEY_LEN or not raw.startswith(KEY_PREFIX):
         raise InvalidKey("malformed key")
-    rest = raw[len(KEY_PREFIX):]
+    rest = raw[len(KEY_PREFIX) :]
     if not _ALPHABET_SET.issuperset(rest):
         raise InvalidKey("malformed key")
     body, checksum = raw[:-CHECKSUM_LEN], raw[-CHECKSUM_LEN:]
@@ -101,10 +101,14 @@ class KeyHasher:
 
     @classmethod
     def from_config(cls, cfg: HashingConfig) -> KeyHasher:
-        return cls(argon2.PasswordHasher(
-            time_cost=cfg.time_cost, memory_cost=cfg.memory_cost_kib,
-            parallelism=cfg.parallelism, type=argon2.Type.ID,
-        ))
+        return cls(
+            argon2.PasswordHasher(
+                time_cost=cfg.time_cost,
+                memory_cost=cfg.memory_cost_kib,
+                parallelism=cfg.parallelism,
+                type=argon2.Type.ID,
+            )
+        )
 
     def hash(self, secret: str) -> str:
         return self._hasher.hash(secret)

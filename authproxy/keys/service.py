@@ -69,8 +69,11 @@ def parse_expires_at(value: Any, now: datetime) -> datetime | None:
 def parse_rate_limit(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            0 < value <= 1_000_000):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0 < value <= 1_000_000)
+    ):
         raise InvalidInput("rate_limit_per_second", RATE_RULE)
     return float(value)
 
@@ -124,17 +127,30 @@ class RevokedKeys(Protocol):
 class KeyService:
     """Key lifecycle with the side effects that must go along: hashing, cache eviction."""
 
-    def __init__(self, *, store: Store, hasher: KeyHasher, executor: Executor,
-                 cache: RevokedKeys,
-                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        hasher: KeyHasher,
+        executor: Executor,
+        cache: RevokedKeys,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._store = store
         self._hasher = hasher
         self._executor = executor
         self._cache = cache
         self.now = wall_clock
 
-    async def create(self, *, space_id: str, name: Any, audit: AuditContext,
-                     expires_at: Any = None, rate_limit: Any = None) -> CreatedKey:
+    async def create(
+        self,
+        *,
+        space_id: str,
+        name: Any,
+        audit: AuditContext,
+        expires_at: Any = None,
+        rate_limit: Any = None,
+    ) -> CreatedKey:
         space_id = validate_space_id(space_id)
         name = validate_name(name)
         expires = parse_expires_at(expires_at, self.now())
@@ -142,11 +158,18 @@ class KeyService:
         while True:  # a taken lookup id has odds of ~2^-59 per existing key: draw again
             new = generate_key()
             secret_hash = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._hasher.hash, new.parsed.secret)
+                self._executor, self._hasher.hash, new.parsed.secret
+            )
             record = await self._store.create_key(
-                space_id=space_id, name=name, lookup_id=new.parsed.lookup_id,
-                prefix=new.parsed.display_prefix, secret_hash=secret_hash, expires_at=expires,
-                audit=audit, rate_limit=rate)
+                space_id=space_id,
+                name=name,
+                lookup_id=new.parsed.lookup_id,
+                prefix=new.parsed.display_prefix,
+                secret_hash=secret_hash,
+                expires_at=expires,
+                audit=audit,
+                rate_limit=rate,
+            )
             if record is not None:
                 return CreatedKey(record, new.full)
 
@@ -156,11 +179,12 @@ class KeyService:
     async def revoke(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
         """Revoke in the database, then refuse it from this process's cache at once."""
         record = await self._store.revoke_key(
-            space_id=validate_space_id(space_id), key_id=key_id, audit=audit)
+            space_id=validate_space_id(space_id), key_id=key_id, audit=audit
+        )
         self._cache.invalidate_key(record.id)
         return record
 
-    async def audit_trail(self, space_id: str, *, limit: int,
-                          before: int | None) -> list[AuditEvent]:
-        return await self._store.list_audit(validate_space_id(space_id), limit=limit,
-                                            before=before)
+    async def audit_trail(
+        self, space_id: str, *, limit: int, before: int | None
+    ) -> list[AuditEvent]:
+        return await self._store.list_audit(validate_space_id(space_id), limit=limit, before=before)

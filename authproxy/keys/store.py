@@ -33,8 +33,10 @@ _UNAVAILABLE = (
     asyncpg.InternalClientError,
 )
 
-_KEY_COLUMNS = ("id, space_id, name, lookup_id, prefix, secret_hash, created_at, "
-                "last_used_at, expires_at, revoked_at, rate_limit_per_second")
+_KEY_COLUMNS = (
+    "id, space_id, name, lookup_id, prefix, secret_hash, created_at, "
+    "last_used_at, expires_at, revoked_at, rate_limit_per_second"
+)
 
 _INSERT = f"""
 INSERT INTO api_keys (id, space_id, name, lookup_id, prefix, secret_hash, expires_at,
@@ -54,8 +56,10 @@ RETURNING {_KEY_COLUMNS}"""
 _BY_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1 AND space_id = $2"
 # Sent inside the revoking transaction: listeners hear of it only once it committed.
 # Payload "<key id>|<epoch seconds>": listeners measure the revocation lag from it.
-_NOTIFY = (f"SELECT pg_notify('{REVOCATION_CHANNEL}', "
-           "$1 || '|' || extract(epoch FROM clock_timestamp())::text)")
+_NOTIFY = (
+    f"SELECT pg_notify('{REVOCATION_CHANNEL}', "
+    "$1 || '|' || extract(epoch FROM clock_timestamp())::text)"
+)
 # Forward-only: a late or reordered flush never moves last_used_at back in time.
 _TOUCH = """
 UPDATE api_keys AS k SET last_used_at = u.used_at
@@ -91,10 +95,16 @@ class KeyRecord:
 
 def _record(row: Any) -> KeyRecord:
     return KeyRecord(
-        id=str(row["id"]), space_id=row["space_id"], name=row["name"],
-        lookup_id=row["lookup_id"], prefix=row["prefix"], secret_hash=row["secret_hash"],
-        created_at=_aware(row["created_at"]), last_used_at=_aware(row["last_used_at"]),
-        expires_at=_aware(row["expires_at"]), revoked_at=_aware(row["revoked_at"]),
+        id=str(row["id"]),
+        space_id=row["space_id"],
+        name=row["name"],
+        lookup_id=row["lookup_id"],
+        prefix=row["prefix"],
+        secret_hash=row["secret_hash"],
+        created_at=_aware(row["created_at"]),
+        last_used_at=_aware(row["last_used_at"]),
+        expires_at=_aware(row["expires_at"]),
+        revoked_at=_aware(row["revoked_at"]),
         rate_limit_per_second=row["rate_limit_per_second"],
     )
 
@@ -144,18 +154,35 @@ class Store:
         async with self._connection() as conn:
             await conn.fetchval("SELECT 1", timeout=self._timeout)
 
-    async def create_key(self, *, space_id: str, name: str, lookup_id: str, prefix: str,
-                         secret_hash: str, expires_at: datetime | None,
-                         audit: AuditContext, rate_limit: float | None = None
-                         ) -> KeyRecord | None:
+    async def create_key(
+        self,
+        *,
+        space_id: str,
+        name: str,
+        lookup_id: str,
+        prefix: str,
+        secret_hash: str,
+        expires_at: datetime | None,
+        audit: AuditContext,
+        rate_limit: float | None = None,
+    ) -> KeyRecord | None:
         """Insert the key and its key.created audit event in one transaction.
 
         Returns None when the lookup id is already taken (the caller draws another).
         """
         async with self._connection() as conn, conn.transaction():
-            row = await conn.fetchrow(_INSERT, uuid.uuid4(), space_id, name, lookup_id, prefix,
-                                      secret_hash, expires_at, rate_limit,
-                                      timeout=self._timeout)
+            row = await conn.fetchrow(
+                _INSERT,
+                uuid.uuid4(),
+                space_id,
+                name,
+                lookup_id,
+                prefix,
+                secret_hash,
+                expires_at,
+                rate_limit,
+                timeout=self._timeout,
+            )
             if row is None:
                 return None
             await write_audit(conn, "key.created", row["id"], space_id, audit, self._timeout)
@@ -191,8 +218,9 @@ class Store:
             await conn.execute(_NOTIFY, str(key_uuid), timeout=self._timeout)
         return _record(row)
 
-    async def list_audit(self, space_id: str, *, limit: int,
-                         before: int | None) -> list[AuditEvent]:
+    async def list_audit(
+        self, space_id: str, *, limit: int, before: int | None
+    ) -> list[AuditEvent]:
         async with self._connection() as conn:
             rows = await conn.fetch(LIST_AUDIT, space_id, before, limit, timeout=self._timeout)
         return [audit_event(r) for r in rows]
@@ -211,4 +239,8 @@ class Store:
         async with self._connection() as conn:
             await conn.execute(
                 "UPDATE api_keys SET secret_hash = $3 WHERE id = $1 AND secret_hash = $2",
-                uuid.UUID(key_id), old_hash, new_hash, timeout=self._timeout)
+                uuid.UUID(key_id),
+                old_hash,
+                new_hash,
+                timeout=self._timeout,
+            )

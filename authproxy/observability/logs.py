@@ -43,8 +43,9 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
 def configure_logging(cfg: LoggingConfig, *, cache: bool = True) -> None:
     """JSON lines for machines, the console renderer when a person watches a TTY."""
     console = cfg.format == "console" or (cfg.format == "auto" and sys.stderr.isatty())
-    renderer: Any = (structlog.dev.ConsoleRenderer() if console
-                     else structlog.processors.JSONRenderer())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -55,7 +56,8 @@ def configure_logging(cfg: LoggingConfig, *, cache: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[cfg.level.upper()]),
+            logging.getLevelNamesMapping()[cfg.level.upper()]
+        ),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=cache,
     )

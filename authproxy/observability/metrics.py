@@ -96,58 +96,90 @@ class Metrics:
         self._request_counts: dict[tuple[str, str], int] = {}
         self._request_children: dict[tuple[str, str], Any] = {}
         self.requests = Counter(
-            "authproxy_requests", "Proxied requests by authentication outcome and status.",
-            ["outcome", "status"], registry=r)
+            "authproxy_requests",
+            "Proxied requests by authentication outcome and status.",
+            ["outcome", "status"],
+            registry=r,
+        )
         self.auth_seconds = self._histogram(
-            "authproxy_auth_duration_seconds", "Time to authenticate a proxied request.",
-            _FAST)
-        self.cache_hits = self._counter("authproxy_cache_hits",
-                                        "Verified-key cache hits (fresh).")
+            "authproxy_auth_duration_seconds", "Time to authenticate a proxied request.", _FAST
+        )
+        self.cache_hits = self._counter("authproxy_cache_hits", "Verified-key cache hits (fresh).")
         self.cache_stale_hits = Counter(
-            "authproxy_cache_stale_hits", "Cache entries past their TTL, re-checked in the db.",
-            registry=r)
-        self.cache_misses = Counter("authproxy_cache_misses", "Verified-key cache misses.",
-                                    registry=r)
+            "authproxy_cache_stale_hits",
+            "Cache entries past their TTL, re-checked in the db.",
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "authproxy_cache_misses", "Verified-key cache misses.", registry=r
+        )
         self.cache_evictions = Counter(
-            "authproxy_cache_evictions", "Cache entries removed, by reason.", ["reason"],
-            registry=r)
-        self.argon2 = Counter("authproxy_argon2_verifications",
-                              "argon2 verifications, by result.", ["result"], registry=r)
-        self.argon2_seconds = Histogram("authproxy_argon2_duration_seconds",
-                                        "Time of one argon2 verification.", buckets=_SLOW,
-                                        registry=r)
+            "authproxy_cache_evictions", "Cache entries removed, by reason.", ["reason"], registry=r
+        )
+        self.argon2 = Counter(
+            "authproxy_argon2_verifications",
+            "argon2 verifications, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.argon2_seconds = Histogram(
+            "authproxy_argon2_duration_seconds",
+            "Time of one argon2 verification.",
+            buckets=_SLOW,
+            registry=r,
+        )
         self.upstream_seconds = self._histogram(
             "authproxy_upstream_duration_seconds",
-            "Time from sending to the upstream until its response headers.", _SLOW)
-        self.upstream_errors = Counter("authproxy_upstream_errors",
-                                       "Upstream failures, by kind.", ["kind"], registry=r)
+            "Time from sending to the upstream until its response headers.",
+            _SLOW,
+        )
+        self.upstream_errors = Counter(
+            "authproxy_upstream_errors", "Upstream failures, by kind.", ["kind"], registry=r
+        )
         self.revocation_lag = Histogram(
             "authproxy_revocation_lag_seconds",
             "Time from a revoke's NOTIFY in PostgreSQL to its key being refused here.",
-            buckets=_LAG, registry=r)
+            buckets=_LAG,
+            registry=r,
+        )
         self.listener_reconnects = Counter(
             "authproxy_revocation_listener_reconnects",
-            "Re-established LISTEN connections (each flushes the cache).", registry=r)
+            "Re-established LISTEN connections (each flushes the cache).",
+            registry=r,
+        )
         self.last_used_flush_keys = Histogram(
-            "authproxy_last_used_flush_keys", "Keys written per last_used flush.",
-            buckets=_BATCH, registry=r)
+            "authproxy_last_used_flush_keys",
+            "Keys written per last_used flush.",
+            buckets=_BATCH,
+            registry=r,
+        )
         self.last_used_flush_lag = Histogram(
             "authproxy_last_used_flush_lag_seconds",
-            "Age of the oldest use written by a last_used flush.", buckets=_SLOW, registry=r)
+            "Age of the oldest use written by a last_used flush.",
+            buckets=_SLOW,
+            registry=r,
+        )
         self.last_used_flush_failures = Counter(
-            "authproxy_last_used_flush_failures", "last_used flushes that failed (kept).",
-            registry=r)
-        self.db_pool = Gauge("authproxy_db_pool_connections",
-                             "PostgreSQL pool connections, by state.", ["state"],
-                             multiprocess_mode="livesum", registry=r)
+            "authproxy_last_used_flush_failures",
+            "last_used flushes that failed (kept).",
+            registry=r,
+        )
+        self.db_pool = Gauge(
+            "authproxy_db_pool_connections",
+            "PostgreSQL pool connections, by state.",
+            ["state"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
 
     # The hot-path metrics: batched alone, written through as a worker.
     def _counter(self, name: str, documentation: str) -> Counter | BatchedCounter:
         counter = Counter(name, documentation, registry=self.registry)
         return BatchedCounter(counter) if self.batched else counter
 
-    def _histogram(self, name: str, documentation: str, buckets: tuple[float, ...]
-                   ) -> Histogram | BatchedHistogram:
+    def _histogram(
+        self, name: str, documentation: str, buckets: tuple[float, ...]
+    ) -> Histogram | BatchedHistogram:
         histogram = Histogram(name, documentation, buckets=buckets, registry=self.registry)
         return BatchedHistogram(histogram, buckets) if self.batched else histogram
 
@@ -161,7 +193,8 @@ class Metrics:
         child = self._request_children.get(key)
         if child is None:
             child = self._request_children[key] = self.requests.labels(
-                outcome=outcome, status=status)
+                outcome=outcome, status=status
+            )
         child.inc()
 
     def flush(self) -> None:

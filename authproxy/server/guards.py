@@ -51,10 +51,15 @@ class Guard:
 
     @classmethod
     def from_config(cls, cfg: ServerConfig) -> Guard:
-        return cls(header_timeout=cfg.header_timeout, max_connections=cfg.max_connections,
-                   max_url_bytes=cfg.max_url_bytes, max_header_bytes=cfg.max_header_bytes,
-                   max_headers=cfg.max_headers, idle_timeout=cfg.idle_timeout,
-                   fast_path=cfg.fast_path)
+        return cls(
+            header_timeout=cfg.header_timeout,
+            max_connections=cfg.max_connections,
+            max_url_bytes=cfg.max_url_bytes,
+            max_header_bytes=cfg.max_header_bytes,
+            max_headers=cfg.max_headers,
+            idle_timeout=cfg.idle_timeout,
+            fast_path=cfg.fast_path,
+        )
 
 
 def classify(exc: BaseException | None, max_url_bytes: int) -> tuple[int, str, str]:
@@ -80,8 +85,10 @@ class GuardedRequestHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
-        if (isinstance(manager, GuardedServer)
-                and manager.open_connections() >= self._guard.max_connections):
+        if (
+            isinstance(manager, GuardedServer)
+            and manager.open_connections() >= self._guard.max_connections
+        ):
             log.warning("connection_refused_over_limit", limit=self._guard.max_connections)
             transport.close()
             return
@@ -105,8 +112,13 @@ class GuardedRequestHandler(RequestHandler):
         self._head_timer = None
         self.force_close()
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         if status != 400:
             return super().handle_error(request, status, exc, message)
         status, code, text = classify(exc, self._guard.max_url_bytes)
@@ -166,8 +178,9 @@ class GuardedAppRunner(web.AppRunner):
     """aiohttp's AppRunner serving connections through GuardedServer; ``answer`` serves
     the lean front end's requests (used when ``guard.fast_path`` is on)."""
 
-    def __init__(self, app: web.Application, *, guard: Guard, answer: FastAnswer,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, *, guard: Guard, answer: FastAnswer, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self._guard = guard
         self._answer = answer

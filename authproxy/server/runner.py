@@ -58,25 +58,36 @@ def _install_drain_signals(readiness: Readiness, delay: float) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-async def _run(app: web.Application, cfg: Config, readiness: Readiness, answer: FastAnswer,
-               reuse_port: bool) -> None:
+async def _run(
+    app: web.Application, cfg: Config, readiness: Readiness, answer: FastAnswer, reuse_port: bool
+) -> None:
     runner = GuardedAppRunner(
-        app, guard=Guard.from_config(cfg.server), answer=answer,
-        handle_signals=True, access_log=None, shutdown_timeout=cfg.server.shutdown_timeout)
+        app,
+        guard=Guard.from_config(cfg.server),
+        answer=answer,
+        handle_signals=True,
+        access_log=None,
+        shutdown_timeout=cfg.server.shutdown_timeout,
+    )
     await runner.setup()
     _install_drain_signals(readiness, cfg.server.drain_delay)  # replaces the runner's own
     _freeze_startup_objects()
     try:
-        await web.TCPSite(runner, cfg.server.host, cfg.server.port,
-                          reuse_port=reuse_port).start()
+        await web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_port=reuse_port).start()
         log.info("listening", listen=cfg.server.listen, upstream=cfg.upstream.url)
         await asyncio.Event().wait()  # until the drain ends with GracefulExit
     finally:
         await runner.cleanup()
 
 
-def serve(app: web.Application, cfg: Config, *, readiness: Readiness, answer: FastAnswer,
-          reuse_port: bool = False) -> int:
+def serve(
+    app: web.Application,
+    cfg: Config,
+    *,
+    readiness: Readiness,
+    answer: FastAnswer,
+    reuse_port: bool = False,
+) -> int:
     """Serve until SIGTERM/SIGINT; return 0 after a graceful stop.
 
     This is web.run_app's loop, kept short, because run_app cannot take the runner that

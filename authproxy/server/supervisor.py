@@ -61,7 +61,8 @@ def die_with_parent() -> None:
 def _spawn(slot: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     # S603: argv is our own interpreter and module, no shell, no user input.
     process = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "authproxy", "serve", "--worker"], env=env)
+        [sys.executable, "-m", "authproxy", "serve", "--worker"], env=env
+    )
     log.info("worker_started", slot=slot, pid=process.pid)
     return process
 
@@ -73,8 +74,12 @@ def _worker_env(cfg: Config, metrics_dir: str) -> dict[str, str]:
     return env
 
 
-def supervise(cfg: Config, config_path: str | None = None, *,
-              migrate: Callable[[Config], Coroutine[Any, Any, object]]) -> int:
+def supervise(
+    cfg: Config,
+    config_path: str | None = None,
+    *,
+    migrate: Callable[[Config], Coroutine[Any, Any, object]],
+) -> int:
     """Run cfg.server.workers workers until a signal stops them; 0 if all stopped cleanly.
 
     ``migrate`` (the CLI's) runs once here, before the workers start, not in each.
@@ -99,8 +104,7 @@ def supervise(cfg: Config, config_path: str | None = None, *,
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _watch(workers: list[_Worker], env: dict[str, str], stopping: list[int],
-           cfg: Config) -> int:
+def _watch(workers: list[_Worker], env: dict[str, str], stopping: list[int], cfg: Config) -> int:
     """Supervise until stopped. Never sleeps longer than a tick, so a signal is acted on
     at once: restarts are scheduled (restart_at), not waited for."""
     deadline: float | None = None
@@ -109,8 +113,9 @@ def _watch(workers: list[_Worker], env: dict[str, str], stopping: list[int],
     while not stopping or any(w.running for w in workers):
         if stopping:
             if deadline is None:
-                deadline = (time.monotonic() + cfg.server.drain_delay
-                            + cfg.server.shutdown_timeout + 10)
+                deadline = (
+                    time.monotonic() + cfg.server.drain_delay + cfg.server.shutdown_timeout + 10
+                )
                 log.info("workers_stopping", signal=signal.Signals(stopping[0]).name)
             _signal_all(workers, stopping[-1], again=len(stopping) > forwarded > 0)
             forwarded = len(stopping)
@@ -120,8 +125,9 @@ def _watch(workers: list[_Worker], env: dict[str, str], stopping: list[int],
             _reap_and_restart(workers, env)
         time.sleep(0.1)
     # Workers that were waiting for a restart when the stop came are not failures.
-    failed = killed or any(w.restart_at is None and w.process.returncode not in (0, None)
-                           for w in workers)
+    failed = killed or any(
+        w.restart_at is None and w.process.returncode not in (0, None) for w in workers
+    )
     log.info("workers_stopped", clean=not failed)
     return 1 if failed else 0
 
@@ -157,10 +163,16 @@ def _reap_and_restart(workers: list[_Worker], env: dict[str, str]) -> None:
         if code is None:
             continue
         lived = now - worker.started
-        log.warning("worker_died", slot=worker.slot, pid=worker.process.pid, exit_code=code,
-                    lived_seconds=round(lived, 1))
+        log.warning(
+            "worker_died",
+            slot=worker.slot,
+            pid=worker.process.pid,
+            exit_code=code,
+            lived_seconds=round(lived, 1),
+        )
         multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
-            worker.process.pid, env[MULTIPROC_ENV])
+            worker.process.pid, env[MULTIPROC_ENV]
+        )
         if lived < _STABLE_AFTER:  # crash loop: back off instead of spinning
             worker.restart_at = now + worker.backoff
             worker.backoff = min(worker.backoff * 2, _RESTART_BACKOFF_MAX)

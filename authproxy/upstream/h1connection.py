@@ -27,8 +27,9 @@ _LOW_WATER = 64 * 1024
 class Connection(asyncio.Protocol):
     """One upstream connection; parses one response at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_head_bytes: int,
-                 max_fields: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, max_head_bytes: int, max_fields: int
+    ) -> None:
         self._loop = loop
         self._max_head_bytes = max_head_bytes
         self._max_fields = max_fields
@@ -120,8 +121,9 @@ class Connection(asyncio.Protocol):
             self._fail_oversize("chunk framing and trailers")
 
     def _fail_oversize(self, what: str) -> None:
-        self._fail(UpstreamUnavailable(
-            f"{what} over upstream.max_header_bytes ({self._max_head_bytes})"))
+        self._fail(
+            UpstreamUnavailable(f"{what} over upstream.max_header_bytes ({self._max_head_bytes})")
+        )
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -340,9 +342,15 @@ class Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         """The pool's one rule (see the module docstring): both messages completed
         exactly, the upstream keeps the connection, and nothing went wrong or is left."""
-        return (self.request_sent and not self._answered_early and self.complete
-                and self.keep_alive and self.error is None and not self.closed
-                and not self._chunks)
+        return (
+            self.request_sent
+            and not self._answered_early
+            and self.complete
+            and self.keep_alive
+            and self.error is None
+            and not self.closed
+            and not self._chunks
+        )
 
 
 class _OutOfStep(Exception):

@@ -40,7 +40,8 @@ def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:
     """``Name: value`` lines. Encoded once, as UTF-8 keeping stray bytes of values: names
     are tokens (ASCII), so this frames them as a per-field encoding would."""
     return "".join([f"{name}: {value}\r\n" for name, value in fields]).encode(
-        "utf-8", "surrogateescape")
+        "utf-8", "surrogateescape"
+    )
 
 
 class H1Transport:
@@ -63,19 +64,26 @@ class H1Transport:
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(
-                self._new_connection, self._host, self._port, ssl=self._ssl or None),
-                self._cfg.connect_timeout)
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    self._new_connection, self._host, self._port, ssl=self._ssl or None
+                ),
+                self._cfg.connect_timeout,
+            )
         except TimeoutError:
-            raise UpstreamTimeout(f"connect timed out after {self._cfg.connect_timeout} s"
-                                  ) from None
+            raise UpstreamTimeout(
+                f"connect timed out after {self._cfg.connect_timeout} s"
+            ) from None
         except OSError as exc:
             raise UpstreamUnavailable(f"connect failed: {exc}") from exc
         return conn
 
     def _new_connection(self) -> Connection:
-        return Connection(asyncio.get_running_loop(), max_head_bytes=self._cfg.max_header_bytes,
-                          max_fields=self._cfg.max_headers)
+        return Connection(
+            asyncio.get_running_loop(),
+            max_head_bytes=self._cfg.max_header_bytes,
+            max_fields=self._cfg.max_headers,
+        )
 
     def _take_idle(self) -> Connection | None:
         while self._idle:
@@ -86,13 +94,15 @@ class H1Transport:
         return None
 
     def _head(self, method: str, target: str, headers: Fields, chunked: bool) -> bytes:
-        line = (f"{method} {self._base_path}{target} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-                ).encode("utf-8", "surrogateescape")
+        line = (
+            f"{method} {self._base_path}{target} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+        ).encode("utf-8", "surrogateescape")
         fields = headers if isinstance(headers, bytes) else encode_fields(headers.items())
         return line + fields + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
 
-    def request(self, method: str, target: str, headers: CIMultiDict[str],
-                body: AsyncIterable[bytes] | None) -> _Exchange:
+    def request(
+        self, method: str, target: str, headers: CIMultiDict[str], body: AsyncIterable[bytes] | None
+    ) -> _Exchange:
         return _Exchange(self, method, target, headers, body)
 
     def request_encoded(self, method: str, target: str, fields: bytes) -> _Exchange:
@@ -100,8 +110,9 @@ class H1Transport:
         (``encode_fields``): the fast front end keeps them per connection."""
         return _Exchange(self, method, target, fields, None)
 
-    async def _send_with_retry(self, method: str, target: str, headers: Fields,
-                               body: AsyncIterable[bytes] | None) -> Connection:
+    async def _send_with_retry(
+        self, method: str, target: str, headers: Fields, body: AsyncIterable[bytes] | None
+    ) -> Connection:
         """Send the request (the body in the background) and wait for the response head."""
         conn = self._take_idle()
         reused = conn is not None
@@ -119,16 +130,27 @@ class H1Transport:
                 # A reused connection the upstream had already closed: nothing of this
                 # request can have been processed, so an idempotent one without a body
                 # may go again, once, on a fresh connection.
-                if (not reused or not isinstance(exc, UpstreamUnavailable) or conn.received_any
-                        or body is not None or method not in _IDEMPOTENT):
+                if (
+                    not reused
+                    or not isinstance(exc, UpstreamUnavailable)
+                    or conn.received_any
+                    or body is not None
+                    or method not in _IDEMPOTENT
+                ):
                     raise
             finally:
                 conn.unwatch_head()
             reused = False
             conn = await self._connect()
 
-    def _send(self, conn: Connection, method: str, target: str, headers: Fields,
-              body: AsyncIterable[bytes] | None) -> None:
+    def _send(
+        self,
+        conn: Connection,
+        method: str,
+        target: str,
+        headers: Fields,
+        body: AsyncIterable[bytes] | None,
+    ) -> None:
         length = None
         if body is not None and not isinstance(headers, bytes):
             length = declared_length(headers)
@@ -142,8 +164,9 @@ class H1Transport:
             conn.sender.add_done_callback(conn.on_sender_done)
         conn.watch_head(self._cfg.read_timeout)
 
-    async def _send_body(self, conn: Connection, body: AsyncIterable[bytes],
-                         length: int | None) -> None:
+    async def _send_body(
+        self, conn: Connection, body: AsyncIterable[bytes], length: int | None
+    ) -> None:
         """Write the body framed by ``length`` (None: chunked); only a body that ends
         exactly where its framing says marks the request sent (a Content-Length body as
         its last byte is written, before an answer to it can arrive)."""
@@ -222,8 +245,14 @@ class _Exchange:
 
     __slots__ = ("_args", "_conn", "_transport")
 
-    def __init__(self, transport: H1Transport, method: str, target: str,
-                 headers: Fields, body: AsyncIterable[bytes] | None) -> None:
+    def __init__(
+        self,
+        transport: H1Transport,
+        method: str,
+        target: str,
+        headers: Fields,
+        body: AsyncIterable[bytes] | None,
+    ) -> None:
         self._transport = transport
         self._args = (method, target, headers, body)
         self._conn: Connection | None = None
@@ -237,13 +266,20 @@ class _Exchange:
         except BaseException:
             transport._slots.release()
             raise
-        return UpstreamResponse(status=conn.status, reason=conn.reason,
-                                raw_headers=conn.headers,
-                                body=conn.body(transport._cfg.read_timeout),
-                                take_whole_body=conn.take_complete_body)
+        return UpstreamResponse(
+            status=conn.status,
+            reason=conn.reason,
+            raw_headers=conn.headers,
+            body=conn.body(transport._cfg.read_timeout),
+            take_whole_body=conn.take_complete_body,
+        )
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        traceback: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         try:
             if self._conn is not None:
                 self._transport._release(self._conn)

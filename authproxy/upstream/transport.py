@@ -73,7 +73,8 @@ class FramedBody:
             if length is not None:
                 if sent > length:
                     raise UpstreamUnavailable(
-                        f"request body longer than its Content-Length {length}")
+                        f"request body longer than its Content-Length {length}"
+                    )
                 self.whole = sent == length
             yield chunk
         if length is not None and sent != length:
@@ -109,14 +110,15 @@ class UpstreamResponse:
     @property
     def headers(self) -> list[tuple[str, str]]:
         """The header fields as text (latin-1: every byte kept, as aiohttp does)."""
-        return [(name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in self.raw_headers]
+        return [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw_headers
+        ]
 
 
 class UpstreamTransport(Protocol):
-    def request(self, method: str, target: str, headers: CIMultiDict[str],
-                body: AsyncIterable[bytes] | None
-                ) -> AbstractAsyncContextManager[UpstreamResponse]: ...
+    def request(
+        self, method: str, target: str, headers: CIMultiDict[str], body: AsyncIterable[bytes] | None
+    ) -> AbstractAsyncContextManager[UpstreamResponse]: ...
 
     async def close(self) -> None: ...
 
@@ -145,14 +147,16 @@ class ClientSessionTransport:
         return aiohttp.ClientSession(
             connector=_InStepConnector(limit=cfg.max_connections, ttl_dns_cache=60),
             # No total timeout: long downloads and uploads must not be cut, only stalls.
-            timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout,
-                                          sock_read=cfg.read_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=cfg.connect_timeout, sock_read=cfg.read_timeout
+            ),
             auto_decompress=False,
             skip_auto_headers=_NO_AUTO_HEADERS,
             cookie_jar=aiohttp.DummyCookieJar(),
             # Per line and per field; the whole head is checked against the same number
             # below, so both transports refuse the same heads.
-            max_line_size=cfg.max_header_bytes, max_field_size=cfg.max_header_bytes,
+            max_line_size=cfg.max_header_bytes,
+            max_field_size=cfg.max_header_bytes,
             max_headers=cfg.max_headers,
         )
 
@@ -161,13 +165,19 @@ class ClientSessionTransport:
         return URL(self._origin + self._base_path + target, encoded=True)
 
     @asynccontextmanager
-    async def request(self, method: str, target: str, headers: CIMultiDict[str],
-                      body: AsyncIterable[bytes] | None) -> AsyncIterator[UpstreamResponse]:
+    async def request(
+        self, method: str, target: str, headers: CIMultiDict[str], body: AsyncIterable[bytes] | None
+    ) -> AsyncIterator[UpstreamResponse]:
         sent = None if body is None else FramedBody(body, declared_length(headers))
         try:
             async with self._session.request(
-                method, self.url_for(target), headers=headers, data=sent,
-                allow_redirects=False, compress=None, chunked=None,
+                method,
+                self.url_for(target),
+                headers=headers,
+                data=sent,
+                allow_redirects=False,
+                compress=None,
+                chunked=None,
             ) as resp:
                 answered_early = sent is not None and not sent.whole  # as in h1connection
                 try:
@@ -175,15 +185,19 @@ class ClientSessionTransport:
                     if problem is not None:
                         raise UpstreamUnavailable(problem)
                     yield UpstreamResponse(
-                        status=resp.status, reason=resp.reason or "",
+                        status=resp.status,
+                        reason=resp.reason or "",
                         raw_headers=resp.raw_headers,
                         body=_chunks(resp),
                     )
                 finally:
                     # The pool's rule, as in h1connection: back to the pool only after an
                     # exchange that completed exactly; aiohttp's own checks cover the rest.
-                    if (answered_early or (sent is not None and not sent.ended)
-                            or not resp.content.at_eof()):
+                    if (
+                        answered_early
+                        or (sent is not None and not sent.ended)
+                        or not resp.content.at_eof()
+                    ):
                         resp.close()
         except TimeoutError as exc:
             # First: aiohttp's ServerTimeoutError subclasses both TimeoutError and ClientError.
@@ -201,8 +215,9 @@ class _InStepConnector(aiohttp.TCPConnector):
     bytes on it since its last answer; those would be read as the next request's response
     (another tenant's). Such a connection is closed here and another one taken."""
 
-    async def connect(self, req: ClientRequest, traces: list[Trace],
-                      timeout: aiohttp.ClientTimeout) -> Connection:
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
         while True:
             conn = await super().connect(req, traces, timeout)
             if conn.protocol is None or not conn.protocol.should_close:

@@ -28,11 +28,20 @@ class WrkResult:
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
-def run_wrk(url: str, key: str, seconds: float, connections: int = 32,
-            script: Path | None = None) -> WrkResult:
+def run_wrk(
+    url: str, key: str, seconds: float, connections: int = 32, script: Path | None = None
+) -> WrkResult:
     """wrk -t1 --latency with the key; any non-2xx answer fails it."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-            "-H", f"Authorization: Bearer {key}", url]
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-H",
+        f"Authorization: Bearer {key}",
+        url,
+    ]
     if script is not None:
         argv[1:1] = ["-s", str(script)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
@@ -49,16 +58,26 @@ def run_wrk(url: str, key: str, seconds: float, connections: int = 32,
     if bad:
         raise BenchError(f"{url}: {bad.group(1)} of {total.group(1)} responses were not 2xx")
     errors = re.search(r"Socket errors:.*", out)
-    return WrkResult(float(rps.group(1)), float(p50.group(1)) * _UNIT_MS[p50.group(2)],
-                     float(p99.group(1)) * _UNIT_MS[p99.group(2)], int(total.group(1)),
-                     errors.group(0) if errors else "")
+    return WrkResult(
+        float(rps.group(1)),
+        float(p50.group(1)) * _UNIT_MS[p50.group(2)],
+        float(p99.group(1)) * _UNIT_MS[p99.group(2)],
+        int(total.group(1)),
+        errors.group(0) if errors else "",
+    )
 
 
 def curl_transfer(url: str, key: str | None, upload: Path | None, size: int) -> float:
     """Seconds of one transfer of size bytes, curl's time_total: a download to /dev/null,
     or an upload of the file to an upstream that answers {"received": n}."""
-    argv = ["curl", "-sS", "--max-time", "600", "-w",
-            "%{http_code} %{size_download} %{size_upload} %{time_total}"]
+    argv = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "600",
+        "-w",
+        "%{http_code} %{size_download} %{size_upload} %{time_total}",
+    ]
     if key:
         argv += ["-H", f"Authorization: Bearer {key}"]
     if upload is not None:
@@ -90,10 +109,12 @@ async def send_each_key(base: str, keys: list[str], concurrency: int = 32) -> fl
     queue = iter(keys)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def worker() -> None:
             for key in queue:
-                async with session.get(base + "/cold", headers={
-                        "Authorization": f"Bearer {key}"}) as response:
+                async with session.get(
+                    base + "/cold", headers={"Authorization": f"Bearer {key}"}
+                ) as response:
                     await response.read()
                     if response.status != 200:
                         failures.append(f"HTTP {response.status}")

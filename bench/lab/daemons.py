@@ -9,25 +9,39 @@ from bench.lab.processes import Lab, Proc, free_port
 
 # failure_threshold 0: every benchmark sends all its requests from one address, some with
 # unknown or revoked keys on purpose; no throttling.
-BASE_CONFIG = ("logging: {level: warning, format: json}\n"
-               "limits: {failure_threshold: 0}\n"
-               "metrics: {enabled: true}\n")
+BASE_CONFIG = (
+    "logging: {level: warning, format: json}\n"
+    "limits: {failure_threshold: 0}\n"
+    "metrics: {enabled: true}\n"
+)
 
 
-def start_authproxy(lab: Lab, name: str, db_url: str, upstream: str, *, workers: int = 1,
-                    server_extra: str = "", extra_yaml: str = "",
-                    extra_env: dict[str, str] | None = None) -> tuple[Proc, str]:
+def start_authproxy(
+    lab: Lab,
+    name: str,
+    db_url: str,
+    upstream: str,
+    *,
+    workers: int = 1,
+    server_extra: str = "",
+    extra_yaml: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> tuple[Proc, str]:
     """BASE_CONFIG + `server: {drain_delay: 0<server_extra>}` + extra_yaml; (proc, base URL).
 
     Not waited for: wait_up(..., base + "/_authproxy/readyz", ...) when it must answer.
     """
     port = free_port()
     config = lab.tmp / f"{name}.yaml"
-    config.write_text(BASE_CONFIG + f"server: {{drain_delay: 0{server_extra}}}\n"
-                      + extra_yaml)
-    env = {**os.environ, "AUTHPROXY_DATABASE_URL": db_url,
-           "AUTHPROXY_UPSTREAM_URL": upstream, "AUTHPROXY_LISTEN": f"127.0.0.1:{port}",
-           "AUTHPROXY_CONFIG": str(config), **(extra_env or {})}
+    config.write_text(BASE_CONFIG + f"server: {{drain_delay: 0{server_extra}}}\n" + extra_yaml)
+    env = {
+        **os.environ,
+        "AUTHPROXY_DATABASE_URL": db_url,
+        "AUTHPROXY_UPSTREAM_URL": upstream,
+        "AUTHPROXY_LISTEN": f"127.0.0.1:{port}",
+        "AUTHPROXY_CONFIG": str(config),
+        **(extra_env or {}),
+    }
     argv = [sys.executable, "-m", "authproxy", "serve"]
     if workers > 1:
         argv += ["--workers", str(workers)]

@@ -43,8 +43,7 @@ async def create_database(server: str, prefix: str) -> str:
 async def drop_database(server: str, db_url: str) -> None:
     conn = await asyncpg.connect(server, timeout=10)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(db_url).path[1:]}" '
-                           "WITH (FORCE)")
+        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(db_url).path[1:]}" WITH (FORCE)')
     finally:
         await conn.close()
 
@@ -52,17 +51,21 @@ async def drop_database(server: str, db_url: str) -> None:
 def scratch_database(lab: Lab, server: str, prefix: str) -> str:
     """A new database on server, migrated, dropped by lab.close(); its URL."""
     db_url = run_async(create_database(server, prefix))
-    lab.on_close("dropping the scratch database",
-                 lambda: run_async(drop_database(server, db_url)))
+    lab.on_close("dropping the scratch database", lambda: run_async(drop_database(server, db_url)))
     authproxy_cli(db_url, "migrate")
     return db_url
 
 
 def authproxy_cli(db_url: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "authproxy", *args], capture_output=True,
-                          text=True, env={**os.environ, "AUTHPROXY_DATABASE_URL": db_url},
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "authproxy", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "AUTHPROXY_DATABASE_URL": db_url},
+        timeout=120,
+    )
     if done.returncode != 0:
-        raise BenchError(f"authproxy {' '.join(args)}: exit {done.returncode}: "
-                         f"{done.stderr.strip()[-500:]}")
+        raise BenchError(
+            f"authproxy {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[-500:]}"
+        )
     return done.stdout

@@ -17,18 +17,28 @@ def busy_elsewhere(seconds: float = 2.0) -> str:
     used = float(psutil.cpu_percent(interval=seconds))
     if used < 15:
         return ""
-    return (f"WARNING: this machine was {used:.0f}% busy (all cores) in the {seconds:g} s "
-            "before the benchmark started: another benchmark or test suite? Expect noisy "
-            "numbers.")
+    return (
+        f"WARNING: this machine was {used:.0f}% busy (all cores) in the {seconds:g} s "
+        "before the benchmark started: another benchmark or test suite? Expect noisy "
+        "numbers."
+    )
 
 
 def source_version() -> str:
     """The commit measured, and whether authproxy/ had uncommitted changes."""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "authproxy"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "authproxy"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "(not a git checkout)"
     return f"at {head}" + (" + uncommitted changes in authproxy/" if dirty else "")
@@ -46,4 +56,3 @@ def process_tree_rss(pid: int) -> tuple[int, int, int]:
             match = re.search(r"VmHWM:\s+(\d+) kB", status)
             peak += int(match.group(1)) * 1024 if match else 0
     return rss, peak, len(procs)
-

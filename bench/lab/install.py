@@ -39,10 +39,13 @@ def apt_get_install(packages: list[str]) -> None:
         policy.chmod(0o755)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                        *packages], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
     finally:
         if created:
             policy.unlink()

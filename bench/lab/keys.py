@@ -33,10 +33,10 @@ class CreatedKey:
 
 def create_key(db_url: str, name: str) -> CreatedKey:
     """One key in SPACE through `authproxy keys create` (shipped argon2 parameters)."""
-    created = json.loads(authproxy_cli(db_url, "keys", "create", "--space", SPACE,
-                                       "--name", name))
-    return CreatedKey(key=created["key"], id=created["id"], space_id=created["space_id"],
-                      prefix=created["prefix"])
+    created = json.loads(authproxy_cli(db_url, "keys", "create", "--space", SPACE, "--name", name))
+    return CreatedKey(
+        key=created["key"], id=created["id"], space_id=created["space_id"], prefix=created["prefix"]
+    )
 
 
 def hashing_config(cheap: bool) -> HashingConfig:
@@ -44,15 +44,19 @@ def hashing_config(cheap: bool) -> HashingConfig:
     return HashingConfig(time_cost=1, memory_cost_kib=8) if cheap else HashingConfig()
 
 
-async def bulk_create_keys(db_url: str, n: int, *, cheap_hashing: bool = False,
-                           concurrency: int = 8) -> list[str]:
+async def bulk_create_keys(
+    db_url: str, n: int, *, cheap_hashing: bool = False, concurrency: int = 8
+) -> list[str]:
     """n keys in space SPACE through authproxy's own KeyService (argon2 in 2 threads)."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=concurrency)
     try:
         with ThreadPoolExecutor(max_workers=2) as executor:
-            service = KeyService(store=Store(pool), executor=executor,
-                                 hasher=KeyHasher.from_config(hashing_config(cheap_hashing)),
-                                 cache=VerifiedKeyCache(max_entries=0, codec=VerdictCodec()))
+            service = KeyService(
+                store=Store(pool),
+                executor=executor,
+                hasher=KeyHasher.from_config(hashing_config(cheap_hashing)),
+                cache=VerifiedKeyCache(max_entries=0, codec=VerdictCodec()),
+            )
             audit = AuditContext(actor="bench")
             keys: list[str] = []
             gate = asyncio.Semaphore(concurrency)

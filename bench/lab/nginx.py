@@ -19,8 +19,10 @@ def nginx_conf(lab: Lab, name: str, http: str, workers: int = 1) -> Path:
     tmp.mkdir(exist_ok=True)
     # As root, workers would drop to "nobody", which cannot read our 0700 temp dir.
     user = "user root;" if os.geteuid() == 0 else ""
-    temps = "\n".join(f"    {kind}_temp_path {tmp}/{kind};"
-                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temps = "\n".join(
+        f"    {kind}_temp_path {tmp}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     conf = lab.tmp / f"{name}.conf"
     conf.write_text(f"""\
 {user}
@@ -52,10 +54,32 @@ def upstream_block(name: str, port: int) -> str:
 def start_nginx(lab: Lab, name: str, http: str) -> Proc:
     """nginx with `http` inside its http {} block; its config is tested first."""
     conf = nginx_conf(lab, name, http)
-    test = subprocess.run(["nginx", "-t", "-q", "-p", str(lab.tmp), "-e",
-                           str(lab.tmp / "logs" / f"{name}.error.log"), "-c", str(conf)],
-                          capture_output=True, text=True)
+    test = subprocess.run(
+        [
+            "nginx",
+            "-t",
+            "-q",
+            "-p",
+            str(lab.tmp),
+            "-e",
+            str(lab.tmp / "logs" / f"{name}.error.log"),
+            "-c",
+            str(conf),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if test.returncode != 0:
         raise BenchError(f"nginx {name} config: {test.stderr.strip()}")
-    return lab.spawn(name, ["nginx", "-p", str(lab.tmp), "-e",
-                            str(lab.tmp / "logs" / f"{name}.error.log"), "-c", str(conf)])
+    return lab.spawn(
+        name,
+        [
+            "nginx",
+            "-p",
+            str(lab.tmp),
+            "-e",
+            str(lab.tmp / "logs" / f"{name}.error.log"),
+            "-c",
+            str(conf),
+        ],
+    )

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from bench.lab.processes import BenchError, Lab, Proc
 
 
-def http_get(url: str, headers: dict[str, str] | None = None,
-             timeout: float = 5.0) -> tuple[int, bytes]:
+def http_get(
+    url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -29,15 +30,17 @@ def ok(status: int) -> bool:
     return status == 200
 
 
-def wait_up(lab: Lab, proc: Proc, url: str, want: Callable[[int], bool],
-            timeout: float = 30.0) -> None:
+def wait_up(
+    lab: Lab, proc: Proc, url: str, want: Callable[[int], bool], timeout: float = 30.0
+) -> None:
     """Until GET url answers a status that want() accepts; fails when proc exits first."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if proc.process.poll() is not None:
-            raise BenchError(f"{proc.name} exited with {proc.process.returncode} at start:\n"
-                             f"{lab.tail(proc)}")
+            raise BenchError(
+                f"{proc.name} exited with {proc.process.returncode} at start:\n{lab.tail(proc)}"
+            )
         try:
             status, _ = http_get(url, timeout=2)
             if want(status):
@@ -46,8 +49,9 @@ def wait_up(lab: Lab, proc: Proc, url: str, want: Callable[[int], bool],
         except (OSError, urllib.error.URLError) as exc:
             last = str(exc)
         time.sleep(0.05)
-    raise BenchError(f"{proc.name} not up at {url} after {timeout:.0f} s ({last}):\n"
-                     f"{lab.tail(proc)}")
+    raise BenchError(
+        f"{proc.name} not up at {url} after {timeout:.0f} s ({last}):\n{lab.tail(proc)}"
+    )
 
 
 def metric_values(base: str) -> dict[str, float]:

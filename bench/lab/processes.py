@@ -69,8 +69,14 @@ class Lab:
         log.parent.mkdir(exist_ok=True)
         with log.open("wb") as out:
             # Own session: Ctrl-C reaches only us, and we stop the children in order.
-            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         proc = Proc(name, process, log)
         self.procs.append(proc)
         return proc
@@ -79,18 +85,22 @@ class Lab:
         """A long-running bench module (a helper server), like spawn()."""
         return self.spawn(name, module_argv(module, *args), module_env())
 
-    def run_module(self, name: str, module: str, args: list[str],
-                   timeout: float) -> dict[str, Any]:
+    def run_module(self, name: str, module: str, args: list[str], timeout: float) -> dict[str, Any]:
         """Runs a bench module to its end in a fresh process; its last `RESULT {json}` line."""
         log = self.tmp / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
-        done = subprocess.run(module_argv(module, *args), env=module_env(),
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            module_argv(module, *args),
+            env=module_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         log.write_text(done.stdout + done.stderr)
         results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not results:
             raise BenchError(f"{name} exited with {done.returncode}:\n{done.stderr[-2000:]}")
-        return dict(json.loads(results[-1][len("RESULT "):]))
+        return dict(json.loads(results[-1][len("RESULT ") :]))
 
     def tail(self, proc: Proc, lines: int = 15) -> str:
         try:

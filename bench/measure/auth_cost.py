@@ -38,11 +38,15 @@ Call = Callable[[], Awaitable[object]]
 
 def measure(lab: Lab, db_url: str, key: str, calls: int) -> None:
     """Runs this module in a fresh process and prints its numbers."""
-    result = lab.run_module("auth-cost", "bench.measure.auth_cost",
-                            [db_url, key, str(calls)], timeout=300)
-    print(f"{result['us_per_call']:.2f} µs per call (best of 3 passes: "
-          + ", ".join(f"{p:.2f}" for p in result["passes_us"]) + " µs), "
-          f"{1e6 / result['us_per_call']:,.0f} calls/s on one core; the create_app wiring")
+    result = lab.run_module(
+        "auth-cost", "bench.measure.auth_cost", [db_url, key, str(calls)], timeout=300
+    )
+    print(
+        f"{result['us_per_call']:.2f} µs per call (best of 3 passes: "
+        + ", ".join(f"{p:.2f}" for p in result["passes_us"])
+        + " µs), "
+        f"{1e6 / result['us_per_call']:,.0f} calls/s on one core; the create_app wiring"
+    )
 
 
 async def time_calls(db_url: str, key: str, calls: int) -> dict[str, Any]:
@@ -63,8 +67,10 @@ async def time_calls(db_url: str, key: str, calls: int) -> dict[str, Any]:
         for _ in range(1000):
             await call()
         timings = await passes(call, calls)
-        return {"us_per_call": min(timings) / calls * 1e6,
-                "passes_us": [t / calls * 1e6 for t in timings]}
+        return {
+            "us_per_call": min(timings) / calls * 1e6,
+            "passes_us": [t / calls * 1e6 for t in timings],
+        }
     finally:
         await runner.cleanup()
 

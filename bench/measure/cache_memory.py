@@ -54,18 +54,21 @@ FLUSH_EVERY = 1000  # keys between last_used flushes, as the daemon's periodic f
 
 def measure(lab: Lab, entries: int) -> None:
     """Runs this module in a fresh process and prints its numbers."""
-    result = lab.run_module("cache-rss", "bench.measure.cache_memory", [str(entries)],
-                            timeout=600)
+    result = lab.run_module("cache-rss", "bench.measure.cache_memory", [str(entries)], timeout=600)
     before, filled = result["before"]["VmRSS"], result["filled"]["VmRSS"]
     n = result["entries"]
-    print(f"RSS {fmt_bytes(before)} -> {fmt_bytes(filled)} with {n:,} cached keys: "
-          f"+{fmt_bytes(filled - before)}, {(filled - before) / n:.0f} B per key; "
-          f"peak (VmHWM) {fmt_bytes(result['filled']['VmHWM'])}")
-    print(f"  filled by Authenticator.authenticate itself (a store that knows every key, "
-          f"no argon2): blake2b digest -> one record with the encoded Verified "
-          f"(fingerprint of a stored hash of {result['hash_len']} chars like "
-          f"'{result['hash_head']}$…'); last_used flushed every "
-          f"{result['flush_every']:,} keys")
+    print(
+        f"RSS {fmt_bytes(before)} -> {fmt_bytes(filled)} with {n:,} cached keys: "
+        f"+{fmt_bytes(filled - before)}, {(filled - before) / n:.0f} B per key; "
+        f"peak (VmHWM) {fmt_bytes(result['filled']['VmHWM'])}"
+    )
+    print(
+        f"  filled by Authenticator.authenticate itself (a store that knows every key, "
+        f"no argon2): blake2b digest -> one record with the encoded Verified "
+        f"(fingerprint of a stored hash of {result['hash_len']} chars like "
+        f"'{result['hash_head']}$…'); last_used flushed every "
+        f"{result['flush_every']:,} keys"
+    )
 
 
 def vm_status() -> dict[str, int]:
@@ -96,11 +99,18 @@ class OneRecordStore(Store):
         self.created = datetime.now(UTC)
 
     async def find_by_lookup_id(self, lookup_id: str) -> KeyRecord:
-        return KeyRecord(id=str(uuid.uuid4()), space_id=SPACE, name="k",
-                         lookup_id=lookup_id, prefix="asc_" + lookup_id,
-                         secret_hash=f"{self.head}${b64(self.salt_len)}${b64(self.digest_len)}",
-                         created_at=self.created, last_used_at=None, expires_at=None,
-                         revoked_at=None)
+        return KeyRecord(
+            id=str(uuid.uuid4()),
+            space_id=SPACE,
+            name="k",
+            lookup_id=lookup_id,
+            prefix="asc_" + lookup_id,
+            secret_hash=f"{self.head}${b64(self.salt_len)}${b64(self.digest_len)}",
+            created_at=self.created,
+            last_used_at=None,
+            expires_at=None,
+            revoked_at=None,
+        )
 
     async def record_usage(self, uses: Iterable[tuple[str, datetime]]) -> None:
         return None
@@ -129,17 +139,30 @@ async def fill(entries: int) -> dict[str, Any]:
     cache = VerifiedKeyCache[Verdict](max_entries=settings.max_entries, codec=VerdictCodec())
     with InlineExecutor() as executor:
         authenticator = Authenticator(
-            store=store, cache=cache, hasher=YesHasher.from_config(hashing_config(cheap=False)),
-            executor=executor, usage=usage, settings=settings, metrics=metrics)
+            store=store,
+            cache=cache,
+            hasher=YesHasher.from_config(hashing_config(cheap=False)),
+            executor=executor,
+            usage=usage,
+            settings=settings,
+            metrics=metrics,
+        )
         before, filled = await fill_cache(authenticator, usage, store, entries)
     if len(cache) != entries:
         raise BenchError(f"cache holds {len(cache)} entries, expected {entries}")
-    return {"entries": len(cache), "before": before, "filled": filled,
-            "hash_len": len(sample), "hash_head": store.head, "flush_every": FLUSH_EVERY}
+    return {
+        "entries": len(cache),
+        "before": before,
+        "filled": filled,
+        "hash_len": len(sample),
+        "hash_head": store.head,
+        "flush_every": FLUSH_EVERY,
+    }
 
 
-async def fill_cache(authenticator: Authenticator, usage: UsageRecorder, store: Store,
-                     entries: int) -> tuple[dict[str, int], dict[str, int]]:
+async def fill_cache(
+    authenticator: Authenticator, usage: UsageRecorder, store: Store, entries: int
+) -> tuple[dict[str, int], dict[str, int]]:
     """vm_status() with one key cached, and with `entries` keys cached."""
 
     async def authenticate(header: list[str]) -> None:

@@ -33,13 +33,17 @@ def measure(db_url: str, base: str, n: int) -> None:
     if misses < len(cold):
         raise BenchError(f"expected {len(cold)} cache misses, the daemon counted {misses}")
     one = argon2_verify_seconds()
-    print(f"{len(cold) / elapsed:.1f} keys/s ({len(cold)} keys in {elapsed:.2f} s, each "
-          f"sent once); argon2 in the daemon, from its metric (queueing for one of "
-          f"hashing.max_concurrency=2 threads included): mean "
-          f"{total / max(count, 1) * 1000:.1f} ms over {count:.0f}")
-    print(f"  for reference: one argon2id verify with the shipped parameters takes "
-          f"{one * 1000:.1f} ms on one idle thread here, so 2 threads on "
-          f"{os.cpu_count()} cores top out near {2 / one:.0f} keys/s")
+    print(
+        f"{len(cold) / elapsed:.1f} keys/s ({len(cold)} keys in {elapsed:.2f} s, each "
+        f"sent once); argon2 in the daemon, from its metric (queueing for one of "
+        f"hashing.max_concurrency=2 threads included): mean "
+        f"{total / max(count, 1) * 1000:.1f} ms over {count:.0f}"
+    )
+    print(
+        f"  for reference: one argon2id verify with the shipped parameters takes "
+        f"{one * 1000:.1f} ms on one idle thread here, so 2 threads on "
+        f"{os.cpu_count()} cores top out near {2 / one:.0f} keys/s"
+    )
 
 
 def argon2_verify_seconds(samples: int = 9) -> float:

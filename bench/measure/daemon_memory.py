@@ -33,17 +33,21 @@ def measure(lab: Lab, db_url: str, n: int) -> None:
     elapsed = run_async(send_each_key(base, keys[1:]))
     filled, peak, _ = process_tree_rss(pid)
     misses = metric_values(base).get("authproxy_cache_misses_total", 0)
-    print(f"sent {n - 1:,} more distinct keys in {elapsed:.0f} s ({(n - 1) / elapsed:.0f}/s, "
-          f"{misses:.0f} cache misses counted); daemon RSS {fmt_bytes(before)} -> "
-          f"{fmt_bytes(filled)} (+{fmt_bytes(filled - before)}, "
-          f"{(filled - before) / (n - 1):.0f} B per key), peak {fmt_bytes(peak)}")
+    print(
+        f"sent {n - 1:,} more distinct keys in {elapsed:.0f} s ({(n - 1) / elapsed:.0f}/s, "
+        f"{misses:.0f} cache misses counted); daemon RSS {fmt_bytes(before)} -> "
+        f"{fmt_bytes(filled)} (+{fmt_bytes(filled - before)}, "
+        f"{(filled - before) / (n - 1):.0f} B per key), peak {fmt_bytes(peak)}"
+    )
     # Then every key again: all of them in use at once, as with n devices polling. Each
     # answer now comes from the cache, and each use waits in memory for the next last_used
     # flush.
     elapsed = run_async(send_each_key(base, keys))
     used, peak, _ = process_tree_rss(pid)
     hits = metric_values(base).get("authproxy_cache_hits_total", 0)
-    print(f"sent all {n:,} keys again in {elapsed:.0f} s ({n / elapsed:.0f}/s, {hits:.0f} "
-          f"cache hits counted); daemon RSS {fmt_bytes(used)}, peak {fmt_bytes(peak)} "
-          f"({peak / 1e6:.1f} MB)")
+    print(
+        f"sent all {n:,} keys again in {elapsed:.0f} s ({n / elapsed:.0f}/s, {hits:.0f} "
+        f"cache hits counted); daemon RSS {fmt_bytes(used)}, peak {fmt_bytes(peak)} "
+        f"({peak / 1e6:.1f} MB)"
+    )
     time.sleep(0.5)

@@ -25,13 +25,16 @@ def measure(lab: Lab, db_url: str, key: str, stream_mib: int, rounds: int) -> No
     curl_transfer(base + "/bytes/1024", key, None, 1024)  # caches the key
     down, up = run_rounds(paths, payload, size, rounds)
     print_medians(down, up)
-    print(f"(curl, one {fmt_bytes(size)} transfer each way per round, median of "
-          f"{rounds}; upstream: aiohttp on uvloop streaming 256 KiB writes / reading "
-          "the body; nginx: proxy_request_buffering off, no temp files)")
+    print(
+        f"(curl, one {fmt_bytes(size)} transfer each way per round, median of "
+        f"{rounds}; upstream: aiohttp on uvloop streaming 256 KiB writes / reading "
+        "the body; nginx: proxy_request_buffering off, no temp files)"
+    )
 
 
-def run_rounds(paths: Paths, payload: Path, size: int,
-               rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def run_rounds(
+    paths: Paths, payload: Path, size: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """MiB/s of each round's download and upload, per path; prints each round."""
     down: dict[str, list[float]] = {name: [] for name in paths}
     up: dict[str, list[float]] = {name: [] for name in paths}
@@ -41,16 +44,23 @@ def run_rounds(paths: Paths, payload: Path, size: int,
             down[name].append(size / seconds / MIB)
             seconds = curl_transfer(f"{url}/upload", auth, payload, size)
             up[name].append(size / seconds / MIB)
-        print(f"round {n}: " + "  ".join(
-            f"{name}: down {down[name][-1]:.0f} up {up[name][-1]:.0f}" for name in paths)
-            + " MiB/s", flush=True)
+        print(
+            f"round {n}: "
+            + "  ".join(
+                f"{name}: down {down[name][-1]:.0f} up {up[name][-1]:.0f}" for name in paths
+            )
+            + " MiB/s",
+            flush=True,
+        )
     return down, up
 
 
 def print_medians(down: dict[str, list[float]], up: dict[str, list[float]]) -> None:
     nginx_down, nginx_up = median(down["nginx proxy_pass"]), median(up["nginx proxy_pass"])
-    print(f"\n{'path':<22} {'download MiB/s':>15} {'upload MiB/s':>13} "
-          f"{'vs nginx down':>14} {'up':>6}")
+    print(
+        f"\n{'path':<22} {'download MiB/s':>15} {'upload MiB/s':>13} "
+        f"{'vs nginx down':>14} {'up':>6}"
+    )
     for name in down:
         dm, um = median(down[name]), median(up[name])
         print(f"{name:<22} {dm:15.0f} {um:13.0f} {dm / nginx_down:14.2f} {um / nginx_up:6.2f}")

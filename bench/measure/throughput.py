@@ -10,8 +10,7 @@ from bench.report import fmt_bytes, median
 from bench.targets import TARGETS, WrkTargets
 
 
-def measure(targets: WrkTargets, key: str, rounds: int, seconds: float,
-            connections: int) -> None:
+def measure(targets: WrkTargets, key: str, rounds: int, seconds: float, connections: int) -> None:
     warm_up(targets, key, seconds, connections)
     raw = run_rounds(targets, key, rounds, seconds, connections)
     for target in raw:
@@ -29,41 +28,55 @@ def warm_up(targets: WrkTargets, key: str, seconds: float, connections: int) -> 
         run_wrk(url, key, warm, connections, targets.scripts.get(target))
 
 
-def run_rounds(targets: WrkTargets, key: str, rounds: int, seconds: float,
-               connections: int) -> dict[str, list[WrkResult]]:
+def run_rounds(
+    targets: WrkTargets, key: str, rounds: int, seconds: float, connections: int
+) -> dict[str, list[WrkResult]]:
     urls = targets.urls
     raw: dict[str, list[WrkResult]] = {t: [] for t in urls}
-    print(f"{'round':<6} " + "  ".join(f"{t}: {'req/s':>8} {'p50':>6} {'p99':>6}"
-                                        for t in urls) + "   (ms)")
+    print(
+        f"{'round':<6} "
+        + "  ".join(f"{t}: {'req/s':>8} {'p50':>6} {'p99':>6}" for t in urls)
+        + "   (ms)"
+    )
     for n in range(1, rounds + 1):
         for target, url in urls.items():
-            raw[target].append(run_wrk(url, key, seconds, connections,
-                                       targets.scripts.get(target)))
-        print(f"{n:<6} " + "  ".join(
-            f"{t}: {raw[t][-1].rps:8.0f} {raw[t][-1].p50_ms:6.2f} {raw[t][-1].p99_ms:6.2f}"
-            for t in urls), flush=True)
+            raw[target].append(run_wrk(url, key, seconds, connections, targets.scripts.get(target)))
+        print(
+            f"{n:<6} "
+            + "  ".join(
+                f"{t}: {raw[t][-1].rps:8.0f} {raw[t][-1].p50_ms:6.2f} {raw[t][-1].p99_ms:6.2f}"
+                for t in urls
+            ),
+            flush=True,
+        )
     return raw
 
 
 def print_medians(raw: dict[str, list[WrkResult]]) -> None:
     base = median([r.rps for r in raw["c"]])
-    print(f"\n{'target':<32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'vs nginx+auth_request':>22}")
+    print(
+        f"\n{'target':<32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx+auth_request':>22}"
+    )
     for target in raw:
         rps = median([r.rps for r in raw[target]])
-        print(f"{target + ' ' + TARGETS[target]:<32} {rps:9.0f} "
-              f"{median([r.p50_ms for r in raw[target]]):8.2f} "
-              f"{median([r.p99_ms for r in raw[target]]):8.2f} {rps / base:22.2f}")
-    print("(medians over rounds; the p50/p99 columns are medians of each round's "
-          "percentile)")
+        print(
+            f"{target + ' ' + TARGETS[target]:<32} {rps:9.0f} "
+            f"{median([r.p50_ms for r in raw[target]]):8.2f} "
+            f"{median([r.p99_ms for r in raw[target]]):8.2f} {rps / base:22.2f}"
+        )
+    print("(medians over rounds; the p50/p99 columns are medians of each round's percentile)")
     new_ratio = median([r.rps for r in raw["h"]]) / median([r.rps for r in raw["g"]])
-    print(f"every head new (g, h: a new X-Bench-Seq per request, so no repeated header "
-          f"block to reuse; wrk's Lua costs it CPU too): authproxy {new_ratio:.2f}x nginx "
-          "+ auth_request")
+    print(
+        f"every head new (g, h: a new X-Bench-Seq per request, so no repeated header "
+        f"block to reuse; wrk's Lua costs it CPU too): authproxy {new_ratio:.2f}x nginx "
+        "+ auth_request"
+    )
 
 
 def print_rss(targets: WrkTargets) -> None:
     rss_d, _, _ = process_tree_rss(targets.daemons["d"][0].process.pid)
     rss_e, _, procs_e = process_tree_rss(targets.daemons["e"][0].process.pid)
-    print(f"RSS after the runs: d {fmt_bytes(rss_d)}; "
-          f"e {fmt_bytes(rss_e)} in {procs_e} processes (supervisor + workers)")
+    print(
+        f"RSS after the runs: d {fmt_bytes(rss_d)}; "
+        f"e {fmt_bytes(rss_e)} in {procs_e} processes (supervisor + workers)"
+    )

@@ -29,8 +29,9 @@ def verifier_app(known: dict[str, dict[str, str]]) -> web.Application:
         if scheme.lower() == "bearer":
             who = known.get(hashlib.sha256(token.encode()).hexdigest())
             if who is not None:
-                return web.Response(status=204, headers={"X-Space-Id": who["space_id"],
-                                                         "X-Api-Key-Id": who["id"]})
+                return web.Response(
+                    status=204, headers={"X-Space-Id": who["space_id"], "X-Api-Key-Id": who["id"]}
+                )
         return web.Response(status=401)
 
     app = web.Application()

@@ -21,7 +21,9 @@ async def defer_continue(request: web.Request) -> None:
 
 async def send_continue(request: web.Request) -> None:
     """Tell a waiting client to send its body; a no-op unless it asked to wait."""
-    if (request.version >= HttpVersion11
-            and request.headers.get("Expect", "").lower() == "100-continue"):
+    if (
+        request.version >= HttpVersion11
+        and request.headers.get("Expect", "").lower() == "100-continue"
+    ):
         await request.writer.write(_CONTINUE)
         request.writer.output_size = 0  # the response proper has not started

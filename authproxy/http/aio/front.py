@@ -151,8 +151,12 @@ async def not_ours(request: web.Request) -> web.StreamResponse:
     """A reserved path no route serves: 405 if another method would fit, else 404."""
     allowed = await _methods_for(request)
     if allowed:
-        return json_error(405, "method_not_allowed", f"Use {', '.join(sorted(allowed))}.",
-                          {"Allow": ", ".join(sorted(allowed))})
+        return json_error(
+            405,
+            "method_not_allowed",
+            f"Use {', '.join(sorted(allowed))}.",
+            {"Allow": ", ".join(sorted(allowed))},
+        )
     return json_error(404, "not_found", NOT_FOUND_MESSAGE)
 
 

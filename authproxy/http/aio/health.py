@@ -40,8 +40,9 @@ class Listening(Protocol):
 class Health:
     """The probe endpoints, with what they check handed in."""
 
-    def __init__(self, *, readiness: Readiness, store: Pingable, listener: Listening,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, *, readiness: Readiness, store: Pingable, listener: Listening, metrics: Metrics
+    ) -> None:
         self._readiness = readiness
         self._store = store
         self._listener = listener

@@ -64,6 +64,7 @@ class ConnectionHost(Protocol):
     @property
     def answer(self) -> Callable[[FastConnection, FastRequest], Awaitable[bool]]:
         """Runs one parsed request (exchange.py's FastFront.answer)."""
+
     def open_connections(self) -> int: ...
     def aiohttp_handler(self) -> asyncio.Protocol: ...
 
@@ -76,8 +77,7 @@ class FastConnection(asyncio.Protocol):
         self._answer = server.answer
         self._loop = asyncio.get_running_loop()
         cfg = server.guard
-        self._limits = HeadLimits.near(cfg.max_url_bytes, cfg.max_header_bytes,
-                                       cfg.max_headers)
+        self._limits = HeadLimits.near(cfg.max_url_bytes, cfg.max_header_bytes, cfg.max_headers)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self._buffer = bytearray()
@@ -100,8 +100,7 @@ class FastConnection(asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._server.open_connections() >= self._server.guard.max_connections:
-            log.warning("connection_refused_over_limit",
-                        limit=self._server.guard.max_connections)
+            log.warning("connection_refused_over_limit", limit=self._server.guard.max_connections)
             transport.close()
             return
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport.
@@ -151,11 +150,11 @@ class FastConnection(asyncio.Protocol):
             if len(buffer) > _MAX_HEAD_BUFFER or new.count(b"\n") != new.count(b"\r\n"):
                 self._hand_off()
             return
-        request = parse_head(bytes(buffer[:end + 4]), self._limits, self._fields)
+        request = parse_head(bytes(buffer[: end + 4]), self._limits, self._fields)
         if request is None:
             self._hand_off()
             return
-        del buffer[:end + 4]
+        del buffer[: end + 4]
         self._scanned = 0
         self._served += 1
         self.busy = True

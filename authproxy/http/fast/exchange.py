@@ -50,8 +50,18 @@ class FastFront:
 class FastExchange:
     """One request of a FastConnection as the lifecycle's Exchange."""
 
-    __slots__ = ("_conn", "head_sent", "headers", "host", "keep_alive", "method", "peer",
-                 "request_id", "target", "upstream_memo")
+    __slots__ = (
+        "_conn",
+        "head_sent",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "peer",
+        "request_id",
+        "target",
+        "upstream_memo",
+    )
 
     scheme = "http"
 
@@ -80,21 +90,35 @@ class FastExchange:
         """Send one of our own complete answers (errors, refusals)."""
         body = getattr(response, "body", None)
         body = body if isinstance(body, bytes) else b""
-        headers = [(name.encode("utf-8", "surrogateescape"),
-                    value.encode("utf-8", "surrogateescape"))
-                   for name, value in response.headers.items()]
+        headers = [
+            (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+            for name, value in response.headers.items()
+        ]
         headers.append((b"Content-Length", b"%d" % len(body)))
-        head, _ = response_head(self.method, response.status, response.reason, headers, {},
-                                self.request_id, self.keep_alive)
+        head, _ = response_head(
+            self.method,
+            response.status,
+            response.reason,
+            headers,
+            {},
+            self.request_id,
+            self.keep_alive,
+        )
         self.head_sent = True
         empty = must_be_empty_body(self.method, response.status)
         self._conn.write(head if empty else head + body)
 
     async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
         conn = self._conn
-        head, chunked = response_head(self.method, upstream.status, upstream.reason,
-                                      upstream.raw_headers, extra, self.request_id,
-                                      self.keep_alive)
+        head, chunked = response_head(
+            self.method,
+            upstream.status,
+            upstream.reason,
+            upstream.raw_headers,
+            extra,
+            self.request_id,
+            self.keep_alive,
+        )
         self.head_sent = True
         whole = upstream.take_whole_body() if upstream.take_whole_body is not None else None
         if whole is not None:  # the common small answer: one write

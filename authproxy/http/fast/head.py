@@ -20,8 +20,7 @@ from authproxy.http.reserved import is_reserved
 
 # Headers that make a request something other than a bodiless one, or ask for a reply
 # we leave to aiohttp.
-_NOT_SIMPLE: Final = frozenset({b"content-length", b"transfer-encoding", b"expect",
-                                b"upgrade"})
+_NOT_SIMPLE: Final = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 # Fields RFC 9110 allows once: aiohttp refuses a repeat (400), so a repeat is aiohttp's.
 _SINGLETONS: Final = frozenset(name.encode("ascii") for name in SINGLETON_HEADERS)
 # Keep clear of aiohttp's exact limits: a head near one is aiohttp's to judge.
@@ -36,8 +35,7 @@ class HeadLimits(NamedTuple):
     @classmethod
     def near(cls, max_url_bytes: int, max_header_bytes: int, max_headers: int) -> HeadLimits:
         """Limits a little below the server's: at the edge, aiohttp decides."""
-        return cls(max_url_bytes - _LIMIT_MARGIN, max_header_bytes - _LIMIT_MARGIN,
-                   max_headers - 1)
+        return cls(max_url_bytes - _LIMIT_MARGIN, max_header_bytes - _LIMIT_MARGIN, max_headers - 1)
 
 
 class FastRequest:
@@ -45,8 +43,9 @@ class FastRequest:
 
     __slots__ = ("headers", "keep_alive", "method", "target")
 
-    def __init__(self, method: str, target: str, headers: CIMultiDict[str],
-                 keep_alive: bool) -> None:
+    def __init__(
+        self, method: str, target: str, headers: CIMultiDict[str], keep_alive: bool
+    ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
@@ -84,7 +83,7 @@ def parse_head(head: bytes, limits: HeadLimits, memo: FieldMemo) -> FastRequest 
         return None  # invalid heads; upgrades and CONNECT (not an HttpParserError)
     if not sink.complete or sink.version != "1.1" or len(sink.url) > limits.max_url:
         return None
-    block = head[head.index(b"\r\n") + 2:]  # llhttp found the request line's CRLF
+    block = head[head.index(b"\r\n") + 2 :]  # llhttp found the request line's CRLF
     if block == memo.block:
         headers = memo.headers
     else:
@@ -105,20 +104,29 @@ def _fields(block: bytes, limits: HeadLimits) -> CIMultiDict[str] | None:
     makes sure of the LFs, so these lines are exactly llhttp's fields.
     """
     lines = block[:-4].split(b"\r\n") if len(block) > 2 else []
-    if (block.count(b"\n") != len(lines) + 1 or len(lines) > limits.max_fields
-            or (lines and max(map(len, lines)) > limits.max_field)):
+    if (
+        block.count(b"\n") != len(lines) + 1
+        or len(lines) > limits.max_fields
+        or (lines and max(map(len, lines)) > limits.max_field)
+    ):
         return None  # (a line longer than a limit holds a name or value near it: aiohttp's)
     fields = [line.partition(b":") for line in lines]
     lowered = [name.lower() for name, _, _ in fields]
     names = set(lowered)
-    if (not names.isdisjoint(_NOT_SIMPLE) or b"host" not in names
-            or (len(names) != len(lowered) and _repeats_a_singleton(lowered))):
+    if (
+        not names.isdisjoint(_NOT_SIMPLE)
+        or b"host" not in names
+        or (len(names) != len(lowered) and _repeats_a_singleton(lowered))
+    ):
         return None
     # As aiohttp takes them: values without surrounding whitespace (RFC 9110 §5.5); names
     # latin-1, values UTF-8 keeping any stray byte.
-    return CIMultiDict([(name.decode("latin-1"),
-                         value.strip(b" \t").decode("utf-8", "surrogateescape"))
-                        for name, _, value in fields])
+    return CIMultiDict(
+        [
+            (name.decode("latin-1"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
+            for name, _, value in fields
+        ]
+    )
 
 
 def _repeats_a_singleton(lowered: list[bytes]) -> bool:

@@ -26,16 +26,28 @@ def framed(data: bytes, chunked: bool, *, last: bool) -> bytes:
 
 # Upstream response header names response_head treats specially, by lower-cased name.
 _DROP, _CONNECTION, _LENGTH, _TYPE, _DATE, _SERVER = range(6)
-_SPECIAL: Final = {**dict.fromkeys((n.encode() for n in HOP_BY_HOP - {"connection"}), _DROP),
-                   b"connection": _CONNECTION, b"x-request-id": _DROP,
-                   b"content-length": _LENGTH, b"content-type": _TYPE, b"date": _DATE,
-                   b"server": _SERVER}
+_SPECIAL: Final = {
+    **dict.fromkeys((n.encode() for n in HOP_BY_HOP - {"connection"}), _DROP),
+    b"connection": _CONNECTION,
+    b"x-request-id": _DROP,
+    b"content-length": _LENGTH,
+    b"content-type": _TYPE,
+    b"date": _DATE,
+    b"server": _SERVER,
+}
 _SERVER_LINE: Final = f"Server: {SERVER_SOFTWARE}".encode()
 RawFields = Iterable[tuple[bytes, bytes]]  # as received: names and values in bytes
 
 
-def response_head(method: str, status: int, reason: str, upstream: RawFields,
-          extra: Mapping[str, str], request_id: str, keep_alive: bool) -> tuple[bytes, bool]:
+def response_head(
+    method: str,
+    status: int,
+    reason: str,
+    upstream: RawFields,
+    extra: Mapping[str, str],
+    request_id: str,
+    keep_alive: bool,
+) -> tuple[bytes, bool]:
     """Status line and headers, framed as aiohttp frames them; and whether chunked.
 
     One pass over the upstream's header fields, as bytes (they are copied, not decoded),
@@ -58,8 +70,15 @@ def response_head(method: str, status: int, reason: str, upstream: RawFields,
             if kind == _CONNECTION:
                 if connection_tokens([value.decode("latin-1")]) - HOP_BY_HOP - {"close"}:
                     # Rare: the upstream's Connection header names more headers to drop.
-                    return response_head(method, status, reason, _without_listed(upstream), extra,
-                                 request_id, keep_alive)
+                    return response_head(
+                        method,
+                        status,
+                        reason,
+                        _without_listed(upstream),
+                        extra,
+                        request_id,
+                        keep_alive,
+                    )
                 continue
             if kind == _LENGTH:
                 if empty and should_remove_content_length(method, status):
@@ -94,6 +113,5 @@ def response_head(method: str, status: int, reason: str, upstream: RawFields,
 
 def _without_listed(fields: RawFields) -> list[tuple[bytes, bytes]]:
     """headers.client_response_headers on raw fields (latin-1 keeps every byte)."""
-    kept = client_response_headers([(n.decode("latin-1"), v.decode("latin-1"))
-                                    for n, v in fields])
+    kept = client_response_headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in fields])
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in kept]
