@@ -49,9 +49,13 @@ from authproxy.upstream.transport import ClientSessionTransport, UpstreamTranspo
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Components:
-    """Everything create_app built, for the CLI (demo key, serving) and for tests."""
+    """Everything create_app built, for the CLI (demo key, serving) and for tests.
+
+    No repr: the config holds secrets (admin.jwt_secret, db.url), and a failed assertion
+    or a traceback would print them.
+    """
 
     config: Config
     metrics: Metrics

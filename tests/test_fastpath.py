@@ -1,4 +1,4 @@
-"""The lean front end (fastconn.py, fastproxy.py) against the real daemon stack.
+"""The lean front end (authproxy/http/fast/) against the real daemon stack.
 
 Every test in the suite goes through it already (conftest's DaemonTestServer); these pin
 down what only a hand-written HTTP/1.1 front end can get wrong: pipelining, the hand-off
@@ -128,7 +128,7 @@ class TestPipelining:
 
 
 class TestRepeatedFields:
-    """fasthead's FieldMemo: a connection's repeated header block is parsed once."""
+    """head.py's FieldMemo: a connection's repeated header block is parsed once."""
 
     async def test_each_request_gets_its_own_fields(
         self, client: Client, upstream: Upstream

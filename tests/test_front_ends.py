@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from authproxy.app import COMPONENTS
 from authproxy.keys.audit import AuditContext
+from authproxy.server.guards import GuardedServer
 from tests.byte_upstream import ByteUpstream, Exchange, response
 from tests.conftest import AppClient, bearer, new_key
 
@@ -107,14 +108,24 @@ async def byte_upstream() -> AsyncIterator[ByteUpstream]:
     await upstream.close()
 
 
+@pytest.fixture(params=["h1", "aiohttp"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each upstream transport (upstream.transport) behind both front ends."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def daemons(app_client: AppClient, byte_upstream: ByteUpstream) -> list[Daemon]:
+async def daemons(
+    app_client: AppClient, byte_upstream: ByteUpstream, transport: str
+) -> list[Daemon]:
     url = await byte_upstream.start()
     made = []
     for fast_path in (True, False):
         client = await app_client(
-            upstream={"url": url, "read_timeout": READ_TIMEOUT},
+            upstream={"url": url, "read_timeout": READ_TIMEOUT, "transport": transport},
             server={"fast_path": fast_path, "max_body_bytes": BODY_LIMIT},
+            # No last_used flush mid-test: its metrics would move between the daemons.
+            usage={"flush_interval": 60},
         )
         made.append(Daemon("fast" if fast_path else "aiohttp", client))
     return made
@@ -162,6 +173,8 @@ async def _observe(daemon: Daemon, send: Send) -> Seen:
     with capture_logs(processors=[merge_contextvars]) as logs:
         status, code, headers = await send(daemon.client)
         line = await _access_line(logs, daemon.name)
+        await asyncio.sleep(0.05)  # one access line per request, not one per layer
+        assert len([entry for entry in logs if entry.get("event") == "request"]) == 1
     # The access line is the lifecycle's last act: its metrics are counted by then.
     after = await _metrics(daemon.client)
     deltas = {
@@ -212,6 +225,16 @@ def _with_id(headers: dict[str, str], request_id: str) -> dict[str, str]:
 
 
 class TestTheSameRequestThroughBothFrontEnds:
+    async def test_each_daemon_serves_with_its_own_front_end(self, daemons: list[Daemon]) -> None:
+        """Else every comparison below would hold trivially, aiohttp against itself."""
+        for daemon in daemons:
+            async with daemon.client.get("/x") as resp:  # keep-alive: the connection stays
+                assert resp.status == 401
+            runner = daemon.client.server.runner
+            assert runner is not None and isinstance(runner.server, GuardedServer)
+            fast = len(runner.server.fast_connections)
+            assert fast == (1 if daemon.name == "fast" else 0)
+
     async def test_an_answer_relayed(self, daemons: list[Daemon]) -> None:
         """200: the upstream's own fields kept, hop-by-hop ones dropped, our id set."""
         created = await new_key(daemons[0].client)
@@ -227,12 +250,15 @@ class TestTheSameRequestThroughBothFrontEnds:
         assert seen.metric_deltas['authproxy_requests_total{outcome="allowed",status="200"}'] == 1
 
     @pytest.mark.parametrize(
-        "headers", [{}, {"Authorization": "Bearer asc_not_a_key"}], ids=["missing", "invalid"]
+        ("headers", "code"),
+        [({}, "missing_token"), ({"Authorization": "Bearer asc_not_a_key"}, "invalid_token")],
+        ids=["missing", "invalid"],
     )
-    async def test_refused_keys(self, daemons: list[Daemon], headers: dict[str, str]) -> None:
+    async def test_refused_keys(
+        self, daemons: list[Daemon], headers: dict[str, str], code: str
+    ) -> None:
         seen = await _same_everywhere(daemons, _get("/x", _with_id(headers, "diff-401")))
-        assert seen.status == 401
-        assert seen.error_code in ("missing_token", "invalid_token")
+        assert (seen.status, seen.error_code) == (401, code)
 
     async def test_a_body_over_the_limit(self, daemons: list[Daemon]) -> None:
         """413: counted as an allowed key's 413, in both modes (a body is aiohttp's)."""

@@ -92,7 +92,7 @@ def json_error(
 def error_response(exc: Exception) -> web.Response | None:
     """The HTTP answer for a domain error, or None when ``exc`` is not one we map."""
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
-        # aiohttp's own refusals (an expectation we do not meet, ...), as our JSON errors.
+        # aiohttp's HTTP exceptions raised inside a handler, as our JSON errors.
         text = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
         return json_error(exc.status, exc.reason.lower().replace(" ", "_"), text or exc.reason)
     if isinstance(exc, InvalidInput):

@@ -169,6 +169,7 @@ class ClientSessionTransport:
         self, method: str, target: str, headers: CIMultiDict[str], body: AsyncIterable[bytes] | None
     ) -> AsyncIterator[UpstreamResponse]:
         sent = None if body is None else FramedBody(body, declared_length(headers))
+        consumer_failed = False
         try:
             async with self._session.request(
                 method,
@@ -184,12 +185,18 @@ class ClientSessionTransport:
                     problem = refusal(resp.status, _head_bytes(resp), self._max_head_bytes)
                     if problem is not None:
                         raise UpstreamUnavailable(problem)
-                    yield UpstreamResponse(
-                        status=resp.status,
-                        reason=resp.reason or "",
-                        raw_headers=resp.raw_headers,
-                        body=_chunks(resp),
-                    )
+                    try:
+                        yield UpstreamResponse(
+                            status=resp.status,
+                            reason=resp.reason or "",
+                            raw_headers=resp.raw_headers,
+                            body=_chunks(resp),
+                        )
+                    except BaseException:
+                        # Raised by the caller (the client hung up, a body over the
+                        # limit...): not the upstream's failure, so never renamed one.
+                        consumer_failed = True
+                        raise
                 finally:
                     # The pool's rule, as in h1connection: back to the pool only after an
                     # exchange that completed exactly; aiohttp's own checks cover the rest.
@@ -199,11 +206,10 @@ class ClientSessionTransport:
                         or not resp.content.at_eof()
                     ):
                         resp.close()
-        except TimeoutError as exc:
-            # First: aiohttp's ServerTimeoutError subclasses both TimeoutError and ClientError.
-            raise UpstreamTimeout(str(exc) or type(exc).__name__) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if consumer_failed:
+                raise
+            raise _upstream_error(exc) from exc
 
     async def close(self) -> None:
         if self._session_or_none is not None:
@@ -231,6 +237,17 @@ def _head_bytes(resp: aiohttp.ClientResponse) -> int:
     return line + sum(len(name) + len(value) + 4 for name, value in resp.raw_headers) + 2
 
 
+def _upstream_error(exc: BaseException) -> UpstreamTimeout | UpstreamUnavailable:
+    # First: aiohttp's ServerTimeoutError subclasses both TimeoutError and ClientError.
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(str(exc) or type(exc).__name__)
+    return UpstreamUnavailable(str(exc) or type(exc).__name__)
+
+
 async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    async for chunk in resp.content.iter_any():
-        yield chunk
+    """The body; a failure to read it is the upstream's (the caller's own are not)."""
+    try:
+        async for chunk in resp.content.iter_any():
+            yield chunk
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _upstream_error(exc) from exc

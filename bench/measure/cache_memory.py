@@ -3,7 +3,7 @@
 authproxy's own Authenticator is filled with `entries` distinct keys; RSS before and
 after (/proc/self/status), bytes per key, peak RSS.
 
-The Authenticator is built as contexts.py builds it, with a store that returns a key
+The Authenticator is built as app.py builds it, with a store that returns a key
 record for any lookup id (its secret_hash a distinct string shaped exactly like a real
 argon2id hash of the shipped parameters) and a hasher whose verify() says yes without
 spending argon2. So the cache holds what the daemon's holds after `entries` distinct cold

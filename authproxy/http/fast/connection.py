@@ -87,7 +87,6 @@ class FastConnection(asyncio.Protocol):
         self.busy = False  # a request is being answered
         self.closing = False  # close once the answer in progress is out
         self.task: asyncio.Task[None] | None = None
-        self.head_sent = False  # the current answer's head is out: errors must cut, not answer
         self._reading_paused = False
         self._write_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
@@ -158,7 +157,6 @@ class FastConnection(asyncio.Protocol):
         self._scanned = 0
         self._served += 1
         self.busy = True
-        self.head_sent = False
         # A fresh context: no log field of an earlier request (or of startup) can leak in.
         self.task = self._loop.create_task(self._serve(request), context=contextvars.Context())
 

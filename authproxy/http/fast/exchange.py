@@ -37,13 +37,6 @@ class FastFront:
         exchange = FastExchange(conn, request)
         if await lifecycle.serve(exchange, lifecycle.proxy) == CLIENT_CLOSED_REQUEST:
             return False
-        # Flow control: the next pipelined request waits until the client reads this
-        # answer, so a client that never reads cannot make us buffer answers without limit.
-        if exchange.keep_alive and conn.must_drain():
-            try:
-                await conn.drain()
-            except ConnectionError:
-                return False
         return exchange.keep_alive
 
 
@@ -107,6 +100,7 @@ class FastExchange:
         self.head_sent = True
         empty = must_be_empty_body(self.method, response.status)
         self._conn.write(head if empty else head + body)
+        await self._drained()
 
     async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
         conn = self._conn
@@ -123,14 +117,23 @@ class FastExchange:
         whole = upstream.take_whole_body() if upstream.take_whole_body is not None else None
         if whole is not None:  # the common small answer: one write
             conn.write(head + framed(whole, chunked, last=True))
-            return
-        conn.write(head)
-        async for chunk in upstream.body:
-            if chunk:
-                conn.write(framed(chunk, chunked, last=False))
-                await conn.drain()
-        if chunked:
-            conn.write(b"0\r\n\r\n")
+        else:
+            conn.write(head)
+            async for chunk in upstream.body:
+                if chunk:
+                    conn.write(framed(chunk, chunked, last=False))
+                    await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        await self._drained()
+
+    async def _drained(self) -> None:
+        """Flow control, part of the answer (its time and a 499 if the client leaves):
+        the next pipelined request waits until the client reads this answer, so a client
+        that never reads cannot make us buffer answers without limit. Checked first: most
+        answers need no wait, and a coroutine per answer is measurable (issue 6)."""
+        if self._conn.must_drain():
+            await self._conn.drain()
 
     def abort(self) -> None:
         self.keep_alive = False
