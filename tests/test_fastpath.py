@@ -18,10 +18,23 @@ import httptools
 import pytest
 from aiohttp.test_utils import TestClient
 
+from authproxy.config.schema import Config
 from authproxy.server.guards import GuardedServer
-from tests.conftest import AppClient, Upstream, new_key
+from tests.conftest import AppClient, MakeConfig, Upstream, new_key
 
 Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+def make_config(make_config: MakeConfig) -> MakeConfig:
+    """These tests are about the fast front end: it is on even when the suite runs with
+    AUTHPROXY_TEST_FAST_PATH=0 (a test that compares both modes still says which)."""
+
+    def make(**sections: dict[str, Any]) -> Config:
+        server = {"fast_path": True, **sections.pop("server", {})}
+        return make_config(server=server, **sections)
+
+    return make
 
 
 class Answer:

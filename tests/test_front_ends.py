@@ -11,6 +11,7 @@ metrics move by the same amounts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -334,6 +335,8 @@ class TestTheSameRequestThroughBothFrontEnds:
             head = await reader.readuntil(b"\r\n\r\n")
             await reader.readexactly(65536)  # well into the body
             writer.close()
+            with contextlib.suppress(ConnectionError):  # else the socket may outlive the loop
+                await writer.wait_closed()
             return int(head.split(b" ", 2)[1]), None, {}
 
         seen = await _same_everywhere(daemons, send)
