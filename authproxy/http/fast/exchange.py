@@ -99,8 +99,10 @@ class FastExchange:
         )
         self.head_sent = True
         empty = must_be_empty_body(self.method, response.status)
-        self._conn.write(head if empty else head + body)
-        await self._drained()
+        conn = self._conn
+        conn.write(head if empty else head + body)
+        if conn.must_drain():  # flow control, as after a relayed answer
+            await conn.drain()
 
     async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
         conn = self._conn
@@ -125,15 +127,12 @@ class FastExchange:
                     await conn.drain()
             if chunked:
                 conn.write(b"0\r\n\r\n")
-        await self._drained()
-
-    async def _drained(self) -> None:
-        """Flow control, part of the answer (its time and a 499 if the client leaves):
-        the next pipelined request waits until the client reads this answer, so a client
-        that never reads cannot make us buffer answers without limit. Checked first: most
-        answers need no wait, and a coroutine per answer is measurable (issue 6)."""
-        if self._conn.must_drain():
-            await self._conn.drain()
+        # Flow control, part of the answer (its time, and a 499 if the client leaves): the
+        # next pipelined request waits until the client reads this answer, so a client
+        # that never reads cannot make us buffer answers without limit. Checked inline:
+        # most answers need no wait, and a coroutine per answer is measurable (issue 6).
+        if conn.must_drain():
+            await conn.drain()
 
     def abort(self) -> None:
         self.keep_alive = False
