@@ -267,8 +267,21 @@ class TestRequestId:
         assert re.fullmatch(r"[0-9a-f]{32}", fresh)
 
     def test_fresh_ids_are_unique(self) -> None:
-        """Each replacement id is new."""
-        assert len({request_id_from(None) for _ in range(1000)}) == 1000
+        """Each replacement id is new, across more than one batch of random bytes."""
+        assert len({request_id_from(None) for _ in range(5000)}) == 5000
+
+    def test_one_id_tells_nothing_of_the_next(self) -> None:
+        """Not a prefix plus a counter: consecutive ids share no more than chance would
+        have them share (each hex digit matches with probability 1/16)."""
+        ids = [request_id_from(None) for _ in range(2000)]
+        same_digits = sum(
+            a == b
+            for first, second in zip(ids, ids[1:], strict=False)
+            for a, b in zip(first, second, strict=True)
+        )
+        expected = (len(ids) - 1) * 32 / 16
+        assert same_digits < expected * 1.2  # a prefix-and-counter id shares ~30 of 32
+        assert len({i[:16] for i in ids}) == len(ids)
 
 
 _HEADER_NAME = st.one_of(
