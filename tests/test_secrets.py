@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from authproxy.keys.format import generate_key
@@ -80,6 +83,49 @@ class TestRedactionProcessor:
         assert "<" in event["detail"] and "redacted" in event["detail"]
         for secret in ("asc_0123456789abcdefghij", "c2lnbmF0dXJl", "aGFzaA", "aHVudGVyMg"):
             assert secret not in event["detail"]
+
+    @settings(max_examples=500)
+    @example("BASIC dXNlcjpwdw==")
+    @example("x bEaReR\tq")
+    @example("eyJa.b.c")
+    @example("$argon2i$v=19$x")
+    @example("asc_0123456789")
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    "asc_",
+                    "0123456789abcdefgh",
+                    "eyJ",
+                    "hbGci",
+                    ".",
+                    "-",
+                    "$argon2id$",
+                    "v=19",
+                    "Bearer",
+                    "BASIC",
+                    "basic",
+                    " ",
+                    "\t",
+                    "x",
+                    "/",
+                    "é",
+                    '"',
+                    "Asc_",
+                    "eyj",
+                ]
+            ),
+            max_size=12,
+        ).map("".join)
+    )
+    def test_the_quick_check_never_skips_a_secret(self, text: str) -> None:
+        """Strings skipped by the one-search pre-check come out exactly as the four
+        substitutions would leave them (the patterns as SECURITY.md describes them)."""
+        full = re.sub(r"asc_[0-9A-Za-z]{8,}", "asc_<redacted>", text)
+        full = re.sub(r"eyJ[\w-]+\.[\w-]+\.[\w-]*", "<jwt redacted>", full)
+        full = re.sub(r"\$argon2(id|i|d)\$[^\s\"']+", "<hash redacted>", full)
+        full = re.sub(r"(?i)\b(bearer|basic)\s+[^\s\"',]+", r"\1 <redacted>", full)
+        assert redact_secrets(None, "info", {"event": "x", "detail": text})["detail"] == full
 
     def test_secret_field_names_are_masked(self) -> None:
         """Fields named authorization, key, token, secret_hash or jwt are never shown."""

@@ -24,6 +24,11 @@ _BEARER_PATTERN: Final = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',]+")
 _JWT_PATTERN: Final = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 _HASH_PATTERN: Final = re.compile(r"\$argon2(id|i|d)\$[^\s\"']+")
 _SENSITIVE_FIELDS: Final = frozenset({"authorization", "key", "token", "secret_hash", "jwt"})
+# What each pattern above must start with: a string holding none of these cannot match
+# any of them, and one search is cheaper than four substitutions. Most strings logged
+# (paths, ids, event names) hold none; the profile of issue 15 had the four substitutions
+# at 15% of a request's time with the access log on.
+_MIGHT_HOLD_A_SECRET: Final = re.compile(r"asc_|eyJ|\$argon2|(?i:bearer|basic)")
 
 
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -32,7 +37,7 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     for name, value in event.items():
         if name in _SENSITIVE_FIELDS:
             event[name] = "<redacted>"
-        elif isinstance(value, str):
+        elif isinstance(value, str) and _MIGHT_HOLD_A_SECRET.search(value):
             value = _KEY_PATTERN.sub("asc_<redacted>", value)
             value = _JWT_PATTERN.sub("<jwt redacted>", value)
             value = _HASH_PATTERN.sub("<hash redacted>", value)
