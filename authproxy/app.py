@@ -42,6 +42,8 @@ from authproxy.http.reserved import RESERVED_PREFIX
 from authproxy.keys.format import KeyHasher
 from authproxy.keys.service import KeyService
 from authproxy.keys.store import Store
+from authproxy.observability.access_log import AccessLog
+from authproxy.observability.logs import logs_access, uses_console
 from authproxy.observability.metrics import Metrics
 from authproxy.upstream.h1pool import H1Transport
 from authproxy.upstream.transport import ClientSessionTransport, UpstreamTransport
@@ -68,6 +70,7 @@ class Components:
     keys: KeyService
     listener: RevocationListener
     transport: UpstreamTransport
+    access_log: AccessLog | None
     lifecycle: RequestLifecycle
     fast_front: FastFront
 
@@ -81,6 +84,7 @@ def create_app(
     *,
     hasher: KeyHasher | None = None,
     wall_clock: Callable[[], datetime] | None = None,
+    access_log_fd: int = 2,
 ) -> web.Application:
     """Build the whole daemon. Overrides exist for tests (cheap hashing, controlled time).
 
@@ -92,6 +96,7 @@ def create_app(
         cfg,
         hasher=hasher or KeyHasher.from_config(cfg.hashing),
         clock=wall_clock or (lambda: datetime.now(UTC)),
+        access_log_fd=access_log_fd,
     )
     # client_max_size caps request.read(), used only by the admin API; proxied bodies stream.
     app = web.Application(
@@ -101,7 +106,14 @@ def create_app(
     )
     app[COMPONENTS] = c
     app.cleanup_ctx.extend(
-        [_executor_ctx(c), _database_ctx(c), _transport_ctx(c), _metrics_listener_ctx(c)]
+        # The access log first: it is closed last, after every request's line.
+        [
+            _access_log_ctx(c),
+            _executor_ctx(c),
+            _database_ctx(c),
+            _transport_ctx(c),
+            _metrics_listener_ctx(c),
+        ]
     )
     app.on_shutdown.append(_start_draining(c.readiness))
     trusted = parse_networks(cfg.server.trusted_proxies)
@@ -127,10 +139,23 @@ def create_app(
 
 
 def build_components(
-    cfg: Config, *, hasher: KeyHasher, clock: Callable[[], datetime]
+    cfg: Config, *, hasher: KeyHasher, clock: Callable[[], datetime], access_log_fd: int = 2
 ) -> Components:
     """Every component, each given what it uses. Nothing here needs the event loop."""
     metrics = Metrics()
+    log_access = logs_access(cfg.logging)
+    # JSON lines are the access log's own (batched, off the loop); the console format
+    # is for a person at a terminal, where structlog renders them as before.
+    access_log = (
+        AccessLog(
+            dropped=metrics.access_log_dropped,
+            fd=access_log_fd,
+            buffer_bytes=cfg.logging.access_buffer_bytes,
+            flush_interval=cfg.logging.access_flush_interval,
+        )
+        if log_access and not uses_console(cfg.logging)
+        else None
+    )
     cache = VerifiedKeyCache[Verdict](max_entries=cfg.cache.max_entries, codec=VerdictCodec())
     cache.on_evict = lambda reason: metrics.cache_evictions.labels(reason=reason).inc()
     usage = UsageRecorder(metrics, max_pending=cfg.usage.max_pending)
@@ -179,6 +204,8 @@ def build_components(
         metrics=metrics,
         strip_prefixes=tuple(normalized(p) for p in up.strip_header_prefixes),
         max_body_bytes=cfg.server.max_body_bytes,
+        log_access=log_access,
+        access_log=access_log,
     )
     return Components(
         config=cfg,
@@ -192,6 +219,7 @@ def build_components(
         keys=keys,
         listener=listener,
         transport=transport,
+        access_log=access_log,
         lifecycle=lifecycle,
         fast_front=FastFront(lifecycle),
     )
@@ -207,6 +235,18 @@ def _start_draining(readiness: Readiness) -> Callable[[web.Application], Awaitab
         readiness.draining = True
 
     return on_shutdown
+
+
+def _access_log_ctx(c: Components) -> CleanupContext:
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        if c.access_log is None:
+            yield
+            return
+        c.access_log.start()
+        yield
+        await c.access_log.close()  # every line written, or counted as dropped
+
+    return ctx
 
 
 def _executor_ctx(c: Components) -> CleanupContext:

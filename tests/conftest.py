@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -151,6 +152,45 @@ def make_config(database_url: str, upstream: Upstream) -> MakeConfig:
 AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
+class AccessLines:
+    """A daemon's access log, written to a file instead of stderr (app_client's
+    ``access_log=``), read back as the JSON objects its lines are."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def lines(self) -> list[dict[str, Any]]:
+        text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The first ``count`` lines, once the writer thread has written them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(lines := self.lines()) < count:
+            assert loop.time() < deadline, f"{len(lines)} access lines, expected {count}"
+            await asyncio.sleep(0.01)
+        return lines
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def access_lines(tmp_path: Path) -> Iterator[Callable[[str], AccessLines]]:
+    """access_lines(name) -> an AccessLines in this test's temp dir."""
+    made: list[AccessLines] = []
+
+    def make(name: str) -> AccessLines:
+        made.append(AccessLines(tmp_path / f"{name}.access.log"))
+        return made[-1]
+
+    yield make
+    for lines in made:
+        lines.close()
+
+
 class DaemonTestServer(TestServer):
     """aiohttp's TestServer with the daemon's own connection layer (server/guards.py):
     the fast path, the limits and the JSON protocol errors are what tests talk to."""
@@ -178,8 +218,16 @@ def app_client(
     # so the app (and its final last_used flush) is torn down before they are.
     """app_client(cfg=None, **sections): the daemon's app on a real loopback server."""
 
-    async def start(cfg: Config | None = None, **sections: dict[str, Any]) -> TestClient[Any, Any]:
-        app = create_app(cfg or make_config(**sections), hasher=hasher)
+    async def start(
+        cfg: Config | None = None, *, access_log: AccessLines | None = None, **sections: Any
+    ) -> TestClient[Any, Any]:
+        if access_log is not None:  # every line handed to the writer at once
+            sections["logging"] = {"access_buffer_bytes": 0, **sections.get("logging", {})}
+        app = create_app(
+            cfg or make_config(**sections),
+            hasher=hasher,
+            access_log_fd=2 if access_log is None else access_log.fd,
+        )
         client = await aiohttp_client(DaemonTestServer(app))
         # As a load balancer waits for readyz: the revocation listener's first connect
         # flushes the cache, and a key verified just before it would not stay cached.

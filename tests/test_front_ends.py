@@ -13,21 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from structlog.contextvars import merge_contextvars
-from structlog.testing import capture_logs
 
 from authproxy.app import COMPONENTS
 from authproxy.keys.audit import AuditContext
 from authproxy.server.guards import GuardedServer
 from tests.byte_upstream import ByteUpstream, Exchange, response
-from tests.conftest import AppClient, bearer, new_key
+from tests.conftest import AccessLines, AppClient, bearer, new_key
 
 BODY_LIMIT = 1024
 READ_TIMEOUT = 0.5
@@ -100,6 +98,7 @@ class Seen:
 class Daemon:
     name: str
     client: TestClient[Any, Any]
+    access: AccessLines
 
 
 @pytest.fixture
@@ -117,18 +116,24 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def daemons(
-    app_client: AppClient, byte_upstream: ByteUpstream, transport: str
+    access_lines: Callable[[str], AccessLines],
+    app_client: AppClient,
+    byte_upstream: ByteUpstream,
+    transport: str,
 ) -> list[Daemon]:
     url = await byte_upstream.start()
     made = []
     for fast_path in (True, False):
+        name = "fast" if fast_path else "aiohttp"
+        access = access_lines(name)
         client = await app_client(
+            access_log=access,
             upstream={"url": url, "read_timeout": READ_TIMEOUT, "transport": transport},
             server={"fast_path": fast_path, "max_body_bytes": BODY_LIMIT},
             # No last_used flush mid-test: its metrics would move between the daemons.
             usage={"flush_interval": 60},
         )
-        made.append(Daemon("fast" if fast_path else "aiohttp", client))
+        made.append(Daemon(name, client, access))
     return made
 
 
@@ -151,19 +156,22 @@ async def _metrics(client: TestClient[Any, Any]) -> dict[str, float]:
     return _samples(await resp.text())
 
 
-async def _access_line(
-    logs: list[MutableMapping[str, Any]], name: str, timeout: float = 5.0
-) -> dict[str, Any]:
-    """The one access line (event "request") of the request just sent."""
+def _proxied(access: AccessLines) -> list[dict[str, Any]]:
+    """Access lines of proxied requests (not the test's own metrics reads)."""
+    return [line for line in access.lines() if not line["path"].startswith("/_authproxy/")]
+
+
+async def _access_line(daemon: Daemon, seen_before: int, timeout: float = 5.0) -> dict[str, Any]:
+    """The one access line of the request just sent, as the daemon's access log wrote it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        lines = [entry for entry in logs if entry.get("event") == "request"]
-        if lines:
-            assert len(lines) == 1, lines
-            return {k: v for k, v in lines[0].items() if k not in _VARYING_FIELDS}
-        assert loop.time() < deadline, f"no access line from the {name} front end: {logs}"
+    while len(lines := _proxied(daemon.access)) <= seen_before:
+        assert loop.time() < deadline, f"no access line from the {daemon.name} front end"
         await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # one access line per request, not one per layer
+    lines = _proxied(daemon.access)
+    assert len(lines) == seen_before + 1, lines[seen_before:]
+    return {k: v for k, v in lines[-1].items() if k not in _VARYING_FIELDS}
 
 
 Send = Callable[[TestClient[Any, Any]], Awaitable[tuple[int, str | None, dict[str, str]]]]
@@ -171,11 +179,9 @@ Send = Callable[[TestClient[Any, Any]], Awaitable[tuple[int, str | None, dict[st
 
 async def _observe(daemon: Daemon, send: Send) -> Seen:
     before = await _metrics(daemon.client)
-    with capture_logs(processors=[merge_contextvars]) as logs:
-        status, code, headers = await send(daemon.client)
-        line = await _access_line(logs, daemon.name)
-        await asyncio.sleep(0.05)  # one access line per request, not one per layer
-        assert len([entry for entry in logs if entry.get("event") == "request"]) == 1
+    seen_before = len(_proxied(daemon.access))
+    status, code, headers = await send(daemon.client)
+    line = await _access_line(daemon, seen_before)
     # The access line is the lifecycle's last act: its metrics are counted by then.
     after = await _metrics(daemon.client)
     deltas = {

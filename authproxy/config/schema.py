@@ -191,6 +191,11 @@ class MetricsConfig:
 class LoggingConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
+    # One line per request (observability/access_log.py), written in batches: when this
+    # many bytes have gathered or flush_interval has passed. Off with level warning or above.
+    access: bool = True
+    access_buffer_bytes: int = field(default=65536, metadata=_rule(0, 16 * 1024 * 1024))
+    access_flush_interval: float = field(default=1.0, metadata=_rule(0.01, 60))
 
 
 @dataclass(frozen=True, slots=True)

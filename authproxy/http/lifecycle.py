@@ -32,6 +32,7 @@ from authproxy.http.headers import (
     request_id_from,
     upstream_request_fields,
 )
+from authproxy.observability.access_log import AccessLog
 from authproxy.observability.metrics import Metrics
 from authproxy.upstream.h1pool import H1Transport, encode_fields
 from authproxy.upstream.transport import (
@@ -68,6 +69,7 @@ class Exchange(Protocol):
     """One request as a front end hands it to the lifecycle, and the ways to answer it."""
 
     request_id: str  # set by RequestLifecycle.serve
+    principal: Principal | None  # set by RequestLifecycle.proxy once the key is accepted
 
     @property
     def method(self) -> str: ...
@@ -115,8 +117,10 @@ class RequestLifecycle:
     """Both front ends' request sequence; built by the composition root (app.py)."""
 
     __slots__ = (
+        "_access_log",
         "_admission",
         "_h1",
+        "_log_access",
         "_max_body_bytes",
         "_metrics",
         "_strip_prefixes",
@@ -131,7 +135,13 @@ class RequestLifecycle:
         metrics: Metrics,
         strip_prefixes: tuple[str, ...],
         max_body_bytes: int,
+        log_access: bool = True,
+        access_log: AccessLog | None = None,
     ) -> None:
+        """``log_access``: one line per request; written by ``access_log`` when given
+        (JSON, batched), else through structlog (the console format)."""
+        self._log_access = log_access
+        self._access_log = access_log
         self._admission = admission
         self._transport = transport
         # The h1 transport takes header fields already encoded (see UpstreamFieldsMemo).
@@ -161,10 +171,30 @@ class RequestLifecycle:
         except asyncio.CancelledError:
             # Stopped from outside: a server set to cancel handlers when their client
             # leaves, or a shutdown past its grace period. No answer will be sent.
-            _access_line(CLIENT_CLOSED_REQUEST, started, x.peer)
+            self._access_line(CLIENT_CLOSED_REQUEST, started, x)
             raise
-        _access_line(status, started, x.peer)
+        self._access_line(status, started, x)
         return status
+
+    def _access_line(self, status: int, started: float, x: Exchange) -> None:
+        if not self._log_access:
+            return
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        writer = self._access_log
+        if writer is None:
+            log.info("request", status=status, duration_ms=duration_ms, remote=x.peer)
+            return
+        who = x.principal
+        writer.write(
+            status=status,
+            duration_ms=duration_ms,
+            remote=x.peer,
+            request_id=x.request_id,
+            method=x.method,
+            path=x.target.split("?", 1)[0],
+            space_id=None if who is None else who.space_id,
+            key_id=None if who is None else who.key_id,
+        )
 
     async def proxy(self, x: Exchange) -> int:
         """Admit the request and forward it; the status sent. Refusals raise what
@@ -177,6 +207,7 @@ class RequestLifecycle:
         principal = admission.authenticate(x.peer, x.headers)  # refusals counted there
         if not isinstance(principal, Principal):
             principal = await principal
+        x.principal = principal
         structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
         outcome, status = "allowed", 502
         try:
@@ -260,15 +291,6 @@ class RequestLifecycle:
             x.target,
             b"%sX-Request-Id: %s\r\n%s" % (before, x.request_id.encode("ascii"), after),
         )
-
-
-def _access_line(status: int, started: float, peer: str) -> None:
-    log.info(
-        "request",
-        status=status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        remote=peer,
-    )
 
 
 async def _answer_error(x: Exchange, exc: Exception) -> int:

@@ -37,17 +37,35 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     for name, value in event.items():
         if name in _SENSITIVE_FIELDS:
             event[name] = "<redacted>"
-        elif isinstance(value, str) and _MIGHT_HOLD_A_SECRET.search(value):
-            value = _KEY_PATTERN.sub("asc_<redacted>", value)
-            value = _JWT_PATTERN.sub("<jwt redacted>", value)
-            value = _HASH_PATTERN.sub("<hash redacted>", value)
-            event[name] = _BEARER_PATTERN.sub(r"\1 <redacted>", value)
+        elif isinstance(value, str):
+            event[name] = redact_text(value)
     return event
+
+
+def redact_text(value: str) -> str:
+    """``value`` with every API key, JWT, argon2 hash and Bearer/Basic value masked."""
+    if not _MIGHT_HOLD_A_SECRET.search(value):
+        return value
+    value = _KEY_PATTERN.sub("asc_<redacted>", value)
+    value = _JWT_PATTERN.sub("<jwt redacted>", value)
+    value = _HASH_PATTERN.sub("<hash redacted>", value)
+    return _BEARER_PATTERN.sub(r"\1 <redacted>", value)
+
+
+def uses_console(cfg: LoggingConfig) -> bool:
+    """Whether lines are rendered for a person (a TTY), not as JSON for machines."""
+    return cfg.format == "console" or (cfg.format == "auto" and sys.stderr.isatty())
+
+
+def logs_access(cfg: LoggingConfig) -> bool:
+    """Whether each request gets an access line: on, unless turned off or the level
+    (warning and above) leaves out info lines, as it always has."""
+    return cfg.access and cfg.level in ("debug", "info")
 
 
 def configure_logging(cfg: LoggingConfig, *, cache: bool = True) -> None:
     """JSON lines for machines, the console renderer when a person watches a TTY."""
-    console = cfg.format == "console" or (cfg.format == "auto" and sys.stderr.isatty())
+    console = uses_console(cfg)
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )

@@ -136,6 +136,11 @@ class Metrics:
         self.upstream_errors = Counter(
             "authproxy_upstream_errors", "Upstream failures, by kind.", ["kind"], registry=r
         )
+        self.access_log_dropped = Counter(
+            "authproxy_access_log_dropped_lines",
+            "Access-log lines dropped because stderr did not take them in time.",
+            registry=r,
+        )
         self.revocation_lag = Histogram(
             "authproxy_revocation_lag_seconds",
             "Time from a revoke's NOTIFY in PostgreSQL to its key being refused here.",

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDictProxy
 
+from authproxy.auth.verdict import Principal
 from authproxy.config.schema import Config
 from authproxy.http.aio.continuation import send_continue
 from authproxy.http.errormap import json_error
@@ -35,7 +36,7 @@ NOT_FOUND_MESSAGE: Final = "No such authproxy endpoint."
 class AioExchange:
     """One aiohttp request as the lifecycle's Exchange."""
 
-    __slots__ = ("_request_id", "request", "response")
+    __slots__ = ("_request_id", "principal", "request", "response")
 
     upstream_memo: UpstreamFieldsMemo | None = None  # aiohttp's requests are the rarer kind
 
@@ -43,6 +44,7 @@ class AioExchange:
         self.request = request
         self.response: web.StreamResponse | None = None  # once its head is out
         self._request_id = ""
+        self.principal: Principal | None = None
 
     @property
     def request_id(self) -> str:

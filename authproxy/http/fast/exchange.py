@@ -14,6 +14,7 @@ from aiohttp.helpers import must_be_empty_body
 from aiohttp.web import StreamResponse
 from multidict import CIMultiDict
 
+from authproxy.auth.verdict import Principal
 from authproxy.http.fast.response_head import framed, response_head
 from authproxy.http.lifecycle import CLIENT_CLOSED_REQUEST, RequestLifecycle, UpstreamFieldsMemo
 from authproxy.upstream.transport import UpstreamResponse
@@ -51,6 +52,7 @@ class FastExchange:
         "keep_alive",
         "method",
         "peer",
+        "principal",
         "request_id",
         "target",
         "upstream_memo",
@@ -68,6 +70,7 @@ class FastExchange:
         self.keep_alive = request.keep_alive and not conn.closing
         self.upstream_memo: UpstreamFieldsMemo | None = conn.upstream_memo
         self.request_id = ""
+        self.principal: Principal | None = None
         self.head_sent = False
 
     def declared_length(self) -> int | None:
