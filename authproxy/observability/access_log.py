@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -27,8 +28,9 @@ from typing import Final, Protocol
 
 from authproxy.observability.logs import redact_text
 
-# Writes of at most PIPE_BUF bytes to a pipe are atomic: a batch goes out in pieces of
-# whole lines no larger, so other log lines on the same stderr never land inside one.
+# Writes of at most PIPE_BUF bytes to a pipe are atomic: to a pipe, a batch goes out in
+# pieces of whole lines no larger, so other log lines on it never land inside one. A
+# file or terminal takes the whole batch in one write (writes to one file are atomic).
 _PIPE_BUF: Final = 4096
 # Batches waiting for the writer before new lines are dropped (64 KiB each by default).
 _MAX_QUEUED_BATCHES: Final = 16
@@ -62,6 +64,7 @@ class AccessLog:
         self._flusher: asyncio.Task[None] | None = None
         self._second = -1
         self._second_text = ""
+        self._piece_limit = _PIPE_BUF  # set by start() from what the fd is
 
     # -- the hot path
     def write(
@@ -112,6 +115,10 @@ class AccessLog:
     # -- lifetime
     def start(self) -> None:
         """Start the writer thread and the periodic flush (needs the running loop)."""
+        try:
+            self._piece_limit = _PIPE_BUF if stat.S_ISFIFO(os.fstat(self._fd).st_mode) else 0
+        except OSError:
+            self._piece_limit = _PIPE_BUF
         self._writer = threading.Thread(target=self._write_batches, name="access-log", daemon=True)
         self._writer.start()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
@@ -151,10 +158,14 @@ class AccessLog:
             self._write(lines)
 
     def _write(self, lines: list[bytes]) -> None:
+        if not self._piece_limit:
+            if not self._write_all(b"".join(lines)):
+                self._dropped.inc(len(lines))
+            return
         piece: list[bytes] = []
         size = 0
         for index, line in enumerate(lines):
-            if piece and size + len(line) > _PIPE_BUF:
+            if piece and size + len(line) > self._piece_limit:
                 if not self._write_all(b"".join(piece)):
                     self._dropped.inc(len(lines) - index + len(piece))
                     return
