@@ -31,7 +31,7 @@ import aiohttp
 import jwt
 from aiohttp import web
 
-from bench.lab.daemons import start_authproxy
+from bench.lab.daemons import NO_FAILURE_LIMIT, start_authproxy
 from bench.lab.database import embedded_server, scratch_database, server_from_env
 from bench.lab.keys import SPACE
 from bench.lab.probes import metric_values, ok, wait_up
@@ -158,7 +158,7 @@ def start_daemons(
             name,
             db_url,
             upstream,
-            extra_yaml=f"usage: {{flush_interval: {flush_interval}}}\n",
+            extra_yaml=NO_FAILURE_LIMIT + f"usage: {{flush_interval: {flush_interval}}}\n",
             extra_env={"AUTHPROXY_ADMIN_JWT_SECRET": SECRET},
         )
         for name in ("a", "b")

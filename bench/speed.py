@@ -49,6 +49,7 @@ from bench.lab.install import ensure_debian_tools, ensure_python_packages
 from bench.lab.processes import BenchError, Lab
 from bench.report import MIB, Report, fmt_bytes
 
+SECTIONS = ("throughput", "cold", "auth-cost", "cache-memory", "daemon-memory", "streaming")
 SHORT = {
     "rounds": 1,
     "seconds": 2.0,
@@ -92,6 +93,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "parameters, then its RSS (default 100000; 2000 with --short)",
     )
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    parser.add_argument(
+        "--only",
+        choices=SECTIONS,
+        action="append",
+        help="run only this section (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     for name, value in (SHORT if args.short else FULL).items():
         if getattr(args, name) is None:
@@ -162,30 +169,36 @@ def run(lab: Lab, args: argparse.Namespace, report: Report) -> None:
     wrk_targets = targets.start_wrk_targets(lab, db_url, key)
     targets.check_wrk_targets(wrk_targets, key)
 
-    with report.section(
-        f"requests/s: wrk -t1 -c{args.connections}, {args.rounds} "
-        f"interleaved round(s) of {args.seconds:g} s per target"
-    ):
-        throughput.measure(wrk_targets, key.key, args.rounds, args.seconds, args.connections)
-    with report.section(
-        f"cold verification: {args.cold_keys} never-seen keys, "
-        "shipped argon2 parameters, authproxy 1 worker, 32 concurrent"
-    ):
-        cold.measure(db_url, wrk_targets.daemons["d"][1], args.cold_keys)
-    with report.section(
-        f"cache-hit cost: {args.auth_calls} calls of "
-        "Authenticator.authenticate, in process, no network"
-    ):
-        auth_cost.measure(lab, db_url, key.key, args.auth_calls)
-    with report.section(f"memory of {args.rss_keys:,} cached keys (in process)"):
-        cache_memory.measure(lab, args.rss_keys)
-    if args.daemon_rss_keys > 0:
+    wanted = set(args.only or SECTIONS)
+    if "throughput" in wanted:
+        with report.section(
+            f"requests/s: wrk -t1 -c{args.connections}, {args.rounds} "
+            f"interleaved round(s) of {args.seconds:g} s per target"
+        ):
+            throughput.measure(wrk_targets, key.key, args.rounds, args.seconds, args.connections)
+    if "cold" in wanted:
+        with report.section(
+            f"cold verification: {args.cold_keys} never-seen keys, "
+            "shipped argon2 parameters, authproxy 1 worker, 32 concurrent"
+        ):
+            cold.measure(db_url, wrk_targets.daemons["d"][1], args.cold_keys)
+    if "auth-cost" in wanted:
+        with report.section(
+            f"cache-hit cost: {args.auth_calls} calls of "
+            "Authenticator.authenticate, in process, no network"
+        ):
+            auth_cost.measure(lab, db_url, key.key, args.auth_calls)
+    if "cache-memory" in wanted:
+        with report.section(f"memory of {args.rss_keys:,} cached keys (in process)"):
+            cache_memory.measure(lab, args.rss_keys)
+    if "daemon-memory" in wanted and args.daemon_rss_keys > 0:
         with report.section(
             f"memory of a real daemon after {args.daemon_rss_keys:,} distinct keys"
         ):
             daemon_memory.measure(lab, db_url, args.daemon_rss_keys)
-    with report.section(f"streaming {fmt_bytes(args.stream_mib * MIB)} down and up"):
-        streaming.measure(lab, db_url, key.key, args.stream_mib, args.rounds)
+    if "streaming" in wanted:
+        with report.section(f"streaming {fmt_bytes(args.stream_mib * MIB)} down and up"):
+            streaming.measure(lab, db_url, key.key, args.stream_mib, args.rounds)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
   a  nginx upstream answering a small JSON body: the thing being protected
   b  nginx proxy_pass to (a), keep-alive upstream: the floor of any proxy hop
-  c  nginx + auth_request to a minimal Python verifier (bench.servers.verifier): what a
-     user would write in an afternoon, the comparison row
-  d  authproxy, 1 worker        e  authproxy, 2 workers (serve --workers 2)
-  f  authproxy, 1 worker, server.fast_path off: aiohttp's server answers everything
+  c  nginx + auth_request to a minimal Python verifier (bench.servers.verifier), nginx's
+     access log on as Debian ships it: what a user would write in an afternoon, the
+     comparison row
+  d  authproxy as installed (embedded defaults: access log on), 1 worker
+  e  d with 2 workers (serve --workers 2)
+  f  d with server.fast_path off: aiohttp's server answers everything
   g, h  c and d again, with a new header value on every request (wrk Lua script)
+  m  c with nginx's access log off      q  d with logging.access off (the quiet rows)
 
 and, for the streaming and daemon-memory measures, a Python streaming upstream
 (bench.servers.stream_upstream) reached directly, through a tuned nginx and through
@@ -20,9 +23,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.lab.daemons import start_authproxy
+from bench.lab.daemons import NO_ACCESS_LOG, start_authproxy
 from bench.lab.keys import CreatedKey
-from bench.lab.nginx import PROXY_TO_UP, start_nginx, upstream_block
+from bench.lab.nginx import PROXY_TO_UP, access_log, start_nginx, upstream_block
 from bench.lab.probes import any_answer, http_get, ok, wait_up
 from bench.lab.processes import BenchError, Lab, Proc, free_port
 from bench.servers.stream_upstream import BODY
@@ -35,6 +38,8 @@ TARGETS = {  # wrk targets, in the order of every round
     "f": "authproxy, 1 w, no fast path",
     "g": "c, every head new",
     "h": "d, every head new",
+    "m": "c, nginx access log off",
+    "q": "d, access log off",
 }
 # g and h: wrk sends a new X-Bench-Seq value with every request, so no two heads on a
 # connection repeat (authproxy reuses the parse of a repeated header block).
@@ -55,7 +60,7 @@ end
 class WrkTargets:
     urls: dict[str, str]  # target -> URL, in TARGETS' order
     scripts: dict[str, Path]  # target -> wrk Lua script, for those that run one (g, h)
-    daemons: dict[str, tuple[Proc, str]]  # authproxy d, e, f: (process, base URL)
+    daemons: dict[str, tuple[Proc, str]]  # authproxy d, e, f, q: (process, base URL)
 
 
 def start_upstream(lab: Lab) -> tuple[Proc, int]:
@@ -104,18 +109,21 @@ def start_verifier(lab: Lab, key: CreatedKey) -> tuple[Proc, int]:
     return lab.spawn_module("c-verifier", "bench.servers.verifier", str(port), str(digests)), port
 
 
-def start_auth_request(lab: Lab, port_a: int, port_v: int) -> tuple[Proc, int]:
-    """(c): nginx + auth_request to the verifier, then proxy_pass to (a); both keep-alive.
+def start_auth_request(
+    lab: Lab, name: str, port_a: int, port_v: int, *, logged: bool
+) -> tuple[Proc, int]:
+    """(c, m): nginx + auth_request to the verifier, then proxy_pass to (a); both keep-alive.
     Passes the verifier's identity headers on and drops Authorization, as authproxy does."""
     port = free_port()
+    log = access_log(lab, name) if logged else ""
     return start_nginx(
         lab,
-        "c-nginx-auth",
+        name,
         upstream_block("up", port_a)
         + upstream_block("verifier", port_v)
         + f"""
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port};{log}
         location = /_verify {{
             internal;
             proxy_pass http://verifier/verify;
@@ -136,11 +144,12 @@ def start_auth_request(lab: Lab, port_a: int, port_v: int) -> tuple[Proc, int]:
 
 
 def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
-    """a to h, all started before any is waited for; each answers when this returns."""
+    """a to q, all started before any is waited for; each answers when this returns."""
     a, port_a = start_upstream(lab)
     b, port_b = start_nginx_proxy(lab, port_a)
     verifier, port_v = start_verifier(lab, key)
-    c, port_c = start_auth_request(lab, port_a, port_v)
+    c, port_c = start_auth_request(lab, "c-nginx-auth", port_a, port_v, logged=True)
+    m, port_m = start_auth_request(lab, "m-nginx-auth-quiet", port_a, port_v, logged=False)
     upstream = f"http://127.0.0.1:{port_a}"
     d, url_d = start_authproxy(lab, "d-authproxy-1", db_url, upstream)
     e, url_e = start_authproxy(lab, "e-authproxy-2", db_url, upstream, workers=2)
@@ -149,11 +158,14 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
     f, url_f = start_authproxy(
         lab, "f-authproxy-aiohttp", db_url, upstream, server_extra=", fast_path: false"
     )
+    q, url_q = start_authproxy(lab, "q-authproxy-quiet", db_url, upstream, extra_yaml=NO_ACCESS_LOG)
     wait_up(lab, a, f"http://127.0.0.1:{port_a}/", any_answer)
     wait_up(lab, b, f"http://127.0.0.1:{port_b}/", any_answer)
     wait_up(lab, verifier, f"http://127.0.0.1:{port_v}/verify", any_answer)
     wait_up(lab, c, f"http://127.0.0.1:{port_c}/", any_answer)
-    for proc, base in ((d, url_d), (e, url_e), (f, url_f)):
+    wait_up(lab, m, f"http://127.0.0.1:{port_m}/", any_answer)
+    daemons = {"d": (d, url_d), "e": (e, url_e), "f": (f, url_f), "q": (q, url_q)}
+    for proc, base in daemons.values():
         wait_up(lab, proc, base + "/_authproxy/readyz", ok)
     urls = {
         "b": f"http://127.0.0.1:{port_b}/api/v1/points",
@@ -163,12 +175,14 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
         "f": url_f + "/api/v1/points",
     }
     urls.update({new: urls[same] for new, same in NEW_HEADS.items()})
+    urls["m"] = f"http://127.0.0.1:{port_m}/api/v1/points"
+    urls["q"] = url_q + "/api/v1/points"
     new_heads = lab.tmp / "new-heads.lua"
     new_heads.write_text(NEW_HEAD_LUA)
     return WrkTargets(
         urls,
         {target: new_heads for target in NEW_HEADS},
-        {"d": (d, url_d), "e": (e, url_e), "f": (f, url_f)},
+        daemons,
     )
 
 

@@ -1,6 +1,8 @@
 """The access log of a real daemon process: every line written, and never a stall.
 
-Lines are batched (observability/access_log.py); these tests hold the two promises that
+Lines are batched (observability/access_log.py) and written by a sink that depends on
+what stderr is (observability/log_sinks.py): a file, a pipe (a container runtime, a log
+shipper) or a socket (a journal stream). For each, these tests hold the two promises that
 come with batching: a SIGTERM loses no line, and a stderr nobody reads (a stalled log
 shipper) costs lines, counted, never the proxying.
 """
@@ -8,11 +10,18 @@ shipper) costs lines, counted, never the proxying.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import aiohttp
+import pytest
 
 from tests.daemon import REPO_ROOT, Daemon, DaemonLauncher, free_port
 from tests.fleet import metric_total
@@ -35,15 +44,75 @@ async def _get_all(base: str, key: str, paths: list[str], concurrency: int = 16)
     return statuses
 
 
+@contextmanager
+def _stderr_of_kind(kind: str, log: Path) -> Iterator[IO[bytes] | socket.socket]:
+    """Something to hand a daemon as its stderr that ends up in ``log``: the file itself,
+    a pipe into `cat > log`, or a socket whose other end a thread copies into ``log``."""
+    if kind == "file":
+        with log.open("wb") as file:
+            yield file
+    elif kind == "pipe":
+        cat = shutil.which("cat")
+        assert cat is not None
+        with log.open("wb") as out:
+            reader = subprocess.Popen([cat], stdin=subprocess.PIPE, stdout=out)
+        assert reader.stdin is not None
+        try:
+            yield reader.stdin
+        finally:
+            reader.stdin.close()
+            reader.wait(timeout=30)
+    else:
+        ours, theirs = socket.socketpair()
+
+        def copy() -> None:
+            with log.open("wb") as out:
+                while data := ours.recv(65536):
+                    out.write(data)
+
+        copier = threading.Thread(target=copy)
+        copier.start()
+        try:
+            yield theirs
+        finally:
+            theirs.close()
+            copier.join(timeout=30)
+            ours.close()
+
+
+def _spawn(env: dict[str, str], stderr: Any, log: Path) -> Daemon:
+    listen = env["AUTHPROXY_LISTEN"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "authproxy", "serve"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    return Daemon(process, base_url=f"http://{listen}", stderr_path=log)
+
+
 class TestNothingLost:
-    async def test_sigterm_writes_every_line(self, launcher: DaemonLauncher) -> None:
-        """N requests, then SIGTERM: exactly N lines, one per request. The flush interval
-        is long, so only a full buffer and the shutdown itself write lines."""
+    @pytest.mark.parametrize("kind", ["file", "pipe", "socket"])
+    async def test_sigterm_writes_every_line(
+        self, launcher: DaemonLauncher, tmp_path: Path, kind: str
+    ) -> None:
+        """N requests, then SIGTERM: exactly N lines, one per request, whatever stderr is.
+        The flush interval is long, so only a full buffer and the shutdown itself write
+        lines."""
         key = (await launcher.create_key())["key"]
-        daemon = await launcher.start(logging={"access_flush_interval": 60})
-        paths = [f"/counted/{i}" for i in range(500)]
-        assert set(await _get_all(daemon.url(""), key, paths)) == {200}
-        assert await daemon.stop() == 0, daemon.stderr()
+        env = launcher.env(listen=f"127.0.0.1:{free_port()}", logging={"access_flush_interval": 60})
+        log = tmp_path / f"{kind}.log"
+        with _stderr_of_kind(kind, log) as stderr:
+            daemon = _spawn(env, stderr, log)
+            try:
+                await daemon.wait_healthy()
+                paths = [f"/counted/{i}" for i in range(500)]
+                assert set(await _get_all(daemon.url(""), key, paths)) == {200}
+                assert await daemon.stop() == 0
+            finally:
+                await daemon.kill()
         lines = [
             e
             for e in daemon.log_events()
@@ -54,24 +123,20 @@ class TestNothingLost:
 
 
 class TestStalledStderr:
+    @pytest.mark.parametrize("kind", ["pipe", "socket"])
     async def test_proxying_goes_on_and_dropped_lines_are_counted(
-        self, launcher: DaemonLauncher, tmp_path: Path
+        self, launcher: DaemonLauncher, tmp_path: Path, kind: str
     ) -> None:
-        """stderr is a pipe nobody reads: once it and the writer's queue are full, lines
-        are dropped and counted, and every request is still answered."""
+        """stderr is a pipe or a socket nobody reads: once it and the queue are full,
+        lines are dropped and counted, and every request is still answered."""
         key = (await launcher.create_key())["key"]
-        listen = f"127.0.0.1:{free_port()}"
         # Small batches: the queue (16 of them) fills after a few hundred lines.
-        env = launcher.env(listen=listen, logging={"access_buffer_bytes": 4096})
-        process = subprocess.Popen(
-            [sys.executable, "-m", "authproxy", "serve"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,  # never read
-        )
-        daemon = Daemon(process, base_url=f"http://{listen}", stderr_path=tmp_path / "none")
+        env = launcher.env(listen=f"127.0.0.1:{free_port()}", logging={"access_buffer_bytes": 4096})
+        if kind == "pipe":
+            never_read: Any = subprocess.PIPE
+        else:
+            never_read, other_end = socket.socketpair()
+        daemon = _spawn(env, never_read, tmp_path / "none")
         try:
             await daemon.wait_healthy()
             paths = [f"/stalled/{i}" for i in range(3000)]
@@ -82,8 +147,12 @@ class TestStalledStderr:
         finally:
             # Its stderr is full: a clean stop would wait on it. Not what is tested here.
             await daemon.kill()
-            assert process.stderr is not None
-            process.stderr.close()
+            if kind == "pipe":
+                assert daemon.process.stderr is not None
+                daemon.process.stderr.close()
+            else:
+                never_read.close()
+                other_end.close()
 
 
 async def _metrics(daemon: Daemon) -> str:

@@ -179,21 +179,21 @@ class RequestLifecycle:
     def _access_line(self, status: int, started: float, x: Exchange) -> None:
         if not self._log_access:
             return
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        duration = time.perf_counter() - started
         writer = self._access_log
         if writer is None:
-            log.info("request", status=status, duration_ms=duration_ms, remote=x.peer)
+            log.info("request", status=status, duration_ms=round(duration * 1000, 3), remote=x.peer)
             return
         who = x.principal
         writer.write(
-            status=status,
-            duration_ms=duration_ms,
-            remote=x.peer,
-            request_id=x.request_id,
-            method=x.method,
-            path=x.target.split("?", 1)[0],
-            space_id=None if who is None else who.space_id,
-            key_id=None if who is None else who.key_id,
+            status,
+            duration,
+            x.peer,
+            x.request_id,
+            x.method,
+            x.target.split("?", 1)[0],
+            None if who is None else who.space_id,
+            None if who is None else who.key_id,
         )
 
     async def proxy(self, x: Exchange) -> int:

@@ -1,5 +1,6 @@
 """nginx instances: a generated config per instance in the lab's temp dir, `daemon off`,
-its own pid file and error log, 1 worker, no access log, long keep-alive."""
+its own pid file and error log, 1 worker, long keep-alive; no access log unless a server
+block asks for one (access_log())."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from bench.lab.processes import BenchError, Lab, Proc
 PROXY_TO_UP = """
             proxy_http_version 1.1;
             proxy_set_header Connection "";"""
+
+
+# What Debian's /etc/nginx/nginx.conf ships, and so what nginx users run: the combined
+# format, one write(2) per request to a file, no buffer= or flush=.
+def access_log(lab: Lab, name: str) -> str:
+    return f"\n        access_log {lab.tmp}/logs/{name}.access.log combined;"
 
 
 def nginx_conf(lab: Lab, name: str, http: str, workers: int = 1) -> Path:

@@ -1,4 +1,4 @@
-"""requests/s: wrk -t1 against b to h (bench.targets) with one valid key, a warm-up run
+"""requests/s: wrk -t1 against b to q (bench.targets) with one valid key, a warm-up run
 per target, then interleaved rounds so drift hits every target alike. Prints each round,
 then the medians (requests/s, p50, p99) and the ratio to c, nginx + auth_request."""
 
@@ -65,11 +65,26 @@ def print_medians(raw: dict[str, list[WrkResult]]) -> None:
             f"{median([r.p99_ms for r in raw[target]]):8.2f} {rps / base:22.2f}"
         )
     print("(medians over rounds; the p50/p99 columns are medians of each round's percentile)")
-    new_ratio = median([r.rps for r in raw["h"]]) / median([r.rps for r in raw["g"]])
+
+    def rps(target: str) -> float:
+        return median([r.rps for r in raw[target]])
+
+    def p99(target: str) -> float:
+        return median([r.p99_ms for r in raw[target]])
+
+    print(
+        f"as installed, access logs on both sides: authproxy d {rps('d') / rps('c'):.2f}x "
+        f"nginx + auth_request c; p99 {p99('d') / p99('c'):.2f}x c's"
+    )
     print(
         f"every head new (g, h: a new X-Bench-Seq per request, so no repeated header "
-        f"block to reuse; wrk's Lua costs it CPU too): authproxy {new_ratio:.2f}x nginx "
-        "+ auth_request"
+        f"block to reuse; wrk's Lua costs it CPU too): authproxy {rps('h') / rps('g'):.2f}x "
+        "nginx + auth_request"
+    )
+    print(
+        f"quiet, both access logs off (m, q): authproxy {rps('q') / rps('m'):.2f}x; "
+        f"authproxy's access log costs {1 - rps('d') / rps('q'):.0%} of its quiet rate, "
+        f"nginx's {1 - rps('c') / rps('m'):.0%}"
     )
 
 
