@@ -32,7 +32,7 @@ from bench.servers.stream_upstream import BODY
 
 TARGETS = {  # wrk targets, in the order of every round
     "b": "nginx proxy_pass",
-    "c": "nginx + auth_request",
+    "c": "nginx + auth_request, log on",
     "d": "authproxy, 1 worker",
     "e": "authproxy, 2 workers",
     "f": "authproxy, 1 w, no fast path",
