@@ -61,6 +61,9 @@ class WrkTargets:
     urls: dict[str, str]  # target -> URL, in TARGETS' order
     scripts: dict[str, Path]  # target -> wrk Lua script, for those that run one (g, h)
     daemons: dict[str, tuple[Proc, str]]  # authproxy d, e, f, q: (process, base URL)
+    # target -> the pids serving it, the upstream a left out (every target shares it):
+    # their CPU per request is what the proxy layer costs, whatever else runs meanwhile.
+    serving: dict[str, list[int]]
 
 
 def start_upstream(lab: Lab) -> tuple[Proc, int]:
@@ -177,12 +180,34 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
     urls.update({new: urls[same] for new, same in NEW_HEADS.items()})
     urls["m"] = f"http://127.0.0.1:{port_m}/api/v1/points"
     urls["q"] = url_q + "/api/v1/points"
+    pid = {
+        name: proc.process.pid
+        for name, proc in {
+            "b": b,
+            "c": c,
+            "m": m,
+            "v": verifier,
+            "d": d,
+            "e": e,
+            "f": f,
+            "q": q,
+        }.items()
+    }
+    serving = {
+        "b": [pid["b"]],
+        "c": [pid["c"], pid["v"]],
+        "g": [pid["c"], pid["v"]],
+        "m": [pid["m"], pid["v"]],
+        **{t: [pid[t]] for t in ("d", "e", "f", "q")},
+        "h": [pid["d"]],
+    }
     new_heads = lab.tmp / "new-heads.lua"
     new_heads.write_text(NEW_HEAD_LUA)
     return WrkTargets(
         urls,
         {target: new_heads for target in NEW_HEADS},
         daemons,
+        serving,
     )
 
 

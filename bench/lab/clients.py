@@ -23,6 +23,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: str  # socket errors, if any
+    cpu_us: float = 0.0  # CPU µs per request of the processes serving the target
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}

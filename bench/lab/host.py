@@ -56,3 +56,16 @@ def process_tree_rss(pid: int) -> tuple[int, int, int]:
             match = re.search(r"VmHWM:\s+(\d+) kB", status)
             peak += int(match.group(1)) * 1024 if match else 0
     return rss, peak, len(procs)
+
+
+def process_trees_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the pids and their descendants."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+    return total

@@ -5,7 +5,7 @@ then the medians (requests/s, p50, p99) and the ratio to c, nginx + auth_request
 from __future__ import annotations
 
 from bench.lab.clients import WrkResult, run_wrk
-from bench.lab.host import process_tree_rss
+from bench.lab.host import process_tree_rss, process_trees_cpu
 from bench.report import fmt_bytes, median
 from bench.targets import TARGETS, WrkTargets
 
@@ -40,7 +40,11 @@ def run_rounds(
     )
     for n in range(1, rounds + 1):
         for target, url in urls.items():
-            raw[target].append(run_wrk(url, key, seconds, connections, targets.scripts.get(target)))
+            before = process_trees_cpu(targets.serving[target])
+            result = run_wrk(url, key, seconds, connections, targets.scripts.get(target))
+            used = process_trees_cpu(targets.serving[target]) - before
+            result.cpu_us = used * 1e6 / max(1, result.requests)
+            raw[target].append(result)
         print(
             f"{n:<6} "
             + "  ".join(
@@ -53,38 +57,46 @@ def run_rounds(
 
 
 def print_medians(raw: dict[str, list[WrkResult]]) -> None:
-    base = median([r.rps for r in raw["c"]])
-    print(
-        f"\n{'target':<32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx+auth_request':>22}"
-    )
-    for target in raw:
-        rps = median([r.rps for r in raw[target]])
-        print(
-            f"{target + ' ' + TARGETS[target]:<32} {rps:9.0f} "
-            f"{median([r.p50_ms for r in raw[target]]):8.2f} "
-            f"{median([r.p99_ms for r in raw[target]]):8.2f} {rps / base:22.2f}"
-        )
-    print("(medians over rounds; the p50/p99 columns are medians of each round's percentile)")
-
     def rps(target: str) -> float:
         return median([r.rps for r in raw[target]])
 
     def p99(target: str) -> float:
         return median([r.p99_ms for r in raw[target]])
 
+    def cpu(target: str) -> float:
+        return median([r.cpu_us for r in raw[target]])
+
+    print(
+        f"\n{'target':<32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx+auth_request':>22}"
+        f" {'CPU us/req':>11}"
+    )
+    for target in raw:
+        print(
+            f"{target + ' ' + TARGETS[target]:<32} {rps(target):9.0f} "
+            f"{median([r.p50_ms for r in raw[target]]):8.2f} {p99(target):8.2f} "
+            f"{rps(target) / rps('c'):22.2f} {cpu(target):11.1f}"
+        )
+    print(
+        "(medians over rounds; the p50/p99 columns are medians of each round's percentile;\n"
+        " CPU us/req: user + system CPU of the processes serving the target, the upstream a\n"
+        " and wrk left out, per request: unlike req/s, it barely moves when something else\n"
+        " runs on the machine)"
+    )
     print(
         f"as installed, access logs on both sides: authproxy d {rps('d') / rps('c'):.2f}x "
-        f"nginx + auth_request c; p99 {p99('d') / p99('c'):.2f}x c's"
+        f"nginx + auth_request c; p99 {p99('d') / p99('c'):.2f}x c's; CPU per request "
+        f"{cpu('d') / cpu('c'):.2f}x c's"
     )
     print(
         f"every head new (g, h: a new X-Bench-Seq per request, so no repeated header "
         f"block to reuse; wrk's Lua costs it CPU too): authproxy {rps('h') / rps('g'):.2f}x "
-        "nginx + auth_request"
+        f"nginx + auth_request; CPU per request {cpu('h') / cpu('g'):.2f}x"
     )
     print(
         f"quiet, both access logs off (m, q): authproxy {rps('q') / rps('m'):.2f}x; "
-        f"authproxy's access log costs {1 - rps('d') / rps('q'):.0%} of its quiet rate, "
-        f"nginx's {1 - rps('c') / rps('m'):.0%}"
+        f"authproxy's access log costs {1 - rps('d') / rps('q'):.0%} of its quiet rate "
+        f"({cpu('d') / cpu('q') - 1:.0%} more CPU per request), nginx's "
+        f"{1 - rps('c') / rps('m'):.0%} ({cpu('c') / cpu('m') - 1:.0%})"
     )
 
 
