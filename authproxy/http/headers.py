@@ -10,6 +10,9 @@ from typing import Final, NamedTuple
 
 from multidict import CIMultiDict, MultiMapping
 
+from authproxy.auth.verdict import Principal
+from authproxy.http.reserved import VERIFY_PATH
+
 # RFC 9110 §7.6.1 (plus the legacy names proxies still see): meaningful for one hop only.
 HOP_BY_HOP: Final = frozenset(
     {
@@ -257,3 +260,41 @@ def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[s
         extra = connection_tokens(listed)
         kept = [(n, v) for n, v in kept if n.lower() not in extra]
     return kept
+
+
+def identity_fields(principal: Principal) -> list[tuple[bytes, bytes]]:
+    """Forward-auth's answer headers (X-Request-Id is added by the front end), encoded as
+    upstream fields are: UTF-8, keeping any stray byte."""
+    return [
+        (name.encode("ascii"), value.encode("utf-8", "surrogateescape"))
+        for name, value in (
+            (X_SPACE_ID, principal.space_id),
+            (X_API_KEY_ID, principal.key_id),
+            (X_API_KEY_PREFIX, principal.prefix),
+        )
+    ]
+
+
+# The request a gateway asks about, as each one names it: Traefik's forwardAuth sends
+# X-Forwarded-Method/-Uri, nginx's auth_request examples X-Original-Method/-URI; Envoy's
+# ext_authz sends the original method and appends the original path to the verify path.
+_ORIGINAL_METHOD: Final = ("X-Forwarded-Method", "X-Original-Method")
+_ORIGINAL_URI: Final = ("X-Forwarded-Uri", "X-Original-URI")
+
+
+def original_request(
+    method: str, target: str, headers: MultiMapping[str]
+) -> tuple[str, str] | None:
+    """(method, URI without its query string) of the request being asked about, for the
+    log line; None when the gateway says nothing. The query is left out as the access
+    line leaves it out of every path: it may carry anything."""
+    said_method = next((headers[n] for n in _ORIGINAL_METHOD if n in headers), None)
+    uri = next((headers[n] for n in _ORIGINAL_URI if n in headers), None)
+    if uri is None:
+        below = target.split("?", 1)[0][len(VERIFY_PATH) :]
+        uri = below or None
+        if uri is not None and said_method is None:
+            said_method = method
+    if said_method is None and uri is None:
+        return None
+    return said_method or "", (uri or "").split("?", 1)[0]

@@ -3,6 +3,7 @@
     front end (http/aio/, http/fast/)   parses and frames; hands over an Exchange
       RequestLifecycle.serve            request id, log context, 499/500 catch-all, access line
         RequestLifecycle.proxy          admission, upstream exchange, relay; outcome metrics
+        RequestLifecycle.verify         forward-auth: the same admission, answered 200 + who
 
 A front end only says how to read the request and how to write answers (``Exchange``):
 aiohttp's server through web.Request/StreamResponse, the lean one straight to the socket.
@@ -29,6 +30,8 @@ from authproxy.http.errormap import error_response, json_error
 from authproxy.http.headers import (
     REQUEST_ID_FROM_END,
     X_REQUEST_ID,
+    identity_fields,
+    original_request,
     request_id_from,
     upstream_request_fields,
 )
@@ -70,6 +73,8 @@ class Exchange(Protocol):
 
     request_id: str  # set by RequestLifecycle.serve
     principal: Principal | None  # set by RequestLifecycle.proxy once the key is accepted
+    # Forward-auth: the method and URI (no query) of the request a gateway asks about.
+    original: tuple[str, str] | None
 
     @property
     def method(self) -> str: ...
@@ -105,6 +110,11 @@ class Exchange(Protocol):
 
     async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
         """Send the upstream's answer (its head filtered, plus ``extra``) and its body."""
+
+    async def grant(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
+        """Forward-auth's yes: 200, an empty body, ``identity`` and ``extra`` as headers.
+        A request that declared a body is answered without reading it, and its
+        connection closed."""
 
     def abort(self) -> None:
         """Cut the client connection: the only honest end of a truncated answer."""
@@ -194,6 +204,7 @@ class RequestLifecycle:
             x.target.split("?", 1)[0],
             None if who is None else who.space_id,
             None if who is None else who.key_id,
+            x.original,
         )
 
     async def proxy(self, x: Exchange) -> int:
@@ -235,6 +246,29 @@ class RequestLifecycle:
             raise
         except BodyTooLarge:
             status = 413
+            raise
+        finally:
+            self._metrics.count_request(outcome, str(status))
+
+    async def verify(self, x: Exchange) -> int:
+        """Forward-auth: an nginx, Traefik or Envoy in front asks whether to admit a
+        request. ``Authorization`` is judged exactly as proxy() judges it (the same
+        admission: parser, cache, argon2 bound, abuse and key limits, metrics, last use),
+        and a yes is 200 with the identity headers; a refusal raises what errormap
+        answers (401/429/503). The body is never read; the upstream never contacted."""
+        x.original = original_request(x.method, x.target, x.headers)
+        admission = self._admission
+        principal = admission.authenticate(x.peer, x.headers)  # refusals counted there
+        if not isinstance(principal, Principal):
+            principal = await principal
+        x.principal = principal
+        structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
+        outcome, status = "allowed", 200
+        try:
+            await x.grant(identity_fields(principal), admission.take_rate(principal))
+            return status
+        except TooManyRequests:
+            outcome, status = "rate_limited", 429
             raise
         finally:
             self._metrics.count_request(outcome, str(status))

@@ -67,8 +67,10 @@ class AccessLog:
         path: str,
         space_id: str | None,
         key_id: str | None,
+        original: tuple[str, str] | None = None,
     ) -> None:
-        """One line; ``duration`` in seconds. Positional: this runs once per request."""
+        """One line; ``duration`` in seconds; ``original``: forward-auth's (method, URI)
+        of the request a gateway asked about. Positional: this runs once per request."""
         now = time.time()
         second = int(now)
         if second != self._second:
@@ -81,6 +83,7 @@ class AccessLog:
             # Request ids are [A-Za-z0-9._:-] by construction (http/headers.py): nothing
             # to escape, but a client could send its key as one.
             f'"request_id": "{redact_text(request_id)}", {same}, '
+            f"{'' if original is None else _original(original)}"
             f'"timestamp": "{self._second_text}.{int((now - second) * 1e6):06d}Z"}}\n'
         )
         self._lines.append(line)
@@ -144,6 +147,11 @@ class AccessLog:
         sink, self._sink = self._sink, None
         if sink is not None:
             await sink.close(timeout)
+
+
+def _original(original: tuple[str, str]) -> str:
+    method, uri = original
+    return f'"original_method": {_text(method)}, "original_uri": {_text(uri)}, '
 
 
 def _text(value: str) -> str:

@@ -3,8 +3,9 @@
 aiohttp serves what the lean front end (http/fast/) hands over or never takes: requests
 with a body, HTTP/1.0, the reserved /_authproxy/ paths, anything unusual. One middleware
 (``entry``) sends every request through RequestLifecycle.serve; paths outside the reserved
-prefix go to RequestLifecycle.proxy whatever aiohttp's router matched, the rest to our
-routes. ``AioExchange`` is the only place that touches web.Request and StreamResponse.
+prefix go to RequestLifecycle.proxy whatever aiohttp's router matched, the verify path to
+RequestLifecycle.verify, the rest to our routes. ``AioExchange`` is the only place that
+touches web.Request and StreamResponse.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from authproxy.http.aio.continuation import send_continue
 from authproxy.http.errormap import json_error
 from authproxy.http.headers import X_REQUEST_ID, client_response_headers
 from authproxy.http.lifecycle import RequestLifecycle, UpstreamFieldsMemo
-from authproxy.http.reserved import is_reserved
+from authproxy.http.reserved import is_reserved, is_verify
 from authproxy.upstream.transport import UpstreamResponse
 
 # The request id, for handlers that record it (the admin API's audit trail).
@@ -36,7 +37,7 @@ NOT_FOUND_MESSAGE: Final = "No such authproxy endpoint."
 class AioExchange:
     """One aiohttp request as the lifecycle's Exchange."""
 
-    __slots__ = ("_request_id", "principal", "request", "response")
+    __slots__ = ("_request_id", "original", "principal", "request", "response")
 
     upstream_memo: UpstreamFieldsMemo | None = None  # aiohttp's requests are the rarer kind
 
@@ -45,6 +46,7 @@ class AioExchange:
         self.response: web.StreamResponse | None = None  # once its head is out
         self._request_id = ""
         self.principal: Principal | None = None
+        self.original: tuple[str, str] | None = None
 
     @property
     def request_id(self) -> str:
@@ -117,6 +119,13 @@ class AioExchange:
             await response.write(chunk)
         await response.write_eof()
 
+    async def grant(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
+        response = web.Response(status=200)
+        for name, value in identity:
+            response.headers[name.decode("ascii")] = value.decode("utf-8")
+        response.headers.update(extra)
+        await self.answer(response)  # closes rather than read a declared body
+
     def abort(self) -> None:
         if self.request.transport is not None:
             self.request.transport.abort()
@@ -139,7 +148,9 @@ def entry(lifecycle: RequestLifecycle) -> Middleware:
         # aiohttp serves a connection's requests in one task: start from an empty context.
         structlog.contextvars.clear_contextvars()
         exchange = AioExchange(request)
-        if is_reserved(request.raw_path):
+        if is_verify(request.raw_path):
+            status = await lifecycle.serve(exchange, lifecycle.verify)
+        elif is_reserved(request.raw_path):
             status = await lifecycle.serve(exchange, lambda _: exchange.run(handler))
         else:
             status = await lifecycle.serve(exchange, lifecycle.proxy)

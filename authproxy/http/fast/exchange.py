@@ -36,7 +36,8 @@ class FastFront:
         """Answer ``request`` on ``conn``; whether the connection may carry another one."""
         lifecycle = self._lifecycle
         exchange = FastExchange(conn, request)
-        if await lifecycle.serve(exchange, lifecycle.proxy) == CLIENT_CLOSED_REQUEST:
+        handle = lifecycle.verify if request.verify else lifecycle.proxy
+        if await lifecycle.serve(exchange, handle) == CLIENT_CLOSED_REQUEST:
             return False
         return exchange.keep_alive
 
@@ -51,6 +52,7 @@ class FastExchange:
         "host",
         "keep_alive",
         "method",
+        "original",
         "peer",
         "principal",
         "request_id",
@@ -71,6 +73,7 @@ class FastExchange:
         self.upstream_memo: UpstreamFieldsMemo | None = conn.upstream_memo
         self.request_id = ""
         self.principal: Principal | None = None
+        self.original: tuple[str, str] | None = None
         self.head_sent = False
 
     def declared_length(self) -> int | None:
@@ -134,6 +137,24 @@ class FastExchange:
         # next pipelined request waits until the client reads this answer, so a client
         # that never reads cannot make us buffer answers without limit. Checked inline:
         # most answers need no wait, and a coroutine per answer is measurable (issue 6).
+        if conn.must_drain():
+            await conn.drain()
+
+    async def grant(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
+        # A declared body (head.py let it through for verify only) is never read: the
+        # connection closes after this answer (keep_alive is False for it).
+        head, _ = response_head(
+            self.method,
+            200,
+            "OK",
+            [*identity, (b"Content-Length", b"0")],
+            extra,
+            self.request_id,
+            self.keep_alive,
+        )
+        self.head_sent = True
+        conn = self._conn
+        conn.write(head)
         if conn.must_drain():
             await conn.drain()
 

@@ -6,6 +6,10 @@ FastRequest only for the plainest of requests: HTTP/1.1, origin-form target outs
 Transfer-Encoding), no Expect or Upgrade, and every size comfortably below aiohttp's
 limits. Anything else, invalid heads included, returns None: the caller hands the bytes
 to aiohttp, whose parser (the same llhttp) and error answers then decide.
+
+One exception: forward-auth's verify path (/_authproxy/v1/verify and below) is served here
+even when the head declares a body, since verify never reads one: such a request is
+answered and its connection closed (keep_alive False), the body never looked at.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import httptools
 from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict
 
-from authproxy.http.reserved import is_reserved
+from authproxy.http.reserved import is_reserved, is_verify
 
 # Headers that make a request something other than a bodiless one, or ask for a reply
 # we leave to aiohttp.
@@ -41,15 +45,21 @@ class HeadLimits(NamedTuple):
 class FastRequest:
     """A parsed bodiless request: what the lifecycle needs, nothing more."""
 
-    __slots__ = ("headers", "keep_alive", "method", "target")
+    __slots__ = ("headers", "keep_alive", "method", "target", "verify")
 
     def __init__(
-        self, method: str, target: str, headers: CIMultiDict[str], keep_alive: bool
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        keep_alive: bool,
+        verify: bool = False,
     ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.keep_alive = keep_alive
+        self.verify = verify  # forward-auth (RequestLifecycle.verify), not proxied
 
 
 class FieldMemo:
@@ -61,11 +71,12 @@ class FieldMemo:
     the fast path's 30.
     """
 
-    __slots__ = ("block", "headers")
+    __slots__ = ("block", "headers", "simple")
 
     def __init__(self) -> None:
         self.block = b""
         self.headers: CIMultiDict[str] | None = None
+        self.simple = False
 
 
 def parse_head(head: bytes, limits: HeadLimits, memo: FieldMemo) -> FastRequest | None:
@@ -85,20 +96,28 @@ def parse_head(head: bytes, limits: HeadLimits, memo: FieldMemo) -> FastRequest 
         return None
     block = head[head.index(b"\r\n") + 2 :]  # llhttp found the request line's CRLF
     if block == memo.block:
-        headers = memo.headers
+        headers, simple = memo.headers, memo.simple
     else:
-        headers = _fields(block, limits)
-        memo.block, memo.headers = block, headers
+        headers, simple = _fields(block, limits)
+        memo.block, memo.headers, memo.simple = block, headers, simple
     if headers is None:
         return None
     target = sink.url.decode("utf-8", "surrogateescape")
-    if not target.startswith("/") or is_reserved(target):
+    if not target.startswith("/"):
+        return None
+    if is_reserved(target):
+        if not is_verify(target):
+            return None
+        # A declared body is never read: answered, then the connection closes.
+        return FastRequest(sink.method, target, headers, sink.keep_alive and simple, True)
+    if not simple:
         return None
     return FastRequest(sink.method, target, headers, sink.keep_alive)
 
 
-def _fields(block: bytes, limits: HeadLimits) -> CIMultiDict[str] | None:
-    """The header fields of a head llhttp accepted, or None when the request is not ours.
+def _fields(block: bytes, limits: HeadLimits) -> tuple[CIMultiDict[str] | None, bool]:
+    """The header fields of a head llhttp accepted (None when the request is not ours),
+    and whether the request is simple: no body, Expect or Upgrade declared.
 
     llhttp refused bare CRs and LFs, obs-fold and whitespace before a colon; counting LFs
     makes sure of the LFs, so these lines are exactly llhttp's fields.
@@ -109,24 +128,21 @@ def _fields(block: bytes, limits: HeadLimits) -> CIMultiDict[str] | None:
         or len(lines) > limits.max_fields
         or (lines and max(map(len, lines)) > limits.max_field)
     ):
-        return None  # (a line longer than a limit holds a name or value near it: aiohttp's)
+        return None, False  # (a line longer than a limit holds a name or value near one)
     fields = [line.partition(b":") for line in lines]
     lowered = [name.lower() for name, _, _ in fields]
     names = set(lowered)
-    if (
-        not names.isdisjoint(_NOT_SIMPLE)
-        or b"host" not in names
-        or (len(names) != len(lowered) and _repeats_a_singleton(lowered))
-    ):
-        return None
+    if b"host" not in names or (len(names) != len(lowered) and _repeats_a_singleton(lowered)):
+        return None, False
     # As aiohttp takes them: values without surrounding whitespace (RFC 9110 §5.5); names
     # latin-1, values UTF-8 keeping any stray byte.
-    return CIMultiDict(
+    headers = CIMultiDict(
         [
             (name.decode("latin-1"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
             for name, _, value in fields
         ]
     )
+    return headers, names.isdisjoint(_NOT_SIMPLE)
 
 
 def _repeats_a_singleton(lowered: list[bytes]) -> bool:
