@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
+from authproxy.http.reserved import VERIFY_PATH
 from tests.conftest import AppClient, Upstream, bearer, new_key
 from tests.tokens import ADMIN_SECRET, auth, ec_keypair, mint, rsa_keypair, unsigned
 
@@ -526,6 +527,9 @@ class TestOpenApi:
             path = route.resource.canonical if route.resource is not None else ""
             if path.startswith("/_authproxy/") and route.method != "HEAD":
                 served.add((path, route.method.lower()))
+        # Forward-auth's verify has no route: the lifecycle's entry middleware serves it
+        # (any method; the document describes GET).
+        served.add((VERIFY_PATH, "get"))
         documented = {(p, m) for p, ops in doc["paths"].items() for m in ops if m != "parameters"}
         assert served == documented
 
