@@ -26,6 +26,7 @@ from authproxy.admin.tokens import AdminTokenVerifier
 from authproxy.auth.authenticator import Authenticator
 from authproxy.auth.cache import VerifiedKeyCache
 from authproxy.auth.limits import FailureLimiter, KeyRateLimiter
+from authproxy.auth.live import LiveConnections
 from authproxy.auth.revocations import RevocationListener
 from authproxy.auth.usage import UsageRecorder
 from authproxy.auth.verdict import Verdict, VerdictCodec
@@ -69,6 +70,7 @@ class Components:
     authenticator: Authenticator
     keys: KeyService
     listener: RevocationListener
+    live: LiveConnections
     transport: UpstreamTransport
     access_log: AccessLog | None
     lifecycle: RequestLifecycle
@@ -116,6 +118,7 @@ def create_app(
         ]
     )
     app.on_shutdown.append(_start_draining(c.readiness))
+    app.on_shutdown.append(_close_tunnels(c))
     trusted = parse_networks(cfg.server.trusted_proxies)
     Health(readiness=c.readiness, store=c.store, listener=c.listener, metrics=c.metrics).add_routes(
         app.router, RESERVED_PREFIX
@@ -176,13 +179,20 @@ def build_components(
         wall_clock=clock,
     )
     keys = KeyService(store=store, hasher=hasher, executor=executor, cache=cache, wall_clock=clock)
+    live = LiveConnections(metrics=metrics, wall_clock=clock, still_valid=store.active_key_ids)
     listener = RevocationListener(
-        dsn=str(cfg.db.url), cache=cache, metrics=metrics, connect_timeout=cfg.db.connect_timeout
+        dsn=str(cfg.db.url),
+        cache=cache,
+        metrics=metrics,
+        connect_timeout=cfg.db.connect_timeout,
+        live=live,
     )
     up = cfg.upstream
     transport: UpstreamTransport = (
         H1Transport(up) if up.transport == "h1" else ClientSessionTransport(up)
     )
+    # WebSocket handshakes take a dedicated raw connection whatever the transport.
+    upgrades = transport if isinstance(transport, H1Transport) else H1Transport(up)
     admission = Admission(
         authenticator=authenticator,
         failures=FailureLimiter(
@@ -204,6 +214,9 @@ def build_components(
         metrics=metrics,
         strip_prefixes=tuple(normalized(p) for p in up.strip_header_prefixes),
         max_body_bytes=cfg.server.max_body_bytes,
+        upgrades=upgrades,
+        live=live,
+        tunnel_idle_timeout=cfg.server.tunnel_idle_timeout,
         log_access=log_access,
         access_log=access_log,
     )
@@ -218,6 +231,7 @@ def build_components(
         authenticator=authenticator,
         keys=keys,
         listener=listener,
+        live=live,
         transport=transport,
         access_log=access_log,
         lifecycle=lifecycle,
@@ -233,6 +247,16 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 def _start_draining(readiness: Readiness) -> Callable[[web.Application], Awaitable[None]]:
     async def on_shutdown(_: web.Application) -> None:
         readiness.draining = True
+
+    return on_shutdown
+
+
+def _close_tunnels(c: Components) -> Callable[[web.Application], Awaitable[None]]:
+    async def on_shutdown(_: web.Application) -> None:
+        # After the drain, the listener closed: tunnels get a close frame 1001 now,
+        # while answers in progress get server.shutdown_timeout.
+        c.lifecycle.close_tunnels()
+        c.live.close()
 
     return on_shutdown
 

@@ -8,6 +8,10 @@ Routes:
   /redirect       302 to /elsewhere (must reach the client unchanged, not be followed)
   /hop            answer with hop-by-hop headers the proxy must remove
   /gzip           a gzip-encoded body (the proxy must not decompress it)
+  /ws/echo        WebSocket: echoes text and binary messages; "close:<code>" closes with it
+  /ws/flood/{n}   WebSocket: sends n MiB of binary messages without reading
+  /ws/refuse      a WebSocket handshake refused: 403 with a JSON body
+  /sse            server-sent events, one every 0.1 s, for 60 s
   anything else   echo method, raw path, headers and body as JSON
 """
 
@@ -144,6 +148,46 @@ async def gzipped(request: web.Request) -> web.Response:
     )
 
 
+async def ws_echo(request: web.Request) -> web.StreamResponse:
+    _remember(request, 0)
+    ws = web.WebSocketResponse(protocols=("historian.v1",), compress=False, max_msg_size=0)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == web.WSMsgType.TEXT and msg.data.startswith("close:"):
+            await ws.close(code=int(msg.data[6:]), message=b"as asked")
+        elif msg.type == web.WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+async def ws_flood(request: web.Request) -> web.StreamResponse:
+    _remember(request, 0)
+    ws = web.WebSocketResponse(compress=False)
+    await ws.prepare(request)
+    block = b"f" * (1024 * 1024)
+    for _ in range(int(request.match_info["n"])):
+        await ws.send_bytes(block)
+    await ws.close()
+    return ws
+
+
+async def ws_refuse(request: web.Request) -> web.Response:
+    _remember(request, 0)
+    return web.json_response({"refused": True}, status=403)
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    _remember(request, 0)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for n in range(600):
+        await response.write(f"data: {n}\n\n".encode())
+        await asyncio.sleep(0.1)
+    return response
+
+
 def create_recording_upstream() -> web.Application:
     app = web.Application(client_max_size=1024**3)
     app[RECORDER] = Recorder()
@@ -154,5 +198,9 @@ def create_recording_upstream() -> web.Application:
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/hop", hop)
     app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/ws/echo", ws_echo)
+    app.router.add_get("/ws/flood/{n:\\d+}", ws_flood)
+    app.router.add_get("/ws/refuse", ws_refuse)
+    app.router.add_get("/sse", sse)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app

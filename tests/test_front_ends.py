@@ -11,7 +11,9 @@ metrics move by the same amounts.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -74,7 +76,27 @@ async def _endless_download(ex: Exchange) -> bool:
     return False
 
 
+async def _websocket_echo_once(ex: Exchange) -> bool:
+    """A WebSocket handshake accepted (101), one 2-byte frame echoed, then close 1000."""
+    key = ex.request.header("Sec-WebSocket-Key") or ""
+    accept = base64.b64encode(
+        hashlib.sha1((key + _WS_GUID).encode(), usedforsecurity=False).digest()
+    )  # noqa: S324 - RFC 6455 §4.2.2
+    await ex.send(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\nX-Upstream: 1\r\n\r\n"
+    )
+    frame = await ex.reader.readexactly(2 + 4 + 2)  # a masked text frame of 2 bytes
+    payload = bytes(b ^ frame[2 + i % 4] for i, b in enumerate(frame[6:]))
+    await ex.send(b"\x81\x02" + payload + b"\x88\x02\x03\xe8")
+    await ex.reader.read(100)  # the client's close frame
+    return False
+
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+
 SCRIPTS = {
+    "/ws": _websocket_echo_once,
     "/hop": _hop_headers,
     "/reset": _reset_mid_body,
     "/slow": _never_answers_in_time,
@@ -349,3 +371,31 @@ class TestTheSameRequestThroughBothFrontEnds:
         assert seen.status == 200
         assert seen.access_line["status"] == 499
         assert seen.metric_deltas['authproxy_requests_total{outcome="allowed",status="200"}'] == 1
+
+    async def test_a_websocket_tunnel(self, daemons: list[Daemon]) -> None:
+        """101 and its head, a frame each way, the close; one access line (status 101)
+        when the tunnel ends, the same metrics."""
+        created = await new_key(daemons[0].client)
+
+        async def send(client: TestClient[Any, Any]) -> tuple[int, str | None, dict[str, str]]:
+            async with client.session.ws_connect(
+                client.make_url("/ws"),
+                headers=_with_id(bearer(created.key), "diff-101"),
+                autoping=False,
+                compress=0,
+            ) as ws:
+                await ws.send_str("hi")
+                assert (await ws.receive()).data == "hi"
+                closing = await ws.receive()
+                assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1000)
+                assert ws._response is not None
+                headers = _comparable(ws._response.headers)
+                del headers["sec-websocket-accept"]  # from the client's random nonce
+                return ws._response.status, None, headers
+
+        seen = await _same_everywhere(daemons, send)
+        assert seen.status == 101
+        assert seen.headers["x-upstream"] == "1"
+        assert seen.headers["x-request-id"] == "diff-101"
+        assert seen.access_line["status"] == 101
+        assert seen.metric_deltas['authproxy_requests_total{outcome="allowed",status="101"}'] == 1

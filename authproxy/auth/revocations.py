@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from authproxy.auth.cache import VerifiedKeyCache
+from authproxy.auth.live import LiveConnections
 from authproxy.keys.store import REVOCATION_CHANNEL
 from authproxy.observability.metrics import Metrics
 
@@ -43,12 +44,15 @@ class RevocationListener:
         cache: VerifiedKeyCache[Any],
         metrics: Metrics,
         connect_timeout: float,
+        live: LiveConnections | None = None,
         ping_interval: float = 5.0,
         max_backoff: float = 5.0,
     ) -> None:
         self._dsn = dsn
         self._cache = cache
         self._metrics = metrics
+        self._live = live
+        self._recheck: asyncio.Task[None] | None = None
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
         self._max_backoff = max_backoff
@@ -62,6 +66,8 @@ class RevocationListener:
         if sent_at is not None:
             self._metrics.revocation_lag.observe(max(0.0, time.time() - sent_at))
         log.info("revocation_received", key_id=key_id)
+        if self._live is not None:  # its open tunnels and streams end too
+            self._live.end_key(key_id, "revoked")
 
     async def run(self) -> None:
         """Listen until cancelled; reconnect with exponential backoff after any failure."""
@@ -81,6 +87,12 @@ class RevocationListener:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 
+    async def _recheck_live(self, live: LiveConnections) -> None:
+        try:
+            await live.recheck()
+        except Exception:  # noqa: BLE001 - retried at the next reconnect; logged
+            log.error("live_connections_recheck_failed", exc_info=True)
+
     async def _listen_once(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
         lost = asyncio.Event()
@@ -96,6 +108,9 @@ class RevocationListener:
             self.connections += 1
             self.connected.set()
             log.info("revocation_listener_up", connections=self.connections)
+            if self._live is not None and self.connections > 1:
+                # Open connections of a key revoked while we were away: ask the database.
+                self._recheck = asyncio.create_task(self._recheck_live(self._live))
             while not lost.is_set():
                 try:
                     await asyncio.wait_for(lost.wait(), self._ping_interval)

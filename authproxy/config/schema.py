@@ -50,7 +50,10 @@ class ServerConfig:
     header_timeout: float = field(default=10.0, metadata=_rule(0.1, 3600))
     # An idle keep-alive connection is closed after this many seconds.
     idle_timeout: float = field(default=75.0, metadata=_rule(0.1, 86400))
+    # Client connections per process, WebSocket tunnels included (one each).
     max_connections: int = field(default=10_000, metadata=_rule(1, 1_000_000))
+    # A WebSocket tunnel with no byte either way for this long is closed (1001); 0: never.
+    tunnel_idle_timeout: float = field(default=3600.0, metadata=_rule(0, 30 * 86400))
     max_url_bytes: int = field(default=8192, metadata=_rule(256, 1 << 20))  # else 414
     max_header_bytes: int = field(default=16384, metadata=_rule(256, 1 << 20))  # else 431
     max_headers: int = field(default=100, metadata=_rule(8, 10_000))  # else 431

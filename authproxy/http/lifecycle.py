@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
+from authproxy.auth.live import LiveConnections
 from authproxy.auth.verdict import Principal
 from authproxy.errors import BodyTooLarge, TooManyRequests
 from authproxy.http.admission import Admission, refuse_target
@@ -35,9 +36,17 @@ from authproxy.http.headers import (
     request_id_from,
     upstream_request_fields,
 )
+from authproxy.http.tunnel import ClientConnection, Tunnel
+from authproxy.http.websocket import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    UPGRADE_FIELDS,
+    is_websocket_upgrade,
+    switching_head,
+)
 from authproxy.observability.access_log import AccessLog
 from authproxy.observability.metrics import Metrics
-from authproxy.upstream.h1pool import H1Transport, encode_fields
+from authproxy.upstream.h1pool import H1Transport, Upgrade, encode_fields
 from authproxy.upstream.transport import (
     UpstreamResponse,
     UpstreamTimeout,
@@ -47,6 +56,9 @@ from authproxy.upstream.transport import (
 
 log = structlog.get_logger(__name__)
 
+# The close frame's reason when a key's open connection is ended (never the key).
+_ENDED: Final = {"revoked": "API key revoked", "expired": "API key expired"}
+SHUTDOWN_REASON: Final = "server shutting down"
 # nginx's "client closed request": logged and counted, never sent.
 CLIENT_CLOSED_REQUEST: Final = 499
 INTERNAL_ERROR_MESSAGE: Final = "Internal error; the request id identifies it in the logs."
@@ -119,6 +131,9 @@ class Exchange(Protocol):
     def abort(self) -> None:
         """Cut the client connection: the only honest end of a truncated answer."""
 
+    async def switch(self, head: bytes) -> ClientConnection:
+        """Send the 101 ``head`` and hand the client connection over (to a Tunnel)."""
+
 
 Handle = Callable[[Exchange], Awaitable[int]]
 
@@ -130,11 +145,15 @@ class RequestLifecycle:
         "_access_log",
         "_admission",
         "_h1",
+        "_live",
         "_log_access",
         "_max_body_bytes",
         "_metrics",
         "_strip_prefixes",
         "_transport",
+        "_tunnel_idle_timeout",
+        "_upgrades",
+        "tunnels",
     )
 
     def __init__(
@@ -145,6 +164,9 @@ class RequestLifecycle:
         metrics: Metrics,
         strip_prefixes: tuple[str, ...],
         max_body_bytes: int,
+        upgrades: H1Transport,
+        live: LiveConnections,
+        tunnel_idle_timeout: float = 3600.0,
         log_access: bool = True,
         access_log: AccessLog | None = None,
     ) -> None:
@@ -159,6 +181,10 @@ class RequestLifecycle:
         self._metrics = metrics
         self._strip_prefixes = strip_prefixes
         self._max_body_bytes = max_body_bytes
+        self._upgrades = upgrades  # WebSocket handshakes: a dedicated connection each
+        self._live = live
+        self._tunnel_idle_timeout = tunnel_idle_timeout
+        self.tunnels: set[Tunnel] = set()
 
     async def serve(self, x: Exchange, handle: Handle) -> int:
         """Run ``handle`` in the request's context; the status answered (499: the client
@@ -226,12 +252,22 @@ class RequestLifecycle:
             body = self._capped_body(x)
             if body is not None:
                 await x.send_continue()  # authorised: now the client may send its body
+            upgrade = None
+            if (
+                body is None
+                and "Upgrade" in x.headers
+                and is_websocket_upgrade(x.method, x.headers)
+            ):
+                upgrade = self._upgrades.upgrade(x.target, self._upgrade_fields(x, principal))
             sent = time.perf_counter()
             try:
-                async with self._upstream_request(x, principal, body) as up:
+                async with upgrade or self._upstream_request(x, principal, body) as up:
                     self._metrics.upstream_seconds.observe(time.perf_counter() - sent)
                     status = up.status  # what the client is told, even if it leaves
-                    await x.relay(up, rate_headers)
+                    if upgrade is not None and upgrade.tunnel is not None:
+                        await self._tunnel(x, principal, up, upgrade, rate_headers)
+                    else:
+                        await self._relay(x, principal, up, rate_headers)
             except (UpstreamTimeout, UpstreamUnavailable) as exc:
                 if body is not None and body.exceeded and not x.head_sent:
                     raise BodyTooLarge() from None
@@ -272,6 +308,89 @@ class RequestLifecycle:
             raise
         finally:
             self._metrics.count_request(outcome, str(status))
+
+    async def _relay(
+        self, x: Exchange, principal: Principal, up: UpstreamResponse, extra: Mapping[str, str]
+    ) -> None:
+        """Relay the answer; while it streams, a revoke or expiry of its key cuts it."""
+        task = asyncio.current_task()
+        live = self._live.track(
+            principal.key_id, principal.expires_at, "stream", lambda _: _cut(x, task)
+        )
+        try:
+            await x.relay(up, extra)
+        except asyncio.CancelledError:
+            # Cut for its key (_cut): the client connection is gone; the answer ends here.
+            if not live.ended or task is None or task.uncancel() > 0:
+                raise
+        finally:
+            self._live.untrack(live)
+
+    async def _tunnel(
+        self,
+        x: Exchange,
+        principal: Principal,
+        up: UpstreamResponse,
+        upgrade: Upgrade,
+        extra: Mapping[str, str],
+    ) -> None:
+        """The upstream said 101: its head to the client, then a byte tunnel until either
+        side closes (the access line is written then: status 101, the tunnel's lifetime)."""
+        upstream = upgrade.tunnel
+        if upstream is None:
+            return
+        try:
+            client = await x.switch(switching_head(up.reason, up.raw_headers, extra, x.request_id))
+        except BaseException:
+            upstream.transport.close()
+            raise
+        tunnel = Tunnel(
+            client=client.transport,
+            before=client.protocol,
+            upstream=upstream.transport,
+            idle_timeout=self._tunnel_idle_timeout,
+            metrics=self._metrics,
+        )
+        live = self._live.track(
+            principal.key_id,
+            principal.expires_at,
+            "websocket",
+            lambda why: tunnel.close(POLICY_VIOLATION, _ENDED.get(why, why), why=why),
+        )
+        self.tunnels.add(tunnel)
+        try:
+            tunnel.start(client.early, upstream.early)
+            await asyncio.shield(tunnel.closed)
+        except asyncio.CancelledError:
+            tunnel.abort()  # a shutdown past its grace period
+            raise
+        finally:
+            self.tunnels.discard(tunnel)
+            self._live.untrack(live)
+        log.info("tunnel_closed", reason=tunnel.reason)
+
+    def close_tunnels(self) -> None:
+        """Shutdown, after the drain: every tunnel gets a close frame 1001."""
+        for tunnel in list(self.tunnels):
+            tunnel.close(GOING_AWAY, SHUTDOWN_REASON, why="shutdown")
+
+    def _upgrade_fields(self, x: Exchange, principal: Principal) -> bytes:
+        """The WebSocket handshake's fields for the upstream: the usual rules (hop-by-hop,
+        Authorization and client copies of ours dropped, identity added), and the one
+        upgrade we forward (RFC 9110 §7.8)."""
+        headers = x.headers
+        who = self._admission.identity(
+            principal,
+            peer=x.peer,
+            headers=headers,
+            scheme=x.scheme,
+            host=x.host,
+            request_id=x.request_id,
+        )
+        fields = upstream_request_fields(
+            headers.items(), who, headers.getall("Connection", []), self._strip_prefixes
+        )
+        return encode_fields([*UPGRADE_FIELDS, *fields])
 
     def _capped_body(self, x: Exchange) -> _CappedBody | None:
         limit = self._max_body_bytes
@@ -325,6 +444,14 @@ class RequestLifecycle:
             x.target,
             b"%sX-Request-Id: %s\r\n%s" % (before, x.request_id.encode("ascii"), after),
         )
+
+
+def _cut(x: Exchange, task: asyncio.Task[object] | None) -> None:
+    """End a streaming answer whose key was revoked or expired: the client connection is
+    cut, and the task relaying it stops waiting for the upstream."""
+    x.abort()
+    if task is not None:
+        task.cancel()
 
 
 async def _answer_error(x: Exchange, exc: Exception) -> int:

@@ -53,6 +53,10 @@ _REVOKE = f"""
 UPDATE api_keys SET revoked_at = now()
 WHERE id = $1 AND space_id = $2 AND revoked_at IS NULL
 RETURNING {_KEY_COLUMNS}"""
+# Live connections after a lost LISTEN connection: which of their keys are still active.
+_ACTIVE_IDS = """
+SELECT id FROM api_keys
+WHERE id = ANY($1::uuid[]) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"""
 _BY_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1 AND space_id = $2"
 # Sent inside the revoking transaction: listeners hear of it only once it committed.
 # Payload "<key id>|<epoch seconds>": listeners measure the revocation lag from it.
@@ -192,6 +196,13 @@ class Store:
         async with self._connection() as conn:
             row = await conn.fetchrow(_BY_LOOKUP_ID, lookup_id, timeout=self._timeout)
         return None if row is None else _record(row)
+
+    async def active_key_ids(self, key_ids: list[str]) -> set[str]:
+        """Which of ``key_ids`` are neither revoked nor expired (nor unknown)."""
+        ids = [uuid.UUID(k) for k in key_ids]
+        async with self._connection() as conn:
+            rows = await conn.fetch(_ACTIVE_IDS, ids, timeout=self._timeout)
+        return {str(row["id"]) for row in rows}
 
     async def list_keys(self, space_id: str) -> list[KeyRecord]:
         async with self._connection() as conn:

@@ -177,6 +177,34 @@ class Metrics:
             registry=r,
         )
 
+        # Live connections (WebSocket tunnels, streaming responses): issue 16.
+        self.tunnels_open = Gauge(
+            "authproxy_tunnels_open",
+            "WebSocket tunnels open now.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.tunnel_bytes = Counter(
+            "authproxy_tunnel_bytes",
+            "Bytes relayed through WebSocket tunnels, by direction (upstream, downstream).",
+            ["direction"],
+            registry=r,
+        )
+        self.tunnels_closed = Counter(
+            "authproxy_tunnels_closed",
+            "WebSocket tunnels closed, by reason (client, upstream, idle, shutdown, revoked, "
+            "expired).",
+            ["reason"],
+            registry=r,
+        )
+        self.live_ended = Counter(
+            "authproxy_live_connections_ended",
+            "Open connections ended because their key was revoked or expired, by kind "
+            "(websocket, stream) and reason (revoked, expired).",
+            ["kind", "reason"],
+            registry=r,
+        )
+
     # The hot-path metrics: batched alone, written through as a worker.
     def _counter(self, name: str, documentation: str) -> Counter | BatchedCounter:
         counter = Counter(name, documentation, registry=self.registry)

@@ -46,6 +46,11 @@ class Connection(asyncio.Protocol):
         self._head_timeout = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = False
+        # A dedicated connection carrying a WebSocket opening handshake (upgrade.py): a
+        # 101 is its success, and the bytes after its head are the tunnel's.
+        self.upgrade = False
+        self.upgraded = False
+        self.tunnel_bytes = b""
         self._reset(head_only=False)
 
     def _reset(self, *, head_only: bool) -> None:
@@ -96,6 +101,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        if self.upgraded:  # before the tunnel takes the transport over
+            self.tunnel_bytes += data
+            return
         if self.complete:
             # Bytes after a complete response (a body on a HEAD answer, a second response):
             # the upstream is out of step with us. The answer stands; the connection goes.
@@ -133,8 +141,18 @@ class Connection(asyncio.Protocol):
                 self._fail(UpstreamUnavailable(str(exc.__context__)))
             else:  # _OutOfStep: bytes after the answer
                 self.close()
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if self.complete:  # garbage after the answer: the connection goes
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgraded:  # llhttp stops after a 101's head: the rest is the tunnel's
+                self.tunnel_bytes += data[int(exc.args[0]) :]
+            elif self.complete:
+                self.close()
+            else:
+                self._fail(UpstreamUnavailable(f"malformed response: {exc}"))
+        except httptools.HttpParserError as exc:
+            if self.upgraded:  # llhttp's answer to a 101 whose Connection lacks "upgrade"
+                self.upgraded = False
+                self._fail(UpstreamUnavailable("a 101 without Connection: upgrade"))
+            elif self.complete:  # garbage after the answer: the connection goes
                 self.close()
             else:
                 self._fail(UpstreamUnavailable(f"malformed response: {exc}"))
@@ -185,6 +203,9 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if status == 101 and self.upgrade:
+            self._upgraded_head()
+            return
         # A 101 is the upstream out of step (no request asks for an upgrade: Upgrade is
         # hop-by-hop and never forwarded); relaying it would open a tunnel in any proxy
         # in front of us with HTTP still flowing here. The head size is held in
@@ -207,6 +228,16 @@ class Connection(asyncio.Protocol):
             self.head.set_result(None)
         if self._head_only or status in (204, 304):
             self._finish()
+
+    def _upgraded_head(self) -> None:
+        """A 101 to our upgrade request: the head is the answer, the connection the
+        tunnel's from here on (paused until the tunnel reads it)."""
+        self.status, self.upgraded, self.complete = 101, True, True
+        self._head_fed = None
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if not self.head.done():
+            self.head.set_result(None)
 
     def on_chunk_header(self) -> None:
         # A chunk-size line and its CRLFs: room for 16 hex digits and a short extension.

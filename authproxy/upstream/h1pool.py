@@ -15,6 +15,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
+from typing import NamedTuple
 
 from multidict import CIMultiDict
 from yarl import URL
@@ -109,6 +110,11 @@ class H1Transport:
         """``request`` for a request without a body, its header fields already encoded
         (``encode_fields``): the fast front end keeps them per connection."""
         return _Exchange(self, method, target, fields, None)
+
+    def upgrade(self, target: str, fields: bytes) -> Upgrade:
+        """Send a WebSocket opening handshake (GET) on a connection of its own, never
+        pooled; ``async with`` it for the upstream's answer (Upgrade.tunnel on a 101)."""
+        return Upgrade(self, target, fields)
 
     async def _send_with_retry(
         self, method: str, target: str, headers: Fields, body: AsyncIterable[bytes] | None
@@ -285,3 +291,62 @@ class _Exchange:
                 self._transport._release(self._conn)
         finally:
             self._transport._slots.release()
+
+
+class Upgrade:
+    """``async with transport.upgrade(...) as response``: a dedicated connection. On a 101,
+    ``tunnel`` holds its transport and the bytes that came after the head, and the caller
+    owns them; any other answer is a normal response, and the connection is closed after
+    it (never pooled: it carried an upgrade request)."""
+
+    __slots__ = ("_conn", "_fields", "_target", "_transport", "tunnel")
+
+    def __init__(self, transport: H1Transport, target: str, fields: bytes) -> None:
+        self._transport = transport
+        self._target = target
+        self._fields = fields
+        self._conn: Connection | None = None
+        self.tunnel: Tunnel | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        transport = self._transport
+        conn = self._conn = await transport._connect()
+        conn.upgrade = True
+        try:
+            transport._send(conn, "GET", self._target, self._fields, None)
+            await conn.head
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            conn.unwatch_head()
+        if conn.error is not None and (not conn.status or conn.status == 101):
+            conn.close()
+            raise conn.error
+        if conn.upgraded and conn.transport is not None:
+            self.tunnel = Tunnel(conn.transport, conn.tunnel_bytes)
+            conn.transport = None  # the tunnel's now; close() must not touch it
+        return UpstreamResponse(
+            status=conn.status,
+            reason=conn.reason,
+            raw_headers=conn.headers,
+            body=conn.body(transport._cfg.read_timeout),
+            take_whole_body=conn.take_complete_body,
+        )
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class Tunnel(NamedTuple):
+    """The upstream side of an upgraded connection: its transport (reading paused) and
+    the bytes that came with the 101's head."""
+
+    transport: asyncio.Transport
+    early: bytes

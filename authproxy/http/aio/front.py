@@ -25,6 +25,7 @@ from authproxy.http.errormap import json_error
 from authproxy.http.headers import X_REQUEST_ID, client_response_headers
 from authproxy.http.lifecycle import RequestLifecycle, UpstreamFieldsMemo
 from authproxy.http.reserved import is_reserved, is_verify
+from authproxy.http.tunnel import ClientConnection
 from authproxy.upstream.transport import UpstreamResponse
 
 # The request id, for handlers that record it (the admin API's audit trail).
@@ -37,7 +38,7 @@ NOT_FOUND_MESSAGE: Final = "No such authproxy endpoint."
 class AioExchange:
     """One aiohttp request as the lifecycle's Exchange."""
 
-    __slots__ = ("_request_id", "original", "principal", "request", "response")
+    __slots__ = ("_request_id", "_switched", "original", "principal", "request", "response")
 
     upstream_memo: UpstreamFieldsMemo | None = None  # aiohttp's requests are the rarer kind
 
@@ -47,6 +48,7 @@ class AioExchange:
         self._request_id = ""
         self.principal: Principal | None = None
         self.original: tuple[str, str] | None = None
+        self._switched = False
 
     @property
     def request_id(self) -> str:
@@ -83,7 +85,7 @@ class AioExchange:
 
     @property
     def head_sent(self) -> bool:
-        return self.response is not None and self.response.prepared
+        return self._switched or (self.response is not None and self.response.prepared)
 
     def declared_length(self) -> int | None:
         return self.request.content_length
@@ -129,6 +131,22 @@ class AioExchange:
     def abort(self) -> None:
         if self.request.transport is not None:
             self.request.transport.abort()
+
+    async def switch(self, head: bytes) -> ClientConnection:
+        """Take the connection from aiohttp after a 101, as WebSocketResponse does, but
+        whole: the tunnel relays bytes. aiohttp kept what the client sent after its
+        handshake (its "message tail"); the tunnel tells aiohttp's protocol when the
+        connection ends, and aiohttp's own answer to this request then finds it closed."""
+        request = self.request
+        transport, protocol = request.transport, request.protocol
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client closed the connection")
+        self._switched = True
+        transport.write(head)
+        early: bytes = getattr(protocol, "_message_tail", b"")
+        protocol._message_tail = b""
+        self.response = web.Response(status=101)  # never sent: the connection is the tunnel's
+        return ClientConnection(transport, protocol, early)
 
     async def run(self, handler: Handler) -> int:
         """An aiohttp handler of ours (admin API, health), its answer sent."""

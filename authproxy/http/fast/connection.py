@@ -27,6 +27,7 @@ import structlog
 
 from authproxy.http.fast.head import FastRequest, FieldMemo, HeadLimits, parse_head
 from authproxy.http.lifecycle import UpstreamFieldsMemo
+from authproxy.http.tunnel import ClientConnection
 
 log = structlog.get_logger(__name__)
 
@@ -206,6 +207,18 @@ class FastConnection(asyncio.Protocol):
         data, self._buffer = bytes(self._buffer), bytearray()
         if data:
             handler.data_received(data)
+
+    def hand_over_to_tunnel(self) -> ClientConnection:
+        """After a 101: the transport and the bytes read past the handshake go to a tunnel
+        (http/tunnel.py), which calls connection_lost here when the connection ends. Until
+        then the connection still counts against server.max_connections."""
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("client closed the connection")
+        self._cancel_timer()
+        early, self._buffer = bytes(self._buffer), bytearray()
+        self._reading_paused = False
+        return ClientConnection(transport, self, early)
 
     # -- timers
     def _cancel_timer(self) -> None:

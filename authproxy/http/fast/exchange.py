@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from authproxy.auth.verdict import Principal
 from authproxy.http.fast.response_head import framed, response_head
 from authproxy.http.lifecycle import CLIENT_CLOSED_REQUEST, RequestLifecycle, UpstreamFieldsMemo
+from authproxy.http.tunnel import ClientConnection
 from authproxy.upstream.transport import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -161,3 +162,10 @@ class FastExchange:
     def abort(self) -> None:
         self.keep_alive = False
         self._conn.abort()
+
+    async def switch(self, head: bytes) -> ClientConnection:
+        self.head_sent = True
+        self.keep_alive = False
+        conn = self._conn
+        conn.write(head)
+        return conn.hand_over_to_tunnel()

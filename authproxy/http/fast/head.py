@@ -3,9 +3,10 @@
 ``parse_head`` gets exactly the bytes up to and including the blank line. It returns a
 FastRequest only for the plainest of requests: HTTP/1.1, origin-form target outside
 /_authproxy/, a Host header, no body (no Content-Length other than 0, no
-Transfer-Encoding), no Expect or Upgrade, and every size comfortably below aiohttp's
-limits. Anything else, invalid heads included, returns None: the caller hands the bytes
-to aiohttp, whose parser (the same llhttp) and error answers then decide.
+Transfer-Encoding), no Expect, no Upgrade other than a WebSocket handshake (the lifecycle
+tunnels those), and every size comfortably below aiohttp's limits. Anything else, invalid
+heads included, returns None: the caller hands the bytes to aiohttp, whose parser (the
+same llhttp) and error answers then decide.
 
 One exception: forward-auth's verify path (/_authproxy/v1/verify and below) is served here
 even when the head declares a body, since verify never reads one: such a request is
@@ -21,10 +22,11 @@ from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict
 
 from authproxy.http.reserved import is_reserved, is_verify
+from authproxy.http.websocket import is_websocket_upgrade
 
 # Headers that make a request something other than a bodiless one, or ask for a reply
 # we leave to aiohttp.
-_NOT_SIMPLE: Final = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+_NOT_SIMPLE: Final = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 # Fields RFC 9110 allows once: aiohttp refuses a repeat (400), so a repeat is aiohttp's.
 _SINGLETONS: Final = frozenset(name.encode("ascii") for name in SINGLETON_HEADERS)
 # Keep clear of aiohttp's exact limits: a head near one is aiohttp's to judge.
@@ -90,8 +92,10 @@ def parse_head(head: bytes, limits: HeadLimits, memo: FieldMemo) -> FastRequest 
     sink = _Head()
     try:
         sink.parser.feed_data(head)
-    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-        return None  # invalid heads; upgrades and CONNECT (not an HttpParserError)
+    except httptools.HttpParserUpgrade:
+        pass  # llhttp stops after an upgrade's head: judged below (CONNECT never passes)
+    except httptools.HttpParserError:
+        return None  # invalid heads
     if not sink.complete or sink.version != "1.1" or len(sink.url) > limits.max_url:
         return None
     block = head[head.index(b"\r\n") + 2 :]  # llhttp found the request line's CRLF
@@ -112,12 +116,14 @@ def parse_head(head: bytes, limits: HeadLimits, memo: FieldMemo) -> FastRequest 
         return FastRequest(sink.method, target, headers, sink.keep_alive and simple, True)
     if not simple:
         return None
+    if "Upgrade" in headers and not is_websocket_upgrade(sink.method, headers):
+        return None  # h2c and the like: aiohttp serves them with Upgrade dropped
     return FastRequest(sink.method, target, headers, sink.keep_alive)
 
 
 def _fields(block: bytes, limits: HeadLimits) -> tuple[CIMultiDict[str] | None, bool]:
     """The header fields of a head llhttp accepted (None when the request is not ours),
-    and whether the request is simple: no body, Expect or Upgrade declared.
+    and whether the request is simple: no body and no Expect declared.
 
     llhttp refused bare CRs and LFs, obs-fold and whitespace before a colon; counting LFs
     makes sure of the LFs, so these lines are exactly llhttp's fields.
