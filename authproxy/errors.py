@@ -13,6 +13,8 @@ AuthProxyError
 ├── StoreUnavailable         PostgreSQL cannot be reached (503)
 ├── Overloaded               too many argon2 verifications waiting (503)
 ├── TooManyRequests          a client's failures or a key's rate limit (429)
+├── NeedsVerification        a key not verified in the cache, when the caller may not
+│                            spend a query and argon2 on it (admission: 429)
 ├── NotFound                 no such key in that space (404)
 ├── InvalidInput             a field of a request is unacceptable (422)
 ├── MalformedBody            not JSON, or not a JSON object (400)
@@ -103,6 +105,11 @@ class TooManyRequests(AuthProxyError):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+class NeedsVerification(AuthProxyError):
+    """Answering needs PostgreSQL and argon2 (the key has no verified cache entry), and
+    the caller said it may not spend them: a client address throttled for refused keys."""
 
 
 class NotFound(AuthProxyError):
