@@ -16,6 +16,7 @@ AuthProxyError
 ├── NeedsVerification        a key not verified in the cache, when the caller may not
 │                            spend a query and argon2 on it (admission: 429)
 ├── NotFound                 no such key in that space (404)
+├── Conflict                 the key's state forbids the change: roll a revoked key (409)
 ├── InvalidInput             a field of a request is unacceptable (422)
 ├── MalformedBody            not JSON, or not a JSON object (400)
 ├── BodyTooLarge             body over the configured cap (413)
@@ -114,6 +115,15 @@ class NeedsVerification(AuthProxyError):
 
 class NotFound(AuthProxyError):
     """The requested key does not exist in the requested space."""
+
+
+class Conflict(AuthProxyError):
+    """The key exists, but its state forbids the change; ``code`` says which state."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class InvalidInput(AuthProxyError):

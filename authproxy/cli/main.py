@@ -1,4 +1,4 @@
-"""Command line: serve | migrate | keys {create,list,revoke} | check-config | demo."""
+"""Command line: serve | migrate | keys {create,list,roll,revoke} | check-config | demo."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from authproxy.config.schema import Config, LoggingConfig, load_config
 from authproxy.errors import (
     AuthProxyError,
     ConfigError,
+    Conflict,
     InvalidInput,
     MigrationError,
     NotFound,
@@ -67,10 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = key_commands.add_parser("list", help="list a space's keys, newest first")
     listing.add_argument("--space", required=True)
+    roll = key_commands.add_parser(
+        "roll", help="replace a key with a new one (printed once); the old one expires soon"
+    )
+    roll.add_argument("--space", required=True)
+    roll.add_argument("key_id", metavar="KEY_ID")
+    roll.add_argument(
+        "--grace",
+        metavar="D",
+        help="how much longer the old key works, at most: 0 to 30d (default 1d)",
+    )
+    roll.add_argument("--name", help="the new key's name (default: the old key's)")
     revoke = key_commands.add_parser("revoke", help="revoke a key for good")
     revoke.add_argument("--space", required=True)
     revoke.add_argument("key_id", metavar="KEY_ID")
-    for sub in (create, listing, revoke):
+    for sub in (create, listing, roll, revoke):
         sub.add_argument("--config", help="YAML config file (default: $AUTHPROXY_CONFIG)")
     return parser
 
@@ -124,6 +136,8 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         )
     elif args.keys_command == "list":
         _print(asyncio.run(commands.list_keys(cfg, args.space)))
+    elif args.keys_command == "roll":
+        _print(asyncio.run(commands.roll_key(cfg, args.space, args.key_id, args.grace, args.name)))
     else:
         _print(asyncio.run(commands.revoke_key(cfg, args.space, args.key_id)))
     return EXIT_OK
@@ -137,6 +151,8 @@ def _report(exc: AuthProxyError) -> int:
         MigrationError: ("migration_failed", EXIT_FAILURE),
     }.get(type(exc), ("error", EXIT_FAILURE))
     message = "no such key in this space" if isinstance(exc, NotFound) else str(exc)
+    if isinstance(exc, Conflict):  # the key's state forbids it: bad input, its own code
+        code, status = exc.code, EXIT_USAGE
     print(json.dumps({"error": {"code": code, "message": message}}), file=sys.stderr)
     return status
 
