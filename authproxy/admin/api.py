@@ -181,7 +181,7 @@ class AdminApi:
         self.authorize(request, space_id)
         keys = self._keys
         now = keys.now()
-        records = await keys.list_keys(space_id)
+        records = await keys.list_keys(space_id, unused_for=request.query.get("unused_for"))
         return web.json_response({"keys": [key_object(r, now) for r in records]}, headers=_NO_STORE)
 
     async def roll_key(self, request: web.Request) -> web.Response:

@@ -163,10 +163,11 @@ async def create_key(
     )
 
 
-async def list_keys(cfg: Config, space: str) -> dict[str, Any]:
+async def list_keys(cfg: Config, space: str, unused_for: str | None = None) -> dict[str, Any]:
     async with _key_service(cfg) as keys:
+        records = await keys.list_keys(space, unused_for=unused_for)
         now = keys.now()
-        return {"keys": [key_object(r, now) for r in await keys.list_keys(space)]}
+        return {"keys": [key_object(r, now) for r in records]}
 
 
 async def roll_key(

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = key_commands.add_parser("list", help="list a space's keys, newest first")
     listing.add_argument("--space", required=True)
+    listing.add_argument(
+        "--unused-for",
+        metavar="D",
+        help="only active keys not used (or, never used, created) for longer than D: "
+        "seconds, or a number with s, m, h or d (90d)",
+    )
     roll = key_commands.add_parser(
         "roll", help="replace a key with a new one (printed once); the old one expires soon"
     )
@@ -135,7 +141,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
             )
         )
     elif args.keys_command == "list":
-        _print(asyncio.run(commands.list_keys(cfg, args.space)))
+        _print(asyncio.run(commands.list_keys(cfg, args.space, args.unused_for)))
     elif args.keys_command == "roll":
         _print(asyncio.run(commands.roll_key(cfg, args.space, args.key_id, args.grace, args.name)))
     else:

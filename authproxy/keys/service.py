@@ -12,9 +12,11 @@ from typing import Any, Protocol
 
 from authproxy.errors import InvalidInput
 from authproxy.keys.audit import AuditContext, AuditEvent
+from authproxy.keys.durations import parse_duration
 from authproxy.keys.format import KeyHasher, NewKey, generate_key
 from authproxy.keys.rolls import parse_grace, roll_key
 from authproxy.keys.store import KeyRecord, NewKeyRow, Store
+from authproxy.keys.unused import list_unused
 
 SPACE_ID_RULE = "must be 1-64 characters: letters, digits, '.', '_', '-', starting alphanumeric"
 NAME_RULE = "must be 1-100 printable characters after trimming"
@@ -216,8 +218,14 @@ class KeyService:
         )
         return new, NewKeyRow(new.parsed.lookup_id, new.parsed.display_prefix, secret_hash)
 
-    async def list_keys(self, space_id: str) -> list[KeyRecord]:
-        return await self._store.list_keys(validate_space_id(space_id))
+    async def list_keys(self, space_id: str, *, unused_for: str | None = None) -> list[KeyRecord]:
+        """Every key of the space; with ``unused_for`` (a duration: ``90d``), only the active
+        keys unused for longer (keys/unused.py)."""
+        space_id = validate_space_id(space_id)
+        if unused_for is None:
+            return await self._store.list_keys(space_id)
+        seconds = parse_duration(unused_for, "unused_for")
+        return await list_unused(self._store, space_id, now=self.now(), seconds=seconds)
 
     async def revoke(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
         """Revoke in the database, then refuse it from this process's cache at once."""
