@@ -23,7 +23,7 @@ from authproxy.db.pool import create_pool
 from authproxy.errors import StoreUnavailable
 from authproxy.keys.audit import AuditContext
 from authproxy.keys.durations import parse_duration
-from authproxy.keys.format import KeyHasher
+from authproxy.keys.format import KeyHasher, ParsedKey
 from authproxy.keys.rolls import GRACE_MAX
 from authproxy.keys.service import CreatedKey, KeyService, key_object
 from authproxy.keys.store import Store
@@ -184,6 +184,11 @@ async def roll_key(
             audit=AuditContext.for_cli(),
         ),
     )
+
+
+async def leak_statuses(cfg: Config, found: list[ParsedKey]) -> list[str]:
+    async with _key_service(cfg) as keys:
+        return list(await keys.leak_statuses(found))
 
 
 async def revoke_key(cfg: Config, space: str, key_id: str) -> dict[str, Any]:

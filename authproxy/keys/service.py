@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,7 +13,8 @@ from typing import Any, Protocol
 from authproxy.errors import InvalidInput
 from authproxy.keys.audit import AuditContext, AuditEvent
 from authproxy.keys.durations import parse_duration
-from authproxy.keys.format import KeyHasher, NewKey, generate_key
+from authproxy.keys.format import KeyHasher, NewKey, ParsedKey, generate_key
+from authproxy.keys.leaks import LeakStatus, leak_statuses
 from authproxy.keys.rolls import parse_grace, roll_key
 from authproxy.keys.store import KeyRecord, NewKeyRow, Store
 from authproxy.keys.unused import list_unused
@@ -226,6 +227,12 @@ class KeyService:
             return await self._store.list_keys(space_id)
         seconds = parse_duration(unused_for, "unused_for")
         return await list_unused(self._store, space_id, now=self.now(), seconds=seconds)
+
+    async def leak_statuses(self, found: Sequence[ParsedKey]) -> list[LeakStatus]:
+        """What each key a leak scan found is (keys/leaks.py)."""
+        return await leak_statuses(
+            self._store, found, hasher=self._hasher, executor=self._executor, now=self.now()
+        )
 
     async def revoke(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
         """Revoke in the database, then refuse it from this process's cache at once."""
