@@ -43,6 +43,7 @@ from authproxy.http.reserved import RESERVED_PREFIX
 from authproxy.keys.format import KeyHasher
 from authproxy.keys.service import KeyService
 from authproxy.keys.store import Store
+from authproxy.keys.unused import UnusedKeysGauge
 from authproxy.observability.access_log import AccessLog
 from authproxy.observability.logs import logs_access, uses_console
 from authproxy.observability.metrics import Metrics
@@ -69,6 +70,7 @@ class Components:
     store: Store
     authenticator: Authenticator
     keys: KeyService
+    unused_keys: UnusedKeysGauge
     listener: RevocationListener
     live: LiveConnections
     transport: UpstreamTransport
@@ -180,6 +182,12 @@ def build_components(
     )
     keys = KeyService(store=store, hasher=hasher, executor=executor, cache=cache, wall_clock=clock)
     live = LiveConnections(metrics=metrics, wall_clock=clock, still_valid=store.active_key_ids)
+    unused_keys = UnusedKeysGauge(
+        store=store,
+        gauge=metrics.keys_unused,
+        interval=cfg.keys.unused_gauge_interval,
+        wall_clock=clock,
+    )
     listener = RevocationListener(
         dsn=str(cfg.db.url),
         cache=cache,
@@ -230,6 +238,7 @@ def build_components(
         store=store,
         authenticator=authenticator,
         keys=keys,
+        unused_keys=unused_keys,
         listener=listener,
         live=live,
         transport=transport,
@@ -287,6 +296,8 @@ def _database_ctx(c: Components) -> CleanupContext:
         c.store.open(pool)
         await prepare_schema(c.config, pool)
         tasks = [asyncio.create_task(c.listener.run()), asyncio.create_task(_housekeeping(c, pool))]
+        if c.config.metrics.enabled:
+            tasks.append(asyncio.create_task(c.unused_keys.run()))
         yield
         for task in tasks:
             task.cancel()

@@ -13,7 +13,10 @@ AuthProxyError
 ├── StoreUnavailable         PostgreSQL cannot be reached (503)
 ├── Overloaded               too many argon2 verifications waiting (503)
 ├── TooManyRequests          a client's failures or a key's rate limit (429)
+├── NeedsVerification        a key not verified in the cache, when the caller may not
+│                            spend a query and argon2 on it (admission: 429)
 ├── NotFound                 no such key in that space (404)
+├── Conflict                 the key's state forbids the change: roll a revoked key (409)
 ├── InvalidInput             a field of a request is unacceptable (422)
 ├── MalformedBody            not JSON, or not a JSON object (400)
 ├── BodyTooLarge             body over the configured cap (413)
@@ -105,8 +108,22 @@ class TooManyRequests(AuthProxyError):
         self.headers = headers
 
 
+class NeedsVerification(AuthProxyError):
+    """Answering needs PostgreSQL and argon2 (the key has no verified cache entry), and
+    the caller said it may not spend them: a client address throttled for refused keys."""
+
+
 class NotFound(AuthProxyError):
     """The requested key does not exist in the requested space."""
+
+
+class Conflict(AuthProxyError):
+    """The key exists, but its state forbids the change; ``code`` says which state."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class InvalidInput(AuthProxyError):

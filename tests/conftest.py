@@ -266,5 +266,18 @@ async def new_key(
     return created
 
 
+async def expire_in_database(database_url: str, key_id: str) -> None:
+    """Put a key's expires_at an hour in the past, in PostgreSQL itself: the API and the
+    CLI only accept expiries in the future."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE api_keys SET expires_at = now() - interval '1 hour' WHERE id = $1::uuid",
+            key_id,
+        )
+    finally:
+        await conn.close()
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}

@@ -297,6 +297,12 @@ INVALID = [
     ),
     pytest.param({"db": {"url": 5432}}, "db.url", "<redacted>", id="db-url-wrong-type"),
     pytest.param(
+        {"keys": {"unused_gauge_interval": 0}},
+        "keys.unused_gauge_interval",
+        "0",
+        id="unused-gauge-interval-zero",
+    ),
+    pytest.param(
         {"admin": {"jwt_secret": 12345}},
         "admin.jwt_secret",
         "<redacted>",

@@ -14,6 +14,7 @@ from authproxy.auth.limits import FailureLimiter, KeyRateLimiter, seconds_header
 from authproxy.keys.audit import AuditContext
 from authproxy.keys.format import KeyHasher, generate_key
 from tests.conftest import AppClient, MakeConfig, Upstream, bearer, new_key
+from tests.fleet import metric_total
 from tests.test_revocation import GatedHasher, wait_for
 
 Client = TestClient[Any, Any]
@@ -98,6 +99,65 @@ class TestThrottlingThroughTheProxy:
         for _ in range(5):
             assert (await client.get("/x")).status == 401
         good = await new_key(client)
+        assert (await client.get("/x", headers=bearer(good.key))).status == 200
+
+
+async def argon2_count(client: Client) -> float:
+    text = await (await client.get("/_authproxy/metrics")).text()
+    return metric_total(text, "authproxy_argon2_verifications_total")
+
+
+class TestNoLockout:
+    """Issue 18: many integrations behind one NAT address. The failure limit protects
+    PostgreSQL and argon2; it never refuses a key already verified in the cache."""
+
+    async def test_valid_cached_key_passes_after_a_flood_of_bad_keys(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
+        """Hundreds of bad keys from one address: its verified key still gets 200 at once;
+        an unknown well-formed key from it gets 429 (it would cost a query and argon2)."""
+        client = await app_client(limits={"failure_threshold": 20, "failure_window": 60})
+        good = await new_key(client)
+        assert (await client.get("/x", headers=bearer(good.key))).status == 200  # verified
+        statuses = [
+            (await client.get("/x", headers=bearer(generate_key().full))).status for _ in range(300)
+        ]
+        assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
+        argon2_before = await argon2_count(client)
+        upstream.requests.clear()
+        assert (await client.get("/x", headers=bearer(good.key))).status == 200
+        assert len(upstream.requests) == 1
+        unknown = await client.get("/x", headers=bearer(generate_key().full))
+        assert unknown.status == 429
+        assert (await unknown.json())["error"]["code"] == "too_many_failures"
+        assert int(unknown.headers["Retry-After"]) >= 1
+        never_used = await new_key(client)  # valid, but never verified here: costs argon2
+        assert (await client.get("/x", headers=bearer(never_used.key))).status == 429
+        assert await argon2_count(client) == argon2_before  # the throttled address cost none
+        assert len(upstream.requests) == 1
+
+    async def test_junk_costs_nothing_and_is_401_not_429(self, app_client: AppClient) -> None:
+        """A throttled address still learns that junk is junk: a malformed key or a bad
+        checksum never costs a query, so it is not what the limit protects against."""
+        client = await app_client(limits={"failure_threshold": 3})
+        for _ in range(3):
+            await client.get("/x", headers=bearer(generate_key().full))
+        for key in ("asc_short", "asc_" + "A" * 44):  # malformed; a bad checksum
+            assert (await client.get("/x", headers=bearer(key))).status == 401
+
+    async def test_stale_cached_key_is_rechecked_not_refused(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
+        """A verified key past cache.ttl costs one query to re-check (no argon2): the
+        throttled address's valid key still gets 200."""
+        client = await app_client(
+            limits={"failure_threshold": 3}, cache={"ttl": 0.2, "outage_grace": 300}
+        )
+        good = await new_key(client)
+        assert (await client.get("/x", headers=bearer(good.key))).status == 200
+        for _ in range(5):
+            await client.get("/x", headers=bearer(generate_key().full))
+        await asyncio.sleep(0.3)  # stale now
         assert (await client.get("/x", headers=bearer(good.key))).status == 200
 
 

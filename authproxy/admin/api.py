@@ -1,4 +1,4 @@
-"""Admin API under /_authproxy/v1: create, list and revoke a space's keys; its audit trail."""
+"""Admin API under /_authproxy/v1: create, list, roll and revoke a space's keys; its audit."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 API_PREFIX: Final = "/_authproxy/v1"
 CREATE_FIELDS: Final = frozenset({"name", "expires_at", "rate_limit_per_second"})
+ROLL_FIELDS: Final = frozenset({"grace_seconds", "name"})
 MAX_ADMIN_TOKEN_LEN: Final = 8192
 AUDIT_PAGE_DEFAULT: Final = 50
 AUDIT_PAGE_MAX: Final = 200
@@ -180,8 +181,31 @@ class AdminApi:
         self.authorize(request, space_id)
         keys = self._keys
         now = keys.now()
-        records = await keys.list_keys(space_id)
+        records = await keys.list_keys(space_id, unused_for=request.query.get("unused_for"))
         return web.json_response({"keys": [key_object(r, now) for r in records]}, headers=_NO_STORE)
+
+    async def roll_key(self, request: web.Request) -> web.Response:
+        space_id, key_id = request.match_info["space_id"], request.match_info["key_id"]
+        caller = self.authorize(request, space_id)
+        # Every field is optional: no body at all is a roll with the defaults.
+        body = await read_json_object(request, ROLL_FIELDS) if request.body_exists else {}
+        keys = self._keys
+        rolled = await keys.roll(
+            space_id=space_id,
+            key_id=key_id,
+            grace_seconds=body.get("grace_seconds"),
+            name=body.get("name"),
+            audit=self._audit_context(request, caller),
+        )
+        log.info(
+            "key_rolled",
+            space_id=space_id,
+            key_id=rolled.record.rolled_from,
+            new_key_id=rolled.record.id,
+        )
+        return web.json_response(
+            key_object(rolled.record, keys.now(), key=rolled.key), status=201, headers=_NO_STORE
+        )
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         space_id, key_id = request.match_info["space_id"], request.match_info["key_id"]
@@ -211,6 +235,7 @@ class AdminApi:
             ("POST", keys, self.create_key),
             ("GET", keys, self.list_keys),
             ("POST", keys + "/{key_id}/revoke", self.revoke_key),
+            ("POST", keys + "/{key_id}/roll", self.roll_key),
             ("GET", API_PREFIX + "/spaces/{space_id}/audit", self.audit_trail),
             ("GET", API_PREFIX + "/openapi.json", openapi),
         ]

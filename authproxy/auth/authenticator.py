@@ -22,6 +22,7 @@ from authproxy.errors import (
     ExpiredKey,
     InvalidKey,
     MissingKey,
+    NeedsVerification,
     Overloaded,
     RevokedKey,
     StoreUnavailable,
@@ -113,7 +114,7 @@ class Authenticator:
         self._dummy_hash = hasher.hash(secrets.token_urlsafe(16))
 
     def authenticate(
-        self, authorizations: Sequence[str]
+        self, authorizations: Sequence[str], *, may_verify: bool = True
     ) -> Principal | Coroutine[Any, Any, Principal]:
         """The Principal of a valid key, its use recorded; or a coroutine that returns it.
 
@@ -121,8 +122,14 @@ class Authenticator:
         with a known key, and issue 6 measured the coroutine layers on this path. Anything
         needing PostgreSQL or argon2 comes back as a coroutine to await.
 
+        ``may_verify=False`` (a client throttled for refused keys): a key the cache does not
+        hold as verified is refused with NeedsVerification instead of costing a query and
+        argon2. A verified key (fresh, or stale and re-checked with one query), a refusal
+        the cache remembers and a malformed key are answered as always.
+
         Raises (at once, or from the coroutine):
             MissingKey, InvalidKey, ExpiredKey, RevokedKey: the credential is refused.
+            NeedsVerification: at once, only with ``may_verify=False``.
             StoreUnavailable: PostgreSQL could not answer and no usable cache entry exists.
             Overloaded: too many argon2 verifications are already waiting.
         """
@@ -137,13 +144,15 @@ class Authenticator:
         entry = self._cache.get(digest)
         if entry is not None and self._answers_alone(entry):
             return self._from_cache(entry, now)
-        return self._authenticate_with_io(raw, digest, now, entry)
+        parsed = parse_key(raw)  # a bad checksum costs no I/O, whoever sends it
+        if entry is None and not may_verify:
+            raise NeedsVerification("no verified cache entry")
+        return self._authenticate_with_io(parsed, digest, now, entry)
 
     async def _authenticate_with_io(
-        self, raw: str, digest: bytes, now: datetime, entry: Entry[Verdict] | None
+        self, parsed: ParsedKey, digest: bytes, now: datetime, entry: Entry[Verdict] | None
     ) -> Principal:
         if entry is None:
-            parsed = parse_key(raw)
             entry = await self._after_concurrent_miss(digest)
             if entry is None:
                 self._metrics.cache_misses.inc()
@@ -152,7 +161,7 @@ class Authenticator:
             return self._from_cache(entry, now)
         self._metrics.cache_stale_hits.inc()
         cached = _verified(entry)
-        return self._admit(await self._revalidate(parse_key(raw), digest, now, cached), now)
+        return self._admit(await self._revalidate(parsed, digest, now, cached), now)
 
     def _answers_alone(self, entry: Entry[Verdict]) -> bool:
         """A refusal (negative entry) or a fresh positive entry: no database needed."""

@@ -22,8 +22,10 @@ from authproxy.db.migrations import migrate as apply_migrations
 from authproxy.db.pool import create_pool
 from authproxy.errors import StoreUnavailable
 from authproxy.keys.audit import AuditContext
-from authproxy.keys.format import KeyHasher
-from authproxy.keys.service import KeyService, key_object
+from authproxy.keys.durations import parse_duration
+from authproxy.keys.format import KeyHasher, ParsedKey
+from authproxy.keys.rolls import GRACE_MAX
+from authproxy.keys.service import CreatedKey, KeyService, key_object
 from authproxy.keys.store import Store
 from authproxy.server import runner as server
 
@@ -137,24 +139,56 @@ async def migrate(cfg: Config) -> dict[str, Any]:
     return {"applied": [f"{m.version:03d}_{m.name}" for m in applied], "version": current}
 
 
+async def _shown_once(
+    cfg: Config, make: Callable[[KeyService], Awaitable[CreatedKey]]
+) -> dict[str, Any]:
+    """The key object of a key ``make`` creates, with the key: the one time it is shown."""
+    async with _key_service(cfg) as keys:
+        created = await make(keys)
+        return key_object(created.record, keys.now(), key=created.key)
+
+
 async def create_key(
     cfg: Config, space: str, name: str, expires_at: str | None, rate_limit: float | None = None
 ) -> dict[str, Any]:
-    async with _key_service(cfg) as keys:
-        created = await keys.create(
+    return await _shown_once(
+        cfg,
+        lambda keys: keys.create(
             space_id=space,
             name=name,
             expires_at=expires_at,
             rate_limit=rate_limit,
             audit=AuditContext.for_cli(),
-        )
-        return key_object(created.record, keys.now(), key=created.key)
+        ),
+    )
 
 
-async def list_keys(cfg: Config, space: str) -> dict[str, Any]:
+async def list_keys(cfg: Config, space: str, unused_for: str | None = None) -> dict[str, Any]:
     async with _key_service(cfg) as keys:
+        records = await keys.list_keys(space, unused_for=unused_for)
         now = keys.now()
-        return {"keys": [key_object(r, now) for r in await keys.list_keys(space)]}
+        return {"keys": [key_object(r, now) for r in records]}
+
+
+async def roll_key(
+    cfg: Config, space: str, key_id: str, grace: str | None, name: str | None
+) -> dict[str, Any]:
+    grace_seconds = None if grace is None else parse_duration(grace, "grace", high=GRACE_MAX)
+    return await _shown_once(
+        cfg,
+        lambda keys: keys.roll(
+            space_id=space,
+            key_id=key_id,
+            grace_seconds=grace_seconds,
+            name=name,
+            audit=AuditContext.for_cli(),
+        ),
+    )
+
+
+async def leak_statuses(cfg: Config, found: list[ParsedKey]) -> list[str]:
+    async with _key_service(cfg) as keys:
+        return list(await keys.leak_statuses(found))
 
 
 async def revoke_key(cfg: Config, space: str, key_id: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Command line: serve | migrate | keys {create,list,revoke} | check-config | demo."""
+"""Command line: serve | migrate | keys {create,list,roll,revoke} | scan | check-config | demo."""
 
 from __future__ import annotations
 
@@ -7,27 +7,31 @@ import asyncio
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import structlog
 
 from authproxy import __version__
+from authproxy.cli.scan import check_paths, scan
 from authproxy.config.schema import Config, LoggingConfig, load_config
 from authproxy.errors import (
     AuthProxyError,
     ConfigError,
+    Conflict,
     InvalidInput,
     MigrationError,
     NotFound,
     StoreUnavailable,
 )
+from authproxy.keys.format import ParsedKey
 from authproxy.observability.logs import configure_logging
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1  # a dependency failed: database unreachable, migration failed
 EXIT_USAGE: Final = 2  # bad arguments, bad config, bad input (argparse uses 2 too)
 EXIT_NOT_FOUND: Final = 4
+EXIT_FOUND: Final = 1  # authproxy scan: a key was found
 
 log = structlog.get_logger(__name__)
 
@@ -67,16 +71,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = key_commands.add_parser("list", help="list a space's keys, newest first")
     listing.add_argument("--space", required=True)
+    listing.add_argument(
+        "--unused-for",
+        metavar="D",
+        help="only active keys not used (or, never used, created) for longer than D: "
+        "seconds, or a number with s, m, h or d (90d)",
+    )
+    roll = key_commands.add_parser(
+        "roll", help="replace a key with a new one (printed once); the old one expires soon"
+    )
+    roll.add_argument("--space", required=True)
+    roll.add_argument("key_id", metavar="KEY_ID")
+    roll.add_argument(
+        "--grace",
+        metavar="D",
+        help="how much longer the old key works, at most: 0 to 30d (default 1d)",
+    )
+    roll.add_argument("--name", help="the new key's name (default: the old key's)")
     revoke = key_commands.add_parser("revoke", help="revoke a key for good")
     revoke.add_argument("--space", required=True)
     revoke.add_argument("key_id", metavar="KEY_ID")
-    for sub in (create, listing, revoke):
+    for sub in (create, listing, roll, revoke):
         sub.add_argument("--config", help="YAML config file (default: $AUTHPROXY_CONFIG)")
+    scan = command("scan", "find our keys in files (reported by prefix); exit 1 when found")
+    scan.add_argument(
+        "paths", nargs="*", default=["."], metavar="PATH", help="files and folders; - is stdin"
+    )
+    scan.add_argument(
+        "--check",
+        action="store_true",
+        help="ask the database whether each key is active, revoked, expired or unknown",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "scan" and not args.check:
+        # No config, no database, no logging set up: a pre-commit hook must not need them.
+        return _scan(args.paths)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -113,6 +146,8 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         return commands.serve(cfg, worker=args.worker, config_path=args.config)
     if args.command == "demo":
         return commands.demo(cfg)
+    if args.command == "scan":
+        return _scan(args.paths, lambda found: asyncio.run(commands.leak_statuses(cfg, found)))
     if args.command == "migrate":
         _print(asyncio.run(commands.migrate(cfg)))
         return EXIT_OK
@@ -123,10 +158,31 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
             )
         )
     elif args.keys_command == "list":
-        _print(asyncio.run(commands.list_keys(cfg, args.space)))
+        _print(asyncio.run(commands.list_keys(cfg, args.space, args.unused_for)))
+    elif args.keys_command == "roll":
+        _print(asyncio.run(commands.roll_key(cfg, args.space, args.key_id, args.grace, args.name)))
     else:
         _print(asyncio.run(commands.revoke_key(cfg, args.space, args.key_id)))
     return EXIT_OK
+
+
+def _scan(paths: list[str], check: Callable[[list[ParsedKey]], list[str]] | None = None) -> int:
+    """One JSON line per key found: exit 1 when any, 0 when none; 2 when a path is
+    missing or could not be read (nothing is known to be clean then)."""
+    try:
+        check_paths(paths)
+    except InvalidInput as exc:
+        return _report(exc)
+    found = scan(paths, sys.stdin.buffer)
+    statuses = check([f.key for f in found.findings]) if check and found.findings else None
+    for i, finding in enumerate(found.findings):
+        print(json.dumps(finding.as_json(None if statuses is None else statuses[i])))
+    for path, reason in found.unreadable:
+        error = {"code": "unreadable", "message": f"{path}: {reason}"}
+        print(json.dumps({"error": error}), file=sys.stderr)
+    if found.findings:
+        return EXIT_FOUND
+    return EXIT_USAGE if found.unreadable else EXIT_OK
 
 
 def _report(exc: AuthProxyError) -> int:
@@ -137,6 +193,8 @@ def _report(exc: AuthProxyError) -> int:
         MigrationError: ("migration_failed", EXIT_FAILURE),
     }.get(type(exc), ("error", EXIT_FAILURE))
     message = "no such key in this space" if isinstance(exc, NotFound) else str(exc)
+    if isinstance(exc, Conflict):  # the key's state forbids it: bad input, its own code
+        code, status = exc.code, EXIT_USAGE
     print(json.dumps({"error": {"code": code, "message": message}}), file=sys.stderr)
     return status
 

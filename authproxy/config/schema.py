@@ -166,6 +166,12 @@ class UsageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KeysConfig:
+    # Seconds between refreshes of the authproxy_keys_unused gauge (one query each).
+    unused_gauge_interval: float = field(default=300.0, metadata=_rule(1, 86400))
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     """Admin API tokens: JWTs minted by the SCADA dashboard.
 
@@ -210,6 +216,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     usage: UsageConfig = UsageConfig()
     limits: LimitsConfig = LimitsConfig()
+    keys: KeysConfig = KeysConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -19,7 +19,14 @@ from multidict import MultiMapping
 from authproxy.auth.authenticator import Authenticator
 from authproxy.auth.limits import FailureLimiter, KeyRateLimiter, seconds_header
 from authproxy.auth.verdict import Principal
-from authproxy.errors import AuthError, MissingKey, Overloaded, StoreUnavailable, TooManyRequests
+from authproxy.errors import (
+    AuthError,
+    MissingKey,
+    NeedsVerification,
+    Overloaded,
+    StoreUnavailable,
+    TooManyRequests,
+)
 from authproxy.http.errormap import json_error
 from authproxy.http.headers import Identity, Networks, client_address, forwarded_values
 from authproxy.keys.format import KEY_PREFIX, KEY_REGEX
@@ -85,22 +92,32 @@ class Admission:
         self, peer: str, headers: MultiMapping[str]
     ) -> Principal | Coroutine[Any, Any, Principal]:
         """The key's Principal, or a coroutine returning it when PostgreSQL or argon2 must
-        answer (see Authenticator.authenticate). Refusals are counted per client and may
-        turn into 429s."""
+        answer (see Authenticator.authenticate). Refusals are counted per client address.
+
+        An address past limits.failure_threshold gets 429 only for keys that would cost a
+        query and argon2 (not verified in the cache). The limit protects PostgreSQL and
+        argon2, not people: many integrations share one site's NAT address, and one of them
+        sending bad keys must not lock out the others' valid keys (issue 18).
+        """
         metrics = self._metrics
         client = client_address(peer, headers, self._trusted)
         wait = self._failures.retry_after(client)
-        if wait is not None:
+        started = time.perf_counter()
+        try:
+            authorizations = headers.getall("Authorization", [])
+            result = (
+                self._authenticator.authenticate(authorizations)
+                if wait is None  # the common case, the call as cheap as before
+                else self._authenticator.authenticate(authorizations, may_verify=False)
+            )
+        except NeedsVerification:
             log.info("client_throttled", client=client)
             metrics.count_request("throttled", "429")
             raise TooManyRequests(
                 "too_many_failures",
                 TOO_MANY_FAILURES_MESSAGE,
-                {"Retry-After": seconds_header(wait)},
-            )
-        started = time.perf_counter()
-        try:
-            result = self._authenticator.authenticate(headers.getall("Authorization", []))
+                {"Retry-After": seconds_header(wait or 0.0)},
+            ) from None
         except Exception as exc:
             metrics.auth_seconds.observe(time.perf_counter() - started)
             self._count_failure(client, exc)

@@ -12,6 +12,7 @@ from authproxy.errors import (
     AdminTokenMissing,
     AuthError,
     BodyTooLarge,
+    Conflict,
     Forbidden,
     InvalidInput,
     MalformedBody,
@@ -99,6 +100,8 @@ def error_response(exc: Exception) -> web.Response | None:
         return json_error(422, "invalid_" + exc.field, exc.message)
     if isinstance(exc, TooManyRequests):
         return json_error(429, exc.code, exc.message, exc.headers)
+    if isinstance(exc, Conflict):
+        return json_error(409, exc.code, exc.message)
     for kind, status, code, message in _TABLE:
         if isinstance(exc, kind):
             headers = {"WWW-Authenticate": _challenge(exc)} if status == 401 else None

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-AuditAction = Literal["key.created", "key.revoked"]
+AuditAction = Literal["key.created", "key.revoked", "key.rolled"]
 
 _INSERT_AUDIT = """
 INSERT INTO audit_events (space_id, action, key_id, actor, client_address, request_id)

@@ -1,19 +1,23 @@
-"""Create, list and revoke keys: the operations behind the admin API and the CLI."""
+"""Create, list, roll and revoke keys: the operations behind the admin API and the CLI."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from authproxy.errors import InvalidInput
 from authproxy.keys.audit import AuditContext, AuditEvent
-from authproxy.keys.format import KeyHasher, generate_key
-from authproxy.keys.store import KeyRecord, Store
+from authproxy.keys.durations import parse_duration
+from authproxy.keys.format import KeyHasher, NewKey, ParsedKey, generate_key
+from authproxy.keys.leaks import LeakStatus, leak_statuses
+from authproxy.keys.rolls import parse_grace, roll_key
+from authproxy.keys.store import KeyRecord, NewKeyRow, Store
+from authproxy.keys.unused import list_unused
 
 SPACE_ID_RULE = "must be 1-64 characters: letters, digits, '.', '_', '-', starting alphanumeric"
 NAME_RULE = "must be 1-100 printable characters after trimming"
@@ -99,7 +103,7 @@ def audit_object(event: AuditEvent) -> dict[str, Any]:
 
 
 def key_object(record: KeyRecord, now: datetime, *, key: str | None = None) -> dict[str, Any]:
-    """The key object of DESIGN.md; ``key`` only in the create response."""
+    """The key object of DESIGN.md; ``key`` only in the create and roll responses."""
     body: dict[str, Any] = {
         "id": record.id,
         "name": record.name,
@@ -112,6 +116,11 @@ def key_object(record: KeyRecord, now: datetime, *, key: str | None = None) -> d
         "status": record.status(now),
         "rate_limit_per_second": record.rate_limit_per_second,
     }
+    # Only on keys that were rolled: every other key object keeps its shape.
+    if record.rolled_from is not None:
+        body["rolled_from"] = record.rolled_from
+    if record.rolled_to is not None:
+        body["rolled_to"] = record.rolled_to
     if key is not None:
         body["key"] = key
     return body
@@ -156,16 +165,13 @@ class KeyService:
         expires = parse_expires_at(expires_at, self.now())
         rate = parse_rate_limit(rate_limit)
         while True:  # a taken lookup id has odds of ~2^-59 per existing key: draw again
-            new = generate_key()
-            secret_hash = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._hasher.hash, new.parsed.secret
-            )
+            new, row = await self._new_key()
             record = await self._store.create_key(
                 space_id=space_id,
                 name=name,
-                lookup_id=new.parsed.lookup_id,
-                prefix=new.parsed.display_prefix,
-                secret_hash=secret_hash,
+                lookup_id=row.lookup_id,
+                prefix=row.prefix,
+                secret_hash=row.secret_hash,
                 expires_at=expires,
                 audit=audit,
                 rate_limit=rate,
@@ -173,8 +179,60 @@ class KeyService:
             if record is not None:
                 return CreatedKey(record, new.full)
 
-    async def list_keys(self, space_id: str) -> list[KeyRecord]:
-        return await self._store.list_keys(validate_space_id(space_id))
+    async def roll(
+        self,
+        *,
+        space_id: str,
+        key_id: str,
+        audit: AuditContext,
+        grace_seconds: Any = None,
+        name: Any = None,
+    ) -> CreatedKey:
+        """Replace the key with a new one (keys/rolls.py); the old one works ``grace_seconds``
+        more at most. This process forgets the old key's cached expiry at once; the others
+        hear the NOTIFY."""
+        space_id = validate_space_id(space_id)
+        grace = parse_grace(grace_seconds)
+        new_name = None if name is None else validate_name(name)
+        while True:  # a taken lookup id: draw again, as create does
+            new, row = await self._new_key()
+            now = self.now()
+            rolled = await roll_key(
+                self._store,
+                space_id=space_id,
+                key_id=key_id,
+                name=new_name,
+                now=now,
+                grace_until=now + timedelta(seconds=grace),
+                successor=row,
+                audit=audit,
+            )
+            if rolled is not None:
+                self._cache.invalidate_key(rolled.old.id)
+                return CreatedKey(rolled.new, new.full)
+
+    async def _new_key(self) -> tuple[NewKey, NewKeyRow]:
+        """A fresh key and the row that stores it (argon2 in the executor)."""
+        new = generate_key()
+        secret_hash = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._hasher.hash, new.parsed.secret
+        )
+        return new, NewKeyRow(new.parsed.lookup_id, new.parsed.display_prefix, secret_hash)
+
+    async def list_keys(self, space_id: str, *, unused_for: str | None = None) -> list[KeyRecord]:
+        """Every key of the space; with ``unused_for`` (a duration: ``90d``), only the active
+        keys unused for longer (keys/unused.py)."""
+        space_id = validate_space_id(space_id)
+        if unused_for is None:
+            return await self._store.list_keys(space_id)
+        seconds = parse_duration(unused_for, "unused_for")
+        return await list_unused(self._store, space_id, now=self.now(), seconds=seconds)
+
+    async def leak_statuses(self, found: Sequence[ParsedKey]) -> list[LeakStatus]:
+        """What each key a leak scan found is (keys/leaks.py)."""
+        return await leak_statuses(
+            self._store, found, hasher=self._hasher, executor=self._executor, now=self.now()
+        )
 
     async def revoke(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
         """Revoke in the database, then refuse it from this process's cache at once."""

@@ -33,9 +33,9 @@ _UNAVAILABLE = (
     asyncpg.InternalClientError,
 )
 
-_KEY_COLUMNS = (
+KEY_COLUMNS = (
     "id, space_id, name, lookup_id, prefix, secret_hash, created_at, "
-    "last_used_at, expires_at, revoked_at, rate_limit_per_second"
+    "last_used_at, expires_at, revoked_at, rate_limit_per_second, rolled_from, rolled_to"
 )
 
 _INSERT = f"""
@@ -43,22 +43,23 @@ INSERT INTO api_keys (id, space_id, name, lookup_id, prefix, secret_hash, expire
                       rate_limit_per_second)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (lookup_id) DO NOTHING
-RETURNING {_KEY_COLUMNS}"""
-_BY_LOOKUP_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE lookup_id = $1"
+RETURNING {KEY_COLUMNS}"""
+_BY_LOOKUP_ID = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE lookup_id = $1"
 _LIST = f"""
-SELECT {_KEY_COLUMNS} FROM api_keys WHERE space_id = $1
+SELECT {KEY_COLUMNS} FROM api_keys WHERE space_id = $1
 ORDER BY created_at DESC, id DESC"""
 # Only an active key changes: revoking twice keeps the first revocation time.
 _REVOKE = f"""
 UPDATE api_keys SET revoked_at = now()
 WHERE id = $1 AND space_id = $2 AND revoked_at IS NULL
-RETURNING {_KEY_COLUMNS}"""
+RETURNING {KEY_COLUMNS}"""
 # Live connections after a lost LISTEN connection: which of their keys are still active.
 _ACTIVE_IDS = """
 SELECT id FROM api_keys
 WHERE id = ANY($1::uuid[]) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"""
-_BY_ID = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1 AND space_id = $2"
-# Sent inside the revoking transaction: listeners hear of it only once it committed.
+_BY_ID = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND space_id = $2"
+# Sent inside the transaction that revokes or rolls a key: listeners hear of it only once
+# it committed, and drop what they cached of the key (its verdict, its expiry).
 # Payload "<key id>|<epoch seconds>": listeners measure the revocation lag from it.
 _NOTIFY = (
     f"SELECT pg_notify('{REVOCATION_CHANNEL}', "
@@ -88,6 +89,8 @@ class KeyRecord:
     expires_at: datetime | None
     revoked_at: datetime | None
     rate_limit_per_second: float | None = None  # None: the configured default
+    rolled_from: str | None = None  # the key this one replaced (keys/rolls.py)
+    rolled_to: str | None = None  # the key that replaced this one
 
     def status(self, now: datetime) -> KeyStatus:
         if self.revoked_at is not None:
@@ -97,7 +100,16 @@ class KeyRecord:
         return "active"
 
 
-def _record(row: Any) -> KeyRecord:
+@dataclass(frozen=True, slots=True)
+class NewKeyRow:
+    """What is stored of a new key: its lookup id, display prefix and secret's hash."""
+
+    lookup_id: str
+    prefix: str
+    secret_hash: str = field(repr=False)  # out of repr: no traceback may print it
+
+
+def key_record(row: Any) -> KeyRecord:
     return KeyRecord(
         id=str(row["id"]),
         space_id=row["space_id"],
@@ -110,7 +122,13 @@ def _record(row: Any) -> KeyRecord:
         expires_at=_aware(row["expires_at"]),
         revoked_at=_aware(row["revoked_at"]),
         rate_limit_per_second=row["rate_limit_per_second"],
+        rolled_from=_text(row["rolled_from"]),
+        rolled_to=_text(row["rolled_to"]),
     )
+
+
+def _text(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
 
 
 _Moment = TypeVar("_Moment", datetime, None)
@@ -125,11 +143,18 @@ def _aware(moment: _Moment) -> _Moment:
     return moment.replace(tzinfo=UTC)
 
 
-def _as_uuid(key_id: str) -> uuid.UUID:
+def as_uuid(key_id: str) -> uuid.UUID:
+    """The key id as a UUID; anything else names no key (404, never a hint)."""
     try:
         return uuid.UUID(key_id)
     except ValueError:
         raise NotFound(key_id) from None
+
+
+async def notify_key_changed(conn: asyncpg.Connection, key_id: uuid.UUID, timeout: float) -> None:
+    """Tell every process to forget what it cached of this key; call inside the change's
+    transaction (auth/revocations.py listens)."""
+    await conn.execute(_NOTIFY, str(key_id), timeout=timeout)
 
 
 class Store:
@@ -144,8 +169,14 @@ class Store:
         runs (app.py) and opens the pool at startup."""
         self._pool = pool
 
+    @property
+    def timeout(self) -> float:
+        """Seconds each statement may take."""
+        return self._timeout
+
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; StoreUnavailable when PostgreSQL cannot give one."""
         if self._pool is None:
             raise StoreUnavailable("the key store is not open yet")
         try:
@@ -155,7 +186,7 @@ class Store:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.fetchval("SELECT 1", timeout=self._timeout)
 
     async def create_key(
@@ -174,7 +205,7 @@ class Store:
 
         Returns None when the lookup id is already taken (the caller draws another).
         """
-        async with self._connection() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 _INSERT,
                 uuid.uuid4(),
@@ -190,24 +221,24 @@ class Store:
             if row is None:
                 return None
             await write_audit(conn, "key.created", row["id"], space_id, audit, self._timeout)
-        return _record(row)
+        return key_record(row)
 
     async def find_by_lookup_id(self, lookup_id: str) -> KeyRecord | None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(_BY_LOOKUP_ID, lookup_id, timeout=self._timeout)
-        return None if row is None else _record(row)
+        return None if row is None else key_record(row)
 
     async def active_key_ids(self, key_ids: list[str]) -> set[str]:
         """Which of ``key_ids`` are neither revoked nor expired (nor unknown)."""
         ids = [uuid.UUID(k) for k in key_ids]
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(_ACTIVE_IDS, ids, timeout=self._timeout)
         return {str(row["id"]) for row in rows}
 
     async def list_keys(self, space_id: str) -> list[KeyRecord]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(_LIST, space_id, timeout=self._timeout)
-        return [_record(r) for r in rows]
+        return [key_record(r) for r in rows]
 
     async def revoke_key(self, *, space_id: str, key_id: str, audit: AuditContext) -> KeyRecord:
         """Revoke, audit and notify every process in one transaction; idempotent.
@@ -217,22 +248,22 @@ class Store:
         Raises:
             NotFound: no key with that id in that space.
         """
-        key_uuid = _as_uuid(key_id)
-        async with self._connection() as conn, conn.transaction():
+        key_uuid = as_uuid(key_id)
+        async with self.connection() as conn, conn.transaction():
             row = await conn.fetchrow(_REVOKE, key_uuid, space_id, timeout=self._timeout)
             if row is None:
                 row = await conn.fetchrow(_BY_ID, key_uuid, space_id, timeout=self._timeout)
                 if row is None:
                     raise NotFound(key_id)
-                return _record(row)
+                return key_record(row)
             await write_audit(conn, "key.revoked", key_uuid, space_id, audit, self._timeout)
-            await conn.execute(_NOTIFY, str(key_uuid), timeout=self._timeout)
-        return _record(row)
+            await notify_key_changed(conn, key_uuid, self._timeout)
+        return key_record(row)
 
     async def list_audit(
         self, space_id: str, *, limit: int, before: int | None
     ) -> list[AuditEvent]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(LIST_AUDIT, space_id, before, limit, timeout=self._timeout)
         return [audit_event(r) for r in rows]
 
@@ -242,12 +273,12 @@ class Store:
         while chunk := list(itertools.islice(remaining, _TOUCH_ROWS)):
             ids = [uuid.UUID(key_id) for key_id, _ in chunk]
             times = [used_at for _, used_at in chunk]
-            async with self._connection() as conn:
+            async with self.connection() as conn:
                 await conn.execute(_TOUCH, ids, times, timeout=self._timeout)
 
     async def replace_hash(self, key_id: str, old_hash: str, new_hash: str) -> None:
         """Swap in a hash with current argon2 parameters, unless it changed meanwhile."""
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute(
                 "UPDATE api_keys SET secret_hash = $3 WHERE id = $1 AND secret_hash = $2",
                 uuid.UUID(key_id),

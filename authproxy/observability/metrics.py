@@ -169,6 +169,15 @@ class Metrics:
             "last_used flushes that failed (kept).",
             registry=r,
         )
+        # Refreshed by one query every keys.unused_gauge_interval (keys/unused.py); every
+        # worker asks the same database, so the most recent value is the answer.
+        self.keys_unused = Gauge(
+            "authproxy_keys_unused",
+            "Active keys whose last use (or creation, if never used) is older than unused_for.",
+            ["unused_for"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
         self.db_pool = Gauge(
             "authproxy_db_pool_connections",
             "PostgreSQL pool connections, by state.",
