@@ -39,6 +39,7 @@ from authproxy.http.aio.health import Health, Readiness, metrics_handler
 from authproxy.http.fast.exchange import FastFront
 from authproxy.http.headers import normalized, parse_networks
 from authproxy.http.lifecycle import RequestLifecycle
+from authproxy.http.live_answers import LiveAnswers
 from authproxy.http.reserved import RESERVED_PREFIX
 from authproxy.keys.format import KeyHasher
 from authproxy.keys.service import KeyService
@@ -216,15 +217,21 @@ def build_components(
         trusted_proxies=parse_networks(cfg.server.trusted_proxies),
         metrics=metrics,
     )
+    strip_prefixes = tuple(normalized(p) for p in up.strip_header_prefixes)
     lifecycle = RequestLifecycle(
         admission=admission,
         transport=transport,
         metrics=metrics,
-        strip_prefixes=tuple(normalized(p) for p in up.strip_header_prefixes),
+        strip_prefixes=strip_prefixes,
         max_body_bytes=cfg.server.max_body_bytes,
-        upgrades=upgrades,
-        live=live,
-        tunnel_idle_timeout=cfg.server.tunnel_idle_timeout,
+        live_answers=LiveAnswers(
+            admission=admission,
+            live=live,
+            upgrades=upgrades,
+            metrics=metrics,
+            strip_prefixes=strip_prefixes,
+            tunnel_idle_timeout=cfg.server.tunnel_idle_timeout,
+        ),
         log_access=log_access,
         access_log=access_log,
     )

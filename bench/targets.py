@@ -10,6 +10,8 @@
   f  d with server.fast_path off: aiohttp's server answers everything
   g, h  c and d again, with a new header value on every request (wrk Lua script)
   m  c with nginx's access log off      q  d with logging.access off (the quiet rows)
+  v  c's nginx config with authproxy d's /_authproxy/v1/verify as the verifier (forward-auth)
+  w, x  wrk straight at authproxy d's verify endpoint, and at c's verifier
 
 and, for the streaming and daemon-memory measures, a Python streaming upstream
 (bench.servers.stream_upstream) reached directly, through a tuned nginx and through
@@ -23,6 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from authproxy.http.reserved import VERIFY_PATH
 from bench.lab.daemons import NO_ACCESS_LOG, start_authproxy
 from bench.lab.keys import CreatedKey
 from bench.lab.nginx import PROXY_TO_UP, access_log, start_nginx, upstream_block
@@ -40,7 +43,11 @@ TARGETS = {  # wrk targets, in the order of every round
     "h": "d, every head new",
     "m": "c, nginx access log off",
     "q": "d, access log off",
+    "v": "c, verifier: authproxy verify",
+    "w": "authproxy verify alone",
+    "x": "c's verifier alone",
 }
+VERIFIERS = frozenset({"w", "x"})  # forward-auth verifiers asked directly: 2xx, no body
 # g and h: wrk sends a new X-Bench-Seq value with every request, so no two heads on a
 # connection repeat (authproxy reuses the parse of a repeated header block).
 NEW_HEADS = {"g": "c", "h": "d"}
@@ -113,10 +120,11 @@ def start_verifier(lab: Lab, key: CreatedKey) -> tuple[Proc, int]:
 
 
 def start_auth_request(
-    lab: Lab, name: str, port_a: int, port_v: int, *, logged: bool
+    lab: Lab, name: str, port_a: int, port_v: int, *, logged: bool, verify_path: str = "/verify"
 ) -> tuple[Proc, int]:
-    """(c, m): nginx + auth_request to the verifier, then proxy_pass to (a); both keep-alive.
-    Passes the verifier's identity headers on and drops Authorization, as authproxy does."""
+    """(c, m, v): nginx + auth_request to a verifier (port_v, verify_path), then proxy_pass
+    to (a); both keep-alive. Passes the verifier's identity headers on and drops
+    Authorization, as authproxy does."""
     port = free_port()
     log = access_log(lab, name) if logged else ""
     return start_nginx(
@@ -129,7 +137,7 @@ def start_auth_request(
         listen 127.0.0.1:{port};{log}
         location = /_verify {{
             internal;
-            proxy_pass http://verifier/verify;
+            proxy_pass http://verifier{verify_path};
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";{PROXY_TO_UP}
         }}
@@ -162,11 +170,21 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
         lab, "f-authproxy-aiohttp", db_url, upstream, server_extra=", fast_path: false"
     )
     q, url_q = start_authproxy(lab, "q-authproxy-quiet", db_url, upstream, extra_yaml=NO_ACCESS_LOG)
+    # (v): c's nginx config, with authproxy d's verify endpoint as the verifier.
+    fa, port_fa = start_auth_request(
+        lab,
+        "v-nginx-authproxy-verify",
+        port_a,
+        int(url_d.rsplit(":", 1)[1]),
+        logged=True,
+        verify_path=VERIFY_PATH,
+    )
     wait_up(lab, a, f"http://127.0.0.1:{port_a}/", any_answer)
     wait_up(lab, b, f"http://127.0.0.1:{port_b}/", any_answer)
     wait_up(lab, verifier, f"http://127.0.0.1:{port_v}/verify", any_answer)
     wait_up(lab, c, f"http://127.0.0.1:{port_c}/", any_answer)
     wait_up(lab, m, f"http://127.0.0.1:{port_m}/", any_answer)
+    wait_up(lab, fa, f"http://127.0.0.1:{port_fa}/", any_answer)
     daemons = {"d": (d, url_d), "e": (e, url_e), "f": (f, url_f), "q": (q, url_q)}
     for proc, base in daemons.values():
         wait_up(lab, proc, base + "/_authproxy/readyz", ok)
@@ -180,6 +198,9 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
     urls.update({new: urls[same] for new, same in NEW_HEADS.items()})
     urls["m"] = f"http://127.0.0.1:{port_m}/api/v1/points"
     urls["q"] = url_q + "/api/v1/points"
+    urls["v"] = f"http://127.0.0.1:{port_fa}/api/v1/points"
+    urls["w"] = url_d + VERIFY_PATH
+    urls["x"] = f"http://127.0.0.1:{port_v}/verify"
     pid = {
         name: proc.process.pid
         for name, proc in {
@@ -200,6 +221,9 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
         "m": [pid["m"], pid["v"]],
         **{t: [pid[t]] for t in ("d", "e", "f", "q")},
         "h": [pid["d"]],
+        "v": [pid["fa"], pid["d"]],
+        "w": [pid["d"]],
+        "x": [pid["v"]],
     }
     new_heads = lab.tmp / "new-heads.lua"
     new_heads.write_text(NEW_HEAD_LUA)
@@ -212,10 +236,14 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
 
 
 def check_wrk_targets(targets: WrkTargets, key: CreatedKey) -> None:
-    """Every target answers BODY with the key, and all but b answer 401 without it."""
+    """Every target answers BODY with the key (the verifiers w and x: 2xx, no body), and
+    all but b answer 401 without it."""
     for target, url in targets.urls.items():
         status, body = http_get(url, {"Authorization": f"Bearer {key.key}"})
-        if status != 200 or body.decode() != BODY:
+        verifier = target in VERIFIERS
+        if (verifier and status not in (200, 204)) or (
+            not verifier and (status != 200 or body.decode() != BODY)
+        ):
             raise BenchError(f"{TARGETS[target]}: {url} answered {status} {body[:200]!r}")
         if target != "b":
             status, _ = http_get(url)

@@ -3,9 +3,11 @@
     front end (http/aio/, http/fast/)   parses and frames; hands over an Exchange
       RequestLifecycle.serve            request id, log context, 499/500 catch-all, access line
         RequestLifecycle.proxy          admission, upstream exchange, relay; outcome metrics
+          LiveAnswers (live_answers.py) streams and WebSocket tunnels, ended with their key
         RequestLifecycle.verify         forward-auth: the same admission, answered 200 + who
 
-A front end only says how to read the request and how to write answers (``Exchange``):
+A front end only says how to read the request and how to write answers (``Exchange``,
+http/exchange.py):
 aiohttp's server through web.Request/StreamResponse, the lean one straight to the socket.
 Every decision (what is refused, how a failure is counted and answered, what the access
 line says) is made here, so the two cannot disagree.
@@ -15,38 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Final, Protocol
+from typing import Final
 
 import structlog
-from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict
 
-from authproxy.auth.live import LiveConnections
 from authproxy.auth.verdict import Principal
 from authproxy.errors import BodyTooLarge, TooManyRequests
 from authproxy.http.admission import Admission, refuse_target
 from authproxy.http.errormap import error_response, json_error
+from authproxy.http.exchange import Exchange, Handle, upstream_fields
 from authproxy.http.headers import (
     REQUEST_ID_FROM_END,
     X_REQUEST_ID,
     identity_fields,
     original_request,
     request_id_from,
-    upstream_request_fields,
 )
-from authproxy.http.tunnel import ClientConnection, Tunnel
-from authproxy.http.websocket import (
-    GOING_AWAY,
-    POLICY_VIOLATION,
-    UPGRADE_FIELDS,
-    is_websocket_upgrade,
-    switching_head,
-)
+from authproxy.http.live_answers import LiveAnswers
 from authproxy.observability.access_log import AccessLog
 from authproxy.observability.metrics import Metrics
-from authproxy.upstream.h1pool import H1Transport, Upgrade, encode_fields
+from authproxy.upstream.h1pool import H1Transport, encode_fields
 from authproxy.upstream.transport import (
     UpstreamResponse,
     UpstreamTimeout,
@@ -56,86 +49,9 @@ from authproxy.upstream.transport import (
 
 log = structlog.get_logger(__name__)
 
-# The close frame's reason when a key's open connection is ended (never the key).
-_ENDED: Final = {"revoked": "API key revoked", "expired": "API key expired"}
-SHUTDOWN_REASON: Final = "server shutting down"
 # nginx's "client closed request": logged and counted, never sent.
 CLIENT_CLOSED_REQUEST: Final = 499
 INTERNAL_ERROR_MESSAGE: Final = "Internal error; the request id identifies it in the logs."
-
-
-class UpstreamFieldsMemo:
-    """A connection's last upstream header block, encoded around its X-Request-Id.
-
-    A keep-alive client repeats the same header fields (the fast front end hands over the
-    same object for a repeated block) and the same key; the fields the upstream receives
-    then differ only in the request id, which is put back in its place.
-    """
-
-    __slots__ = ("after", "before", "headers", "principal")
-
-    def __init__(self) -> None:
-        self.headers: object = None
-        self.principal: Principal | None = None
-        self.before = self.after = b""
-
-
-class Exchange(Protocol):
-    """One request as a front end hands it to the lifecycle, and the ways to answer it."""
-
-    request_id: str  # set by RequestLifecycle.serve
-    principal: Principal | None  # set by RequestLifecycle.proxy once the key is accepted
-    # Forward-auth: the method and URI (no query) of the request a gateway asks about.
-    original: tuple[str, str] | None
-
-    @property
-    def method(self) -> str: ...
-    @property
-    def target(self) -> str:
-        """The request target as sent (origin-form: path and query, undecoded)."""
-
-    @property
-    def headers(self) -> MultiMapping[str]: ...
-    @property
-    def peer(self) -> str: ...
-    @property
-    def scheme(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def upstream_memo(self) -> UpstreamFieldsMemo | None:
-        """Per-connection memo of encoded upstream fields, where the front end keeps one."""
-
-    @property
-    def head_sent(self) -> bool:
-        """An answer's head is out: an error can no longer be answered, only cut."""
-
-    def declared_length(self) -> int | None: ...
-    def body(self) -> AsyncIterable[bytes] | None:
-        """The request body as it arrives, or None for a request without one."""
-
-    async def send_continue(self) -> None:
-        """Tell a client waiting on ``Expect: 100-continue`` to send its body."""
-
-    async def answer(self, response: web.StreamResponse) -> None:
-        """Send one of our own answers (an error, a refusal, an admin API response)."""
-
-    async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
-        """Send the upstream's answer (its head filtered, plus ``extra``) and its body."""
-
-    async def grant(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
-        """Forward-auth's yes: 200, an empty body, ``identity`` and ``extra`` as headers.
-        A request that declared a body is answered without reading it, and its
-        connection closed."""
-
-    def abort(self) -> None:
-        """Cut the client connection: the only honest end of a truncated answer."""
-
-    async def switch(self, head: bytes) -> ClientConnection:
-        """Send the 101 ``head`` and hand the client connection over (to a Tunnel)."""
-
-
-Handle = Callable[[Exchange], Awaitable[int]]
 
 
 class RequestLifecycle:
@@ -145,15 +61,12 @@ class RequestLifecycle:
         "_access_log",
         "_admission",
         "_h1",
-        "_live",
+        "_live_answers",
         "_log_access",
         "_max_body_bytes",
         "_metrics",
         "_strip_prefixes",
         "_transport",
-        "_tunnel_idle_timeout",
-        "_upgrades",
-        "tunnels",
     )
 
     def __init__(
@@ -164,9 +77,7 @@ class RequestLifecycle:
         metrics: Metrics,
         strip_prefixes: tuple[str, ...],
         max_body_bytes: int,
-        upgrades: H1Transport,
-        live: LiveConnections,
-        tunnel_idle_timeout: float = 3600.0,
+        live_answers: LiveAnswers,
         log_access: bool = True,
         access_log: AccessLog | None = None,
     ) -> None:
@@ -181,10 +92,7 @@ class RequestLifecycle:
         self._metrics = metrics
         self._strip_prefixes = strip_prefixes
         self._max_body_bytes = max_body_bytes
-        self._upgrades = upgrades  # WebSocket handshakes: a dedicated connection each
-        self._live = live
-        self._tunnel_idle_timeout = tunnel_idle_timeout
-        self.tunnels: set[Tunnel] = set()
+        self._live_answers = live_answers  # streams and tunnels, ended with their key
 
     async def serve(self, x: Exchange, handle: Handle) -> int:
         """Run ``handle`` in the request's context; the status answered (499: the client
@@ -218,7 +126,18 @@ class RequestLifecycle:
         duration = time.perf_counter() - started
         writer = self._access_log
         if writer is None:
-            log.info("request", status=status, duration_ms=round(duration * 1000, 3), remote=x.peer)
+            original = (
+                {}
+                if x.original is None
+                else {"original_method": x.original[0], "original_uri": x.original[1]}
+            )
+            log.info(
+                "request",
+                status=status,
+                duration_ms=round(duration * 1000, 3),
+                remote=x.peer,
+                **original,
+            )
             return
         who = x.principal
         writer.write(
@@ -252,22 +171,17 @@ class RequestLifecycle:
             body = self._capped_body(x)
             if body is not None:
                 await x.send_continue()  # authorised: now the client may send its body
-            upgrade = None
-            if (
-                body is None
-                and "Upgrade" in x.headers
-                and is_websocket_upgrade(x.method, x.headers)
-            ):
-                upgrade = self._upgrades.upgrade(x.target, self._upgrade_fields(x, principal))
+            live = self._live_answers
+            upgrade = None if body is not None else live.upgrade(x, principal)
             sent = time.perf_counter()
             try:
                 async with upgrade or self._upstream_request(x, principal, body) as up:
                     self._metrics.upstream_seconds.observe(time.perf_counter() - sent)
                     status = up.status  # what the client is told, even if it leaves
                     if upgrade is not None and upgrade.tunnel is not None:
-                        await self._tunnel(x, principal, up, upgrade, rate_headers)
+                        await live.tunnel(x, principal, up, upgrade, rate_headers)
                     else:
-                        await self._relay(x, principal, up, rate_headers)
+                        await live.relay(x, principal, up, rate_headers)
             except (UpstreamTimeout, UpstreamUnavailable) as exc:
                 if body is not None and body.exceeded and not x.head_sent:
                     raise BodyTooLarge() from None
@@ -309,88 +223,9 @@ class RequestLifecycle:
         finally:
             self._metrics.count_request(outcome, str(status))
 
-    async def _relay(
-        self, x: Exchange, principal: Principal, up: UpstreamResponse, extra: Mapping[str, str]
-    ) -> None:
-        """Relay the answer; while it streams, a revoke or expiry of its key cuts it."""
-        task = asyncio.current_task()
-        live = self._live.track(
-            principal.key_id, principal.expires_at, "stream", lambda _: _cut(x, task)
-        )
-        try:
-            await x.relay(up, extra)
-        except asyncio.CancelledError:
-            # Cut for its key (_cut): the client connection is gone; the answer ends here.
-            if not live.ended or task is None or task.uncancel() > 0:
-                raise
-        finally:
-            self._live.untrack(live)
-
-    async def _tunnel(
-        self,
-        x: Exchange,
-        principal: Principal,
-        up: UpstreamResponse,
-        upgrade: Upgrade,
-        extra: Mapping[str, str],
-    ) -> None:
-        """The upstream said 101: its head to the client, then a byte tunnel until either
-        side closes (the access line is written then: status 101, the tunnel's lifetime)."""
-        upstream = upgrade.tunnel
-        if upstream is None:
-            return
-        try:
-            client = await x.switch(switching_head(up.reason, up.raw_headers, extra, x.request_id))
-        except BaseException:
-            upstream.transport.close()
-            raise
-        tunnel = Tunnel(
-            client=client.transport,
-            before=client.protocol,
-            upstream=upstream.transport,
-            idle_timeout=self._tunnel_idle_timeout,
-            metrics=self._metrics,
-        )
-        live = self._live.track(
-            principal.key_id,
-            principal.expires_at,
-            "websocket",
-            lambda why: tunnel.close(POLICY_VIOLATION, _ENDED.get(why, why), why=why),
-        )
-        self.tunnels.add(tunnel)
-        try:
-            tunnel.start(client.early, upstream.early)
-            await asyncio.shield(tunnel.closed)
-        except asyncio.CancelledError:
-            tunnel.abort()  # a shutdown past its grace period
-            raise
-        finally:
-            self.tunnels.discard(tunnel)
-            self._live.untrack(live)
-        log.info("tunnel_closed", reason=tunnel.reason)
-
     def close_tunnels(self) -> None:
         """Shutdown, after the drain: every tunnel gets a close frame 1001."""
-        for tunnel in list(self.tunnels):
-            tunnel.close(GOING_AWAY, SHUTDOWN_REASON, why="shutdown")
-
-    def _upgrade_fields(self, x: Exchange, principal: Principal) -> bytes:
-        """The WebSocket handshake's fields for the upstream: the usual rules (hop-by-hop,
-        Authorization and client copies of ours dropped, identity added), and the one
-        upgrade we forward (RFC 9110 §7.8)."""
-        headers = x.headers
-        who = self._admission.identity(
-            principal,
-            peer=x.peer,
-            headers=headers,
-            scheme=x.scheme,
-            host=x.host,
-            request_id=x.request_id,
-        )
-        fields = upstream_request_fields(
-            headers.items(), who, headers.getall("Connection", []), self._strip_prefixes
-        )
-        return encode_fields([*UPGRADE_FIELDS, *fields])
+        self._live_answers.close_tunnels()
 
     def _capped_body(self, x: Exchange) -> _CappedBody | None:
         limit = self._max_body_bytes
@@ -417,17 +252,7 @@ class RequestLifecycle:
                 b"%sX-Request-Id: %s\r\n%s"
                 % (memo.before, x.request_id.encode("ascii"), memo.after),
             )
-        who = self._admission.identity(
-            principal,
-            peer=x.peer,
-            headers=headers,
-            scheme=x.scheme,
-            host=x.host,
-            request_id=x.request_id,
-        )
-        fields = upstream_request_fields(
-            headers.items(), who, headers.getall("Connection", []), self._strip_prefixes
-        )
+        fields = upstream_fields(x, principal, self._admission, self._strip_prefixes)
         if h1 is None or body is not None:
             return self._transport.request(x.method, x.target, CIMultiDict(fields), body)
         at = len(fields) + REQUEST_ID_FROM_END
@@ -444,14 +269,6 @@ class RequestLifecycle:
             x.target,
             b"%sX-Request-Id: %s\r\n%s" % (before, x.request_id.encode("ascii"), after),
         )
-
-
-def _cut(x: Exchange, task: asyncio.Task[object] | None) -> None:
-    """End a streaming answer whose key was revoked or expired: the client connection is
-    cut, and the task relaying it stops waiting for the upstream."""
-    x.abort()
-    if task is not None:
-        task.cancel()
 
 
 async def _answer_error(x: Exchange, exc: Exception) -> int:

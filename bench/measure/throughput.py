@@ -98,6 +98,13 @@ def print_medians(raw: dict[str, list[WrkResult]]) -> None:
         f"({cpu('d') / cpu('q') - 1:.0%} more CPU per request), nginx's "
         f"{1 - rps('c') / rps('m'):.0%} ({cpu('c') / cpu('m') - 1:.0%})"
     )
+    print(
+        f"forward-auth: nginx + auth_request asking authproxy's verify (v) "
+        f"{rps('v') / rps('c'):.2f}x asking the minimal verifier (c); CPU per request "
+        f"{cpu('v') / cpu('c'):.2f}x. Asked directly: authproxy verify {rps('w'):.0f} req/s, "
+        f"the minimal verifier {rps('x'):.0f} ({rps('w') / rps('x'):.2f}x; CPU per request "
+        f"{cpu('w') / cpu('x'):.2f}x)"
+    )
 
 
 def print_rss(targets: WrkTargets) -> None:

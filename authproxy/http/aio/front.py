@@ -22,8 +22,9 @@ from authproxy.auth.verdict import Principal
 from authproxy.config.schema import Config
 from authproxy.http.aio.continuation import send_continue
 from authproxy.http.errormap import json_error
+from authproxy.http.exchange import UpstreamFieldsMemo
 from authproxy.http.headers import X_REQUEST_ID, client_response_headers
-from authproxy.http.lifecycle import RequestLifecycle, UpstreamFieldsMemo
+from authproxy.http.lifecycle import RequestLifecycle
 from authproxy.http.reserved import is_reserved, is_verify
 from authproxy.http.tunnel import ClientConnection
 from authproxy.upstream.transport import UpstreamResponse

@@ -25,8 +25,8 @@ from typing import Protocol, cast
 
 import structlog
 
+from authproxy.http.exchange import UpstreamFieldsMemo
 from authproxy.http.fast.head import FastRequest, FieldMemo, HeadLimits, parse_head
-from authproxy.http.lifecycle import UpstreamFieldsMemo
 from authproxy.http.tunnel import ClientConnection
 
 log = structlog.get_logger(__name__)

@@ -15,8 +15,9 @@ from aiohttp.web import StreamResponse
 from multidict import CIMultiDict
 
 from authproxy.auth.verdict import Principal
+from authproxy.http.exchange import UpstreamFieldsMemo
 from authproxy.http.fast.response_head import framed, response_head
-from authproxy.http.lifecycle import CLIENT_CLOSED_REQUEST, RequestLifecycle, UpstreamFieldsMemo
+from authproxy.http.lifecycle import CLIENT_CLOSED_REQUEST, RequestLifecycle
 from authproxy.http.tunnel import ClientConnection
 from authproxy.upstream.transport import UpstreamResponse
 

@@ -1,0 +1,113 @@
+"""What a front end hands the request lifecycle: one request, and the ways to answer it.
+
+The two front ends (http/aio/, http/fast/) implement ``Exchange``; http/lifecycle.py and
+http/live_answers.py use nothing else of them. ``upstream_fields`` is the one place that
+turns an exchange and its key into the fields the upstream receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from typing import Protocol
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from authproxy.auth.verdict import Principal
+from authproxy.http.admission import Admission
+from authproxy.http.headers import upstream_request_fields
+from authproxy.http.tunnel import ClientConnection
+from authproxy.upstream.transport import UpstreamResponse
+
+
+class UpstreamFieldsMemo:
+    """A connection's last upstream header block, encoded around its X-Request-Id.
+
+    A keep-alive client repeats the same header fields (the fast front end hands over the
+    same object for a repeated block) and the same key; the fields the upstream receives
+    then differ only in the request id, which is put back in its place.
+    """
+
+    __slots__ = ("after", "before", "headers", "principal")
+
+    def __init__(self) -> None:
+        self.headers: object = None
+        self.principal: Principal | None = None
+        self.before = self.after = b""
+
+
+class Exchange(Protocol):
+    """One request as a front end hands it to the lifecycle, and the ways to answer it."""
+
+    request_id: str  # set by RequestLifecycle.serve
+    principal: Principal | None  # set by RequestLifecycle.proxy once the key is accepted
+    # Forward-auth: the method and URI (no query) of the request a gateway asks about.
+    original: tuple[str, str] | None
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def target(self) -> str:
+        """The request target as sent (origin-form: path and query, undecoded)."""
+
+    @property
+    def headers(self) -> MultiMapping[str]: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def upstream_memo(self) -> UpstreamFieldsMemo | None:
+        """Per-connection memo of encoded upstream fields, where the front end keeps one."""
+
+    @property
+    def head_sent(self) -> bool:
+        """An answer's head is out: an error can no longer be answered, only cut."""
+
+    def declared_length(self) -> int | None: ...
+    def body(self) -> AsyncIterable[bytes] | None:
+        """The request body as it arrives, or None for a request without one."""
+
+    async def send_continue(self) -> None:
+        """Tell a client waiting on ``Expect: 100-continue`` to send its body."""
+
+    async def answer(self, response: web.StreamResponse) -> None:
+        """Send one of our own answers (an error, a refusal, an admin API response)."""
+
+    async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
+        """Send the upstream's answer (its head filtered, plus ``extra``) and its body."""
+
+    async def grant(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
+        """Forward-auth's yes: 200, an empty body, ``identity`` and ``extra`` as headers.
+        A request that declared a body is answered without reading it, and its
+        connection closed."""
+
+    def abort(self) -> None:
+        """Cut the client connection: the only honest end of a truncated answer."""
+
+    async def switch(self, head: bytes) -> ClientConnection:
+        """Send the 101 ``head`` and hand the client connection over (to a Tunnel)."""
+
+
+Handle = Callable[[Exchange], Awaitable[int]]
+
+
+def upstream_fields(
+    x: Exchange, principal: Principal, admission: Admission, strip_prefixes: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """The fields the upstream receives: the client's minus hop-by-hop ones, Authorization
+    and client copies of ours, plus the identity (X-Request-Id at REQUEST_ID_FROM_END)."""
+    headers = x.headers
+    who = admission.identity(
+        principal,
+        peer=x.peer,
+        headers=headers,
+        scheme=x.scheme,
+        host=x.host,
+        request_id=x.request_id,
+    )
+    return upstream_request_fields(
+        headers.items(), who, headers.getall("Connection", []), strip_prefixes
+    )
