@@ -208,6 +208,7 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
             "c": c,
             "m": m,
             "v": verifier,
+            "fa": fa,
             "d": d,
             "e": e,
             "f": f,
