@@ -19,6 +19,7 @@ from authproxy.keys.audit import AuditContext
 from authproxy.keys.format import generate_key
 from authproxy.server.guards import GuardedServer
 from tests.conftest import AccessLines, AppClient, Upstream, bearer, new_key
+from tests.daemon import free_port
 from tests.rawhttp import raw_request
 
 Client = TestClient[Any, Any]
@@ -135,10 +136,9 @@ class TestNo:
         assert second.status == 429
         assert int(second.headers["Retry-After"]) >= 1
 
-    async def test_a_store_it_cannot_reach_is_503(
-        self, app_client: AppClient, database_url: str
-    ) -> None:
-        client = await app_client(db={"url": database_url.rsplit("/", 1)[0] + "/no_such_db"})
+    async def test_a_store_it_cannot_reach_is_503(self, app_client: AppClient) -> None:
+        # A port nothing listens on: PostgreSQL is down, as far as the daemon can tell.
+        client = await app_client(db={"url": f"postgresql://postgres@127.0.0.1:{free_port()}/x"})
         resp = await client.get(VERIFY, headers=bearer(generate_key().full))
         assert resp.status == 503
         assert (await resp.json())["error"]["code"] == "key_store_unavailable"
