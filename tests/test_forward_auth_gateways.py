@@ -9,6 +9,7 @@ Envoy's example is checked offline in test_forward_auth_envoy.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -156,3 +157,27 @@ async def test_authproxy_logs_the_original_request(gateway: Gateway) -> None:
     assert verified, lines
     assert verified[0]["original_method"] == "GET"
     assert verified[0]["path"] == "/_authproxy/v1/verify"
+
+
+async def test_a_revoked_key_is_refused_within_the_revocation_window(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """The key is cached in the daemon; a revoke from another process (the CLI) reaches
+    verify, and so the gateway, within a second."""
+    created = await gateway.launcher.create_key(space="plant-7")
+    status, _, _ = await _get(gateway.url + "/api/v1/points", bearer(created["key"]))
+    assert status == 200
+    revoked = await gateway.launcher.cli("keys", "revoke", "--space", "plant-7", created["id"])
+    assert revoked.exit_code == 0, revoked.stderr
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.0
+    while True:
+        status, _, _ = await _get(gateway.url + "/api/v1/points", bearer(created["key"]))
+        if status == 401:
+            break
+        # Until the revoke is heard: admitted, or over the fixture's 1/s key rate.
+        assert status in (200, 429) and loop.time() < deadline, status
+        await asyncio.sleep(0.05)
+    seen = len(upstream.requests)
+    status, _, _ = await _get(gateway.url + "/api/v1/points", bearer(created["key"]))
+    assert status == 401 and len(upstream.requests) == seen
