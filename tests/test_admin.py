@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from authproxy.http.reserved import VERIFY_PATH
+from authproxy.ui.page import UI_PREFIX
 from tests.conftest import AppClient, Upstream, bearer, new_key
 from tests.tokens import ADMIN_SECRET, auth, ec_keypair, mint, rsa_keypair, unsigned
 
@@ -525,6 +526,10 @@ class TestOpenApi:
         served = set()
         for route in admin.app.router.routes():
             path = route.resource.canonical if route.resource is not None else ""
+            # The API Keys page and its files are HTML, CSS and JavaScript for a browser,
+            # not the JSON API: README's "The API Keys page" documents them.
+            if path.startswith(UI_PREFIX):
+                continue
             if path.startswith("/_authproxy/") and route.method != "HEAD":
                 served.add((path, route.method.lower()))
         # Forward-auth's verify has no route: the lifecycle's entry middleware serves it

@@ -28,6 +28,9 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # SQLSTATE 55000 on connect: "database ... is not currently accepting connections"
+    # (ALLOW_CONNECTIONS false, a database being dropped or restored). Was a 500 (issue 19).
+    asyncpg.ObjectNotInPrerequisiteStateError,
     # A query that timed out on a connection the server dropped leaves asyncpg's protocol
     # mid-operation; returning that connection to the pool then raises this.
     asyncpg.InternalClientError,
