@@ -8,13 +8,20 @@ as root). Screenshots of each step go to ``artifacts/ui/`` at the top of the rep
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from playwright.async_api import Browser, BrowserContext, Page, Request, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    Request,
+    async_playwright,
+)
 
 from tests.debian import debian_binary
 
@@ -76,11 +83,11 @@ async def new_context(browser: Browser, origin: str, *, width: int = 1024) -> Br
     return context
 
 
-async def screenshot(page: Page, name: str, *, hide: list[str] | None = None) -> Path:
-    """``artifacts/ui/<name>.png``, the whole page; ``hide``: CSS selectors masked (a
-    full key never goes into an artifact)."""
+async def screenshot(page: Page, name: str, *, hide: Sequence[str | Locator] = ()) -> Path:
+    """``artifacts/ui/<name>.png``, the whole page; ``hide``: elements masked (CSS
+    selectors or locators), so that a full key never goes into an artifact."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    masks = [page.locator(selector) for selector in hide or []]
+    masks = [page.locator(h) if isinstance(h, str) else h for h in hide]
     await page.screenshot(path=str(path), full_page=True, mask=masks)
     return path

@@ -8,14 +8,18 @@ in them.
 from __future__ import annotations
 
 import asyncio
+import html
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Locator, Page, expect
 
 from tests.browser import RequestLog, chromium, new_context, screenshot
@@ -325,5 +329,65 @@ class TestAccessible:
                 box = await control.bounding_box()
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 320
             await screenshot(page, "15-320px", hide=["#new-key-value"])
+        finally:
+            await context.close()
+
+
+async def _dashboard(request: web.Request) -> web.Response:
+    """A dashboard page showing ?src= in a frame, as an embedding dashboard would."""
+    src = html.escape(request.query["src"])
+    return web.Response(
+        content_type="text/html",
+        text=f'<h1>Dashboard</h1><iframe title="API Keys" src="{src}" '
+        'allow="clipboard-write" width="900" height="600"></iframe>',
+    )
+
+
+class TestTheToken:
+    async def test_back_and_forward_never_bring_it_back(self, visit: Visit) -> None:
+        """The entry with the token was replaced: Back and Forward show the page without
+        it, and the page still works from sessionStorage."""
+        page = visit.page
+        await page.goto(visit.daemon.url("/_authproxy/healthz"))
+        await visit.open(mint(OWNER))
+        await expect(page.get_by_role("button", name="Create Key")).to_be_visible()
+        await page.go_back()
+        assert page.url.endswith("/_authproxy/healthz")
+        await page.go_forward()
+        assert page.url == visit.daemon.url(PAGE)
+        await expect(page.get_by_role("button", name="Create Key")).to_be_visible()
+
+    async def test_only_the_configured_dashboard_may_embed_it(
+        self,
+        browser: Browser,
+        launcher: DaemonLauncher,
+        daemon: Daemon,
+        aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+    ) -> None:
+        """Default frame-ancestors 'none': a dashboard's frame stays empty; named in
+        ui.frame_ancestors, the dashboard shows the page in its frame."""
+        app = web.Application()
+        app.router.add_get("/", _dashboard)
+        server = await aiohttp_server(app)  # another origin: 127.0.0.1, another port
+        dashboard = str(server.make_url("")).rstrip("/")
+        embeddable = await launcher.start(
+            admin={"jwt_secret": ADMIN_SECRET},
+            server=QUICK_STOP,
+            ui={"frame_ancestors": dashboard},
+        )
+        context = await new_context(browser, embeddable.base_url)
+        try:
+            page = await context.new_page()
+            for target, shown in ((daemon, False), (embeddable, True)):
+                frame = target.url(PAGE + "#token=" + mint(OWNER))
+                await page.goto(dashboard + "/?" + urlencode({"src": frame}))
+                await page.wait_for_load_state("load")
+                heading = page.frame_locator("iframe").get_by_role("heading", name="API Keys")
+                await expect(heading).to_have_count(1 if shown else 0)
+            await page.frame_locator("iframe").get_by_role("textbox", name="Name").fill("embedded")
+            await page.frame_locator("iframe").get_by_role("button", name="Create Key").click()
+            new_key = page.frame_locator("iframe").get_by_role("textbox", name="New key")
+            await expect(new_key).to_have_value(KEY_FORMAT)
+            await screenshot(page, "16-embedded-in-the-dashboard", hide=[new_key])
         finally:
             await context.close()
