@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from authproxy.http.reserved import VERIFY_PATH
 from authproxy.ui.page import UI_PREFIX
-from tests.conftest import AppClient, Upstream, bearer, new_key
+from tests.conftest import AppClient, Upstream, bearer, new_key, refusing_connections
 from tests.tokens import ADMIN_SECRET, auth, ec_keypair, mint, rsa_keypair, unsigned
 
 Client = TestClient[Any, Any]
@@ -279,6 +279,21 @@ class TestKeyLifecycle:
         assert body["expires_at"] == future.isoformat().replace("+00:00", "Z")
         resp = await create(admin, token, body={"name": "k", "expires_at": "2001-01-01T00:00:00Z"})
         assert resp.status == 422 and await error_code(resp) == "invalid_expires_at"
+
+    async def test_a_database_refusing_connections_is_503(
+        self, admin: Client, database_url: str
+    ) -> None:
+        """PostgreSQL up but this database refusing connections (SQLSTATE 55000): the
+        store's 503, never a 500, and the API answers again once it accepts them."""
+        token = mint(OWNER)
+        async with refusing_connections(database_url):
+            for resp in (
+                await create(admin, token),
+                await admin.get(KEYS.format(space="plant-7"), headers=auth(token)),
+            ):
+                assert resp.status == 503
+                assert await error_code(resp) == "key_store_unavailable"
+        assert (await create(admin, token)).status == 201
 
 
 def timezone_plus_two() -> Any:

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Locator, Page, expect
 
 from tests.browser import RequestLog, chromium, new_context, screenshot
-from tests.conftest import Upstream, bearer
+from tests.conftest import Upstream, bearer, refusing_connections
 from tests.daemon import Daemon, DaemonLauncher
 from tests.tokens import ADMIN_SECRET, mint
 
@@ -267,21 +267,11 @@ class TestSafeByConstruction:
         await expect(name_box).to_have_accessible_description(re.compile("1 to 100 printable"))
         await screenshot(visit.page, "12-invalid-name")
 
-        database = launcher.database_url.rsplit("/", 1)[1]
-        conn = await asyncpg.connect(launcher.database_url.rsplit("/", 1)[0] + "/postgres")
-        try:  # this test's own database refuses connections: the daemon's pool cannot work
-            await conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                database,
-            )
+        async with refusing_connections(launcher.database_url):
             await name_box.fill("during the outage")
             await visit.page.get_by_role("button", name="Create Key").click()
             await expect(error).to_contain_text("The key store is unavailable right now.")
             await screenshot(visit.page, "13-store-unavailable")
-        finally:
-            await conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-            await conn.close()
         await expect(visit.page.get_by_role("textbox", name="New key")).to_be_hidden()
 
 
