@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from urllib.parse import urlencode
 
 import aiohttp
@@ -250,7 +251,7 @@ class TestSafeByConstruction:
         assert await visit.page.locator("img, #key-rows script, #key-rows b").count() == 0
         await row.get_by_role("button", name="Revoke").click()
         await expect(visit.page.get_by_role("dialog")).to_contain_text(name)
-        await screenshot(visit.page, "11-markup-as-text")
+        await screenshot(visit.page, "08-markup-as-text")
         assert not [u for u in visit.requests.urls if u.endswith("/x")]
 
     async def test_api_errors_are_shown_next_to_their_control(
@@ -265,13 +266,13 @@ class TestSafeByConstruction:
         await expect(error).to_have_text("Enter a name of 1 to 100 printable characters.")
         await expect(name_box).to_have_attribute("aria-invalid", "true")
         await expect(name_box).to_have_accessible_description(re.compile("1 to 100 printable"))
-        await screenshot(visit.page, "12-invalid-name")
+        await screenshot(visit.page, "09-invalid-name")
 
         async with refusing_connections(launcher.database_url):
             await name_box.fill("during the outage")
             await visit.page.get_by_role("button", name="Create Key").click()
             await expect(error).to_contain_text("The key store is unavailable right now.")
-            await screenshot(visit.page, "13-store-unavailable")
+            await screenshot(visit.page, "10-store-unavailable")
         await expect(visit.page.get_by_role("textbox", name="New key")).to_be_hidden()
 
 
@@ -298,7 +299,7 @@ class TestAccessible:
         await expect(copy).to_be_focused()
         outline = await copy.evaluate("b => getComputedStyle(b).outlineStyle")
         assert outline != "none", "focus is not visible"
-        await screenshot(page, "14-keyboard-focus", hide=["#new-key-value"])
+        await screenshot(page, "11-keyboard-focus", hide=["#new-key-value"])
         await page.keyboard.press("Enter")
         copied = await page.evaluate("navigator.clipboard.readText()") == key
         assert copied
@@ -318,7 +319,7 @@ class TestAccessible:
             for control in await page.get_by_role("button").all():
                 box = await control.bounding_box()
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 320
-            await screenshot(page, "15-320px", hide=["#new-key-value"])
+            await screenshot(page, "12-320px", hide=["#new-key-value"])
         finally:
             await context.close()
 
@@ -378,6 +379,55 @@ class TestTheToken:
             await page.frame_locator("iframe").get_by_role("button", name="Create Key").click()
             new_key = page.frame_locator("iframe").get_by_role("textbox", name="New key")
             await expect(new_key).to_have_value(KEY_FORMAT)
-            await screenshot(page, "16-embedded-in-the-dashboard", hide=[new_key])
+            await screenshot(page, "13-embedded-in-the-dashboard", hide=[new_key])
+        finally:
+            await context.close()
+
+
+async def axe_violations(page: Page) -> list[str]:
+    """axe-core's WCAG 2.1 A/AA rules (contrast, labels, names, ARIA) on the page as it is
+    now: ``rule: target`` for each violation."""
+    script = (resources.files("axe_playwright_python") / "axe.min.js").read_text("utf-8")
+    await page.evaluate(script)
+    results = await page.evaluate(
+        "axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa',"
+        " 'best-practice'], resultTypes: ['violations']})"
+    )
+    return [
+        f"{violation['id']}: {', '.join(map(str, node['target']))}"
+        for violation in results["violations"]
+        for node in violation["nodes"]
+    ]
+
+
+class TestAxe:
+    @pytest.mark.parametrize("width", [1024, 320])
+    async def test_no_accessibility_violations(
+        self, browser: Browser, daemon: Daemon, launcher: DaemonLauncher, width: int
+    ) -> None:
+        """axe-core finds nothing: with keys listed and a new key shown, with the
+        confirmation open, and for a member reading the sentence."""
+        await launcher.create_key(SPACE, "revoked one")
+        # The CSP is lifted in this context only: axe is injected as a script, and the
+        # checks are about markup, names and colours, which the CSP does not change.
+        context = await browser.new_context(
+            viewport={"width": width, "height": 800}, bypass_csp=True
+        )
+        try:
+            page = await context.new_page()
+            await page.goto(daemon.url(PAGE + "#token=" + mint(OWNER)))
+            await page.get_by_role("textbox", name="Name").fill("checked by axe")
+            await page.get_by_role("button", name="Create Key").click()
+            await expect(page.get_by_role("textbox", name="New key")).to_have_value(KEY_FORMAT)
+            await page.get_by_role("button", name="Revoke").last.click()
+            await page.get_by_role("button", name="Revoke key").click()
+            await expect(page.get_by_text("Revoked", exact=True)).to_be_visible()
+            assert await axe_violations(page) == []
+            await page.get_by_role("button", name="Revoke").click()
+            await expect(page.get_by_role("dialog")).to_be_visible()
+            assert await axe_violations(page) == []
+            await page.goto(daemon.url(PAGE + "#token=" + mint({SPACE: "member"})))
+            await expect(page.locator("#notice")).to_be_visible()
+            assert await axe_violations(page) == []
         finally:
             await context.close()
