@@ -48,6 +48,7 @@ from authproxy.keys.unused import UnusedKeysGauge
 from authproxy.observability.access_log import AccessLog
 from authproxy.observability.logs import logs_access, uses_console
 from authproxy.observability.metrics import Metrics
+from authproxy.ui.page import KeysPage
 from authproxy.upstream.h1pool import H1Transport
 from authproxy.upstream.transport import ClientSessionTransport, UpstreamTransport
 
@@ -136,6 +137,8 @@ def create_app(
         manager_roles=cfg.admin.manager_roles,
         trusted_proxies=trusted,
     ).add_routes(app.router)
+    if cfg.ui.enabled:
+        KeysPage(cfg.ui).add_routes(app.router)
     # Every other path: the middleware proxies what is outside the reserved prefix;
     # a reserved path no route above serves gets 404/405.
     app.router.add_route(

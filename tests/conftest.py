@@ -281,3 +281,20 @@ async def expire_in_database(database_url: str, key_id: str) -> None:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@contextlib.asynccontextmanager
+async def refusing_connections(database_url: str) -> AsyncIterator[None]:
+    """This test's own database refuses connections (SQLSTATE 55000) and drops the ones
+    it has, as during a restore: a real outage of one database, the server untouched."""
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(with_database(database_url, "postgres"))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()

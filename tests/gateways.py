@@ -16,35 +16,12 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.debian import debian_binary
+
 
 def nginx_binary() -> str:
-    """nginx's path; apt-get installs Debian's package when it is missing and we are root
-    (a policy-rc.d keeps the package from starting a system nginx)."""
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise RuntimeError("these tests need nginx: apt-get install nginx (or run as root)")
-    policy = Path("/usr/sbin/policy-rc.d")
-    created = not policy.exists()
-    if created:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx"],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-    finally:
-        if created:
-            policy.unlink()
-    return shutil.which("nginx") or "/usr/sbin/nginx"
+    """nginx's path; apt-get installs Debian's package when it is missing and we are root."""
+    return debian_binary("nginx", "/usr/sbin/nginx", ("nginx",))
 
 
 def nginx_conf(tmp: Path, http_block: str) -> Path:

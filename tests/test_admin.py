@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from authproxy.http.reserved import VERIFY_PATH
-from tests.conftest import AppClient, Upstream, bearer, new_key
+from authproxy.ui.page import UI_PREFIX
+from tests.conftest import AppClient, Upstream, bearer, new_key, refusing_connections
 from tests.tokens import ADMIN_SECRET, auth, ec_keypair, mint, rsa_keypair, unsigned
 
 Client = TestClient[Any, Any]
@@ -279,6 +280,21 @@ class TestKeyLifecycle:
         resp = await create(admin, token, body={"name": "k", "expires_at": "2001-01-01T00:00:00Z"})
         assert resp.status == 422 and await error_code(resp) == "invalid_expires_at"
 
+    async def test_a_database_refusing_connections_is_503(
+        self, admin: Client, database_url: str
+    ) -> None:
+        """PostgreSQL up but this database refusing connections (SQLSTATE 55000): the
+        store's 503, never a 500, and the API answers again once it accepts them."""
+        token = mint(OWNER)
+        async with refusing_connections(database_url):
+            for resp in (
+                await create(admin, token),
+                await admin.get(KEYS.format(space="plant-7"), headers=auth(token)),
+            ):
+                assert resp.status == 503
+                assert await error_code(resp) == "key_store_unavailable"
+        assert (await create(admin, token)).status == 201
+
 
 def timezone_plus_two() -> Any:
     from datetime import timezone
@@ -525,6 +541,10 @@ class TestOpenApi:
         served = set()
         for route in admin.app.router.routes():
             path = route.resource.canonical if route.resource is not None else ""
+            # The API Keys page and its files are HTML, CSS and JavaScript for a browser,
+            # not the JSON API: README's "The API Keys page" documents them.
+            if path.startswith(UI_PREFIX):
+                continue
             if path.startswith("/_authproxy/") and route.method != "HEAD":
                 served.add((path, route.method.lower()))
         # Forward-auth's verify has no route: the lifecycle's entry middleware serves it

@@ -399,3 +399,24 @@ class TestTheSameRequestThroughBothFrontEnds:
         assert seen.headers["x-request-id"] == "diff-101"
         assert seen.access_line["status"] == 101
         assert seen.metric_deltas['authproxy_requests_total{outcome="allowed",status="101"}'] == 1
+
+    async def test_the_keys_page(self, daemons: list[Daemon], byte_upstream: ByteUpstream) -> None:
+        """The API Keys page: the same answer, security headers and access line from both
+        (the lean front end hands /_authproxy/ to aiohttp); the upstream never hears of it."""
+        answers, lines = [], []
+        for daemon in daemons:
+            async with daemon.client.get(
+                "/_authproxy/ui/spaces/plant-7/keys", headers={"X-Request-Id": "diff-ui"}
+            ) as resp:
+                answers.append((resp.status, _comparable(resp.headers), await resp.read()))
+            line = (await daemon.access.wait_for(1))[-1]
+            lines.append({k: v for k, v in line.items() if k not in _VARYING_FIELDS})
+        assert answers[0] == answers[1]
+        status, headers, _ = answers[0]
+        assert status == 200
+        assert headers["content-security-policy"].startswith("default-src 'self';")
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["x-request-id"] == "diff-ui"
+        assert lines[0] == lines[1]
+        assert lines[0]["path"] == "/_authproxy/ui/spaces/plant-7/keys"
+        assert byte_upstream.requests == []

@@ -301,3 +301,48 @@ class TestClientGoesAway:
         events = [e["event"] for e in logs]
         assert "unhandled_error" not in events
         await still_serves(client)
+
+
+class TestTheKeysPage:
+    HOSTILE_TARGETS = (
+        "/_authproxy/ui",
+        "/_authproxy/ui/",
+        "/_authproxy/ui/spaces/plant-7/keys/",
+        "/_authproxy/ui/spaces/plant-7/keys?x=%3Cscript%3E",
+        "/_authproxy/ui/spaces//keys",
+        "/_authproxy/ui/spaces/plant-7/keys/../../../../x",
+        "/_authproxy/ui/static/",
+        "/_authproxy/ui/static/../page.py",
+        "/_authproxy/ui/static/%2e%2e/page.py",
+        "/_authproxy/ui/static/..%2f..%2fui%2fpage.py",
+        "/_authproxy/ui/static/keys.js%00.html",
+        "/_authproxy/ui/static/keys.js/",
+        "/_authproxy/ui/static/keys.js;.html",
+        "/_authproxy/ui/../../etc/passwd",
+        "/_authproxy//ui/static/keys.js",
+    )
+
+    async def test_ui_paths_never_reach_the_upstream(
+        self, client: Client, upstream: Upstream
+    ) -> None:
+        """Under /_authproxy/ui/, with a valid key or none: never proxied; only the page's
+        own path answers (with its headers), every other spelling is a JSON 404."""
+        page = await (await client.get("/_authproxy/ui/spaces/plant-7/keys")).read()
+        created = await new_key(client)
+        for target in self.HOSTILE_TARGETS:
+            for headers in ({}, bearer(created.key)):
+                resp = await raw_request(
+                    str(client.host), int(client.port or 0), get(target, "h", headers)
+                )
+                assert b"KeysPage" not in resp.body, target  # page.py's source
+                if "/keys?" in target:  # the page itself, whatever its query
+                    assert (resp.status, resp.body) == (200, page)
+                    assert resp.header("Content-Security-Policy"), target
+                    assert resp.header("X-Content-Type-Options") == "nosniff", target
+                else:
+                    assert resp.status == 404, target
+        for method in ("POST", "PUT", "DELETE"):
+            answer = await client.request(method, "/_authproxy/ui/spaces/plant-7/keys")
+            assert answer.status == 405, method
+        assert upstream.requests == []
+        await still_serves(client)

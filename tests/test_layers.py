@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
     ["authproxy.observability", "authproxy.db", "authproxy.keys"],
     ["authproxy.upstream", "authproxy.auth"],
     ["authproxy.http"],
-    ["authproxy.admin", "authproxy.server"],
+    ["authproxy.admin", "authproxy.ui", "authproxy.server"],
     ["authproxy.app"],
     ["authproxy.cli"],
 ]

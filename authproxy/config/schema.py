@@ -197,6 +197,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UiConfig:
+    """The API Keys page (authproxy/ui/), served under /_authproxy/ui/."""
+
+    enabled: bool = True
+    # CSP frame-ancestors: who may embed the page in a frame ('none': nobody; or 'self'
+    # and origins such as https://dashboard.example.com, separated by spaces).
+    frame_ancestors: str = "'none'"
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -219,6 +229,7 @@ class Config:
     keys: KeysConfig = KeysConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
+    ui: UiConfig = UiConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -287,7 +298,30 @@ def cross_checks(config: Config) -> list[str]:
         path = getattr(config.admin, setting)
         if path is not None and not os.path.isfile(os.path.expanduser(path)):
             problems.append(f"admin.{setting}: must name a readable file (got {show(path)})")
+    if not _is_frame_ancestors(config.ui.frame_ancestors):
+        problems.append(
+            "ui.frame_ancestors: must be 'none', or 'self' and origins like "
+            "https://dashboard.example.com separated by spaces "
+            f"(got {show(config.ui.frame_ancestors)})"
+        )
     return problems
+
+
+# CSP 3 §6.4.2 source expressions that frame-ancestors accepts: a scheme ("https:") or a
+# host source with an optional scheme, "*." wildcard and port. Nothing else, so the
+# value cannot end the directive (";") or add another header line.
+_FRAME_SOURCE = re.compile(
+    r"'self'|[a-z][a-z0-9+.-]*:"
+    r"|([a-z][a-z0-9+.-]*://)?(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*(:([0-9]{1,5}|\*))?",
+    re.IGNORECASE,
+)
+
+
+def _is_frame_ancestors(value: str) -> bool:
+    sources = value.split(" ")
+    if sources == ["'none'"]:
+        return True
+    return all(_FRAME_SOURCE.fullmatch(source) for source in sources)
 
 
 def _is_host_port(text: str) -> bool:

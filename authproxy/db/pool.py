@@ -11,6 +11,11 @@ from authproxy.errors import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
+# A server that answers but gives no connection to this database: it does not exist
+# (SQLSTATE 3D000) or accepts no connections now (55000: ALLOW_CONNECTIONS false, being
+# dropped or restored). To the daemon that is PostgreSQL being away, never a 500.
+CONNECTION_REFUSED = (asyncpg.InvalidCatalogNameError, asyncpg.ObjectNotInPrerequisiteStateError)
+
 
 async def create_pool(cfg: Config) -> asyncpg.Pool:
     # min_size=0: the daemon starts (and serves cached keys, healthz) while PostgreSQL is
@@ -30,7 +35,7 @@ async def prepare_schema(cfg: Config, pool: asyncpg.Pool) -> None:
         async with pool.acquire(timeout=cfg.db.connect_timeout) as conn:
             if cfg.db.should_migrate_on_start:
                 await migrate(conn)
-    except (TimeoutError, OSError, asyncpg.PostgresConnectionError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresConnectionError, *CONNECTION_REFUSED) as exc:
         if cfg.db.should_migrate_on_start:
             raise StoreUnavailable(f"cannot apply migrations: {exc}") from exc
         log.warning("db_unreachable_at_start", error=str(exc))

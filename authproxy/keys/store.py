@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 import asyncpg
 
+from authproxy.db.pool import CONNECTION_REFUSED
 from authproxy.errors import NotFound, StoreUnavailable
 from authproxy.keys.audit import LIST_AUDIT, AuditContext, AuditEvent, audit_event, write_audit
 
@@ -28,6 +29,8 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # No such database, or one accepting no connections now: was a 500 (issue 19).
+    *CONNECTION_REFUSED,
     # A query that timed out on a connection the server dropped leaves asyncpg's protocol
     # mid-operation; returning that connection to the pool then raises this.
     asyncpg.InternalClientError,

@@ -1,0 +1,1 @@
+"""The API Keys page: the seed's user interface, served by authproxy under /_authproxy/ui/."""
