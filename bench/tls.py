@@ -36,7 +36,7 @@ if not __package__:  # `python bench/tls.py` puts bench/ on sys.path, not the ro
 
 from bench.lab.clients import WrkResult, run_wrk
 from bench.lab.daemons import start_authproxy
-from bench.lab.database import embedded_server, scratch_database, server_from_env
+from bench.lab.database import run_in_lab
 from bench.lab.install import ensure_debian_tools
 from bench.lab.keys import create_key
 from bench.lab.probes import any_answer, ok, wait_up
@@ -155,17 +155,9 @@ def main(argv: list[str]) -> int:
     if args.short:
         args.rounds, args.seconds = 1, 1.0
     ensure_debian_tools()
-    server = server_from_env() or embedded_server()
-    lab = Lab.create("bench-tls-")
-    try:
-        db_url = scratch_database(lab, server, "authproxy_bench_")
-        measure(lab, db_url, args.rounds, args.seconds)
-    except BenchError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        lab.close(args.keep_tmp)
-    return 0
+    return run_in_lab(
+        "bench-tls-", args.keep_tmp, lambda lab, db: measure(lab, db, args.rounds, args.seconds)
+    )
 
 
 if __name__ == "__main__":
