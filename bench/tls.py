@@ -37,6 +37,7 @@ if not __package__:  # `python bench/tls.py` puts bench/ on sys.path, not the ro
 from bench.lab.clients import WrkResult, run_wrk
 from bench.lab.daemons import start_authproxy
 from bench.lab.database import run_in_lab
+from bench.lab.host import process_trees_cpu
 from bench.lab.install import ensure_debian_tools
 from bench.lab.keys import create_key
 from bench.lab.probes import any_answer, ok, wait_up
@@ -80,12 +81,13 @@ def wait_tls(lab: Lab, proc: Proc, port: int, timeout: float = 30.0) -> tuple[st
 
 def row(name: str, runs: list[WrkResult], unit: str) -> str:
     rps = statistics.median(r.rps for r in runs)
+    cpu = statistics.median(r.cpu_us for r in runs)
     p50 = statistics.median(r.p50_ms for r in runs)
     p99 = statistics.median(r.p99_ms for r in runs)
     spread = f"{min(r.rps for r in runs):,.0f}-{max(r.rps for r in runs):,.0f}"
     errors = "; ".join(sorted({r.errors for r in runs if r.errors}))
     latency = f"p50 {p50:.2f} ms  p99 {p99:.2f} ms"
-    return f"  {name:<16} {rps:>9,.0f} {unit}  ({spread})  {latency}  {errors}"
+    return f"  {name:<16} {rps:>9,.0f} {unit}  ({spread})  {latency}  {cpu:.0f} CPU µs  {errors}"
 
 
 def measure(lab: Lab, db_url: str, rounds: int, seconds: float) -> None:
@@ -122,20 +124,37 @@ def measure(lab: Lab, db_url: str, rounds: int, seconds: float) -> None:
     }
     close_script = lab.tmp / "close.lua"
     close_script.write_text(CLOSE_LUA)
+    # The processes serving each target (the shared upstream left out): their CPU per
+    # request barely moves when something else runs on the machine, unlike req/s.
+    serving = {
+        "authproxy https": [ap_tls.process.pid],
+        "nginx https": [nginx.process.pid, verifier.process.pid],
+        "authproxy http": [ap_plain.process.pid],
+    }
+
+    def run(name: str, script: Path | None = None) -> WrkResult:
+        before = process_trees_cpu(serving[name])
+        result = run_wrk(urls[name], key.key, seconds, script=script)
+        used = process_trees_cpu(serving[name]) - before
+        result.cpu_us = used * 1e6 / max(1, result.requests)
+        return result
+
     kept: dict[str, list[WrkResult]] = {name: [] for name in urls}
     fresh: dict[str, list[WrkResult]] = {name: [] for name in urls if "https" in name}
     for _ in range(rounds):
-        for name, url in urls.items():
-            kept[name].append(run_wrk(url, key.key, seconds))
+        for name in urls:
+            kept[name].append(run(name))
         for name in fresh:
-            fresh[name].append(run_wrk(urls[name], key.key, seconds, script=close_script))
+            fresh[name].append(run(name, close_script))
     print(f"\nkeep-alive, 32 connections, median of {rounds} x {seconds:g} s:")
     for name, runs in kept.items():
         print(row(name, runs, "req/s"))
     ratio = statistics.median(r.rps for r in kept["authproxy https"]) / statistics.median(
         r.rps for r in kept["nginx https"]
     )
-    print(f"  authproxy https / nginx https: {ratio:.2f}x (bar: 0.8x)")
+    cpu = {name: statistics.median(r.cpu_us for r in runs) for name, runs in kept.items()}
+    print(f"  authproxy https / nginx https: {ratio:.2f}x (bar: 0.8x)", end="")
+    print(f"; CPU per request {cpu['authproxy https'] / cpu['nginx https']:.2f}x nginx's")
     print("\na new TLS connection per request (full handshakes), 32 at a time:")
     for name, runs in fresh.items():
         print(row(name, runs, "hs/s "))
