@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,14 @@ class TestCheckConfig:
         [line] = problem_lines(await check_config(tmp_path, sections))
         rule = "must hold PEM certificates (BEGIN CERTIFICATE)"
         assert line == f"upstream.ca_file: {rule} (got {str(bad)!r})"
+
+
+def test_a_daemon_without_tls_does_not_load_cryptography() -> None:
+    """cryptography costs a process 9 MiB (README "Where the memory went"): the TLS code
+    imports it only when it reads a certificate."""
+    code = (
+        "import sys, authproxy.app, authproxy.server.runner, authproxy.cli.commands; "
+        "print('cryptography' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

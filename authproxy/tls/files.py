@@ -2,7 +2,8 @@
 
 The standard library loads certificates into an SSLContext but says little about them
 (OpenSSL's "KEY_VALUES_MISMATCH" names no file) and nothing about their expiry, so the
-files are read with ``cryptography`` (already installed for PyJWT) first. Every problem is
+files are read with ``cryptography`` (already installed for PyJWT) first. It is imported
+only when a file is read: a daemon without TLS does not pay its 9 MiB. Every problem is
 one ``setting: rule (got path)`` line, as config errors are.
 """
 
@@ -13,14 +14,14 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from typing import TYPE_CHECKING
 
 from authproxy.config.coerce import show
 from authproxy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 # Bits beyond 0600 (group, others, and owner execute): a private key with any of them set
 # is readable, or was handled, by more than its owner.
@@ -59,6 +60,8 @@ def _read(path: str, setting: str) -> bytes:
 
 def read_certificates(path: str, setting: str) -> list[x509.Certificate]:
     """Every PEM certificate in the file (a leaf and its chain, or CA certificates)."""
+    from cryptography import x509
+
     data = _read(path, setting)
     try:
         certificates = x509.load_pem_x509_certificates(data)
@@ -70,6 +73,9 @@ def read_certificates(path: str, setting: str) -> list[x509.Certificate]:
 
 
 def read_private_key(path: str, setting: str) -> PrivateKeyTypes:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     data = _read(path, setting)
     try:
         return serialization.load_pem_private_key(data, password=None)
@@ -94,6 +100,8 @@ def check_pair(
     Raises:
         ConfigError: one line naming the setting at fault.
     """
+    from cryptography.hazmat.primitives import serialization
+
     leaf = read_certificates(cert_file, cert_setting)[0]
     key = read_private_key(key_file, key_setting)
     raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
