@@ -30,7 +30,9 @@ RUN authproxy --version && python3 -c "import authproxy.app, authproxy.server.ru
 USER 10001:10001
 WORKDIR /var/lib/authproxy
 EXPOSE 8080
+# Over HTTPS when AUTHPROXY_TLS_CERT_FILE is set (mount the certificate and key from a
+# secret, see deploy/); the certificate names the service, not 127.0.0.1: not verified here.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request; port = os.environ.get('AUTHPROXY_LISTEN', ':8080').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/_authproxy/healthz', timeout=2)"]
+    CMD ["python3", "-c", "import os, ssl, urllib.request; port = os.environ.get('AUTHPROXY_LISTEN', ':8080').rpartition(':')[2]; tls = bool(os.environ.get('AUTHPROXY_TLS_CERT_FILE')); urllib.request.urlopen(f\"{'https' if tls else 'http'}://127.0.0.1:{port}/_authproxy/healthz\", timeout=2, context=ssl._create_unverified_context() if tls else None)"]
 STOPSIGNAL SIGTERM
 CMD ["authproxy", "serve"]

@@ -48,6 +48,8 @@ from authproxy.keys.unused import UnusedKeysGauge
 from authproxy.observability.access_log import AccessLog
 from authproxy.observability.logs import logs_access, uses_console
 from authproxy.observability.metrics import Metrics
+from authproxy.tls.contexts import client_context
+from authproxy.tls.listener import ListenerCertificate
 from authproxy.ui.page import KeysPage
 from authproxy.upstream.h1pool import H1Transport
 from authproxy.upstream.transport import ClientSessionTransport, UpstreamTransport
@@ -79,6 +81,7 @@ class Components:
     access_log: AccessLog | None
     lifecycle: RequestLifecycle
     fast_front: FastFront
+    listener_tls: ListenerCertificate | None  # None: the listener speaks plain HTTP
 
 
 # The one application key: what the composition root built. No handler reads it.
@@ -150,7 +153,11 @@ def create_app(
 def build_components(
     cfg: Config, *, hasher: KeyHasher, clock: Callable[[], datetime], access_log_fd: int = 2
 ) -> Components:
-    """Every component, each given what it uses. Nothing here needs the event loop."""
+    """Every component, each given what it uses. Nothing here needs the event loop.
+
+    Raises:
+        ConfigError: a TLS file (listener or upstream) cannot be loaded.
+    """
     metrics = Metrics()
     log_access = logs_access(cfg.logging)
     # JSON lines are the access log's own (batched, off the loop); the console format
@@ -200,11 +207,17 @@ def build_components(
         live=live,
     )
     up = cfg.upstream
+    tls = None
+    if up.is_https:
+        tls, client_facts = client_context(up)
+        if client_facts is not None:
+            expiry = metrics.tls_certificate_expiry.labels(certificate="upstream_client")
+            expiry.set(client_facts.not_after.timestamp())
     transport: UpstreamTransport = (
-        H1Transport(up) if up.transport == "h1" else ClientSessionTransport(up)
+        H1Transport(up, tls=tls) if up.transport == "h1" else ClientSessionTransport(up, tls=tls)
     )
     # WebSocket handshakes take a dedicated raw connection whatever the transport.
-    upgrades = transport if isinstance(transport, H1Transport) else H1Transport(up)
+    upgrades = transport if isinstance(transport, H1Transport) else H1Transport(up, tls=tls)
     admission = Admission(
         authenticator=authenticator,
         failures=FailureLimiter(
@@ -255,6 +268,11 @@ def build_components(
         access_log=access_log,
         lifecycle=lifecycle,
         fast_front=FastFront(lifecycle),
+        listener_tls=ListenerCertificate(
+            cfg.server, expiry=metrics.tls_certificate_expiry.labels(certificate="listener")
+        )
+        if cfg.server.is_tls
+        else None,
     )
 
 

@@ -120,13 +120,28 @@ def start_verifier(lab: Lab, key: CreatedKey) -> tuple[Proc, int]:
 
 
 def start_auth_request(
-    lab: Lab, name: str, port_a: int, port_v: int, *, logged: bool, verify_path: str = "/verify"
+    lab: Lab,
+    name: str,
+    port_a: int,
+    port_v: int,
+    *,
+    logged: bool,
+    verify_path: str = "/verify",
+    tls: tuple[Path, Path] | None = None,
 ) -> tuple[Proc, int]:
     """(c, m, v): nginx + auth_request to a verifier (port_v, verify_path), then proxy_pass
     to (a); both keep-alive. Passes the verifier's identity headers on and drops
-    Authorization, as authproxy does."""
+    Authorization, as authproxy does. With ``tls`` (certificate, key): HTTPS only."""
     port = free_port()
     log = access_log(lab, name) if logged else ""
+    listen = f"listen 127.0.0.1:{port};"
+    if tls is not None:
+        listen = (
+            f"listen 127.0.0.1:{port} ssl;\n        ssl_certificate {tls[0]};"
+            f"\n        ssl_certificate_key {tls[1]};"
+            # authproxy's protocols (older nginx leaves TLS 1.3 out by default).
+            "\n        ssl_protocols TLSv1.2 TLSv1.3;"
+        )
     return start_nginx(
         lab,
         name,
@@ -134,7 +149,7 @@ def start_auth_request(
         + upstream_block("verifier", port_v)
         + f"""
     server {{
-        listen 127.0.0.1:{port};{log}
+        {listen}{log}
         location = /_verify {{
             internal;
             proxy_pass http://verifier{verify_path};

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -126,11 +127,24 @@ class Daemon:
     """A running ``authproxy serve`` process."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], *, base_url: str, stderr_path: Path
+        self,
+        process: subprocess.Popen[bytes],
+        *,
+        base_url: str,
+        stderr_path: Path,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.process = process
         self.base_url = base_url
         self.stderr_path = stderr_path
+        # An https daemon: the context that trusts its certificate (else None).
+        self.client_ssl = client_ssl
+
+    def session(self, **kwargs: Any) -> aiohttp.ClientSession:
+        """An aiohttp session that trusts this daemon's certificate (when it has one)."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.client_ssl or True), **kwargs
+        )
 
     @property
     def pid(self) -> int:
@@ -180,7 +194,7 @@ class Daemon:
     async def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         probe = aiohttp.ClientTimeout(total=1.0)
-        async with aiohttp.ClientSession(timeout=probe) as session:
+        async with self.session(timeout=probe) as session:
             while True:
                 if self.process.poll() is not None:
                     raise DaemonError(
@@ -231,10 +245,14 @@ class Daemon:
 
 
 async def start_daemon(
-    env: Mapping[str, str], *, stderr_path: Path, timeout: float = START_TIMEOUT
+    env: Mapping[str, str],
+    *,
+    stderr_path: Path,
+    timeout: float = START_TIMEOUT,
+    client_ssl: ssl.SSLContext | None = None,
 ) -> Daemon:
     """Start ``authproxy serve`` with ``env`` (which must set AUTHPROXY_LISTEN) and wait
-    until /_authproxy/healthz answers 200."""
+    until /_authproxy/healthz answers 200; over HTTPS, trusting ``client_ssl``, if given."""
     listen = env["AUTHPROXY_LISTEN"]
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
@@ -245,7 +263,10 @@ async def start_daemon(
             stdout=stderr,
             stderr=stderr,
         )
-    daemon = Daemon(process, base_url=f"http://{listen}", stderr_path=stderr_path)
+    scheme = "http" if client_ssl is None else "https"
+    daemon = Daemon(
+        process, base_url=f"{scheme}://{listen}", stderr_path=stderr_path, client_ssl=client_ssl
+    )
     await daemon.wait_healthy(timeout)
     return daemon
 
@@ -277,11 +298,12 @@ class DaemonLauncher:
             AUTHPROXY_LISTEN=listen,
         )
 
-    async def start(self, **sections: Any) -> Daemon:
-        """Start a daemon on a free port with ``sections`` added to its YAML file."""
+    async def start(self, *, client_ssl: ssl.SSLContext | None = None, **sections: Any) -> Daemon:
+        """Start a daemon on a free port with ``sections`` added to its YAML file; with
+        ``client_ssl``, one whose listener speaks HTTPS (server.tls_* in ``sections``)."""
         env = self.env(listen=f"127.0.0.1:{free_port()}", **sections)
         stderr_path = self._dir / f"daemon-{next(self._counter)}.stderr"
-        daemon = await start_daemon(env, stderr_path=stderr_path)
+        daemon = await start_daemon(env, stderr_path=stderr_path, client_ssl=client_ssl)
         self._daemons.append(daemon)
         return daemon
 

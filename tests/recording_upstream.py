@@ -21,6 +21,7 @@ import asyncio
 import gzip
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -33,6 +34,10 @@ class Seen:
     raw_path: str
     headers: list[tuple[str, str]]
     body_size: int
+    # Over TLS: the client certificate authproxy presented (ssl's getpeercert() form), and
+    # the connection's client address, which tells a kept-alive connection from a new one.
+    peer_certificate: dict[str, Any] | None = None
+    peer: tuple[str, int] | None = None
 
     def header(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name.lower()]
@@ -52,12 +57,15 @@ RECORDER = web.AppKey("recorder", Recorder)
 
 
 def _remember(request: web.Request, body_size: int) -> None:
+    transport = request.transport
     request.app[RECORDER].requests.append(
         Seen(
             method=request.method,
             raw_path=request.raw_path,
             headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
             body_size=body_size,
+            peer_certificate=None if transport is None else transport.get_extra_info("peercert"),
+            peer=None if transport is None else transport.get_extra_info("peername"),
         )
     )
 

@@ -21,8 +21,10 @@ from authproxy.config.schema import ServerConfig
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 KUBERNETES = ROOT / "deploy" / "kubernetes.yaml"
+COMPOSE_TLS = ROOT / "deploy" / "compose.tls.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DRAIN_AND_STOP = ServerConfig().drain_delay + ServerConfig().shutdown_timeout
+TLS_SECRET = "authproxy-tls"
 
 
 def tool(name: str) -> str:
@@ -62,11 +64,29 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def overlay() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_TLS.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
 def manifests() -> dict[str, dict[str, Any]]:
     docs = [d for d in yaml.safe_load_all(KUBERNETES.read_text(encoding="utf-8")) if d]
-    by_kind = {doc["kind"]: doc for doc in docs}
-    assert len(by_kind) == len(docs), "one resource of each kind expected"
+    mine = [doc for doc in docs if doc["metadata"]["name"] == "authproxy"]
+    by_kind = {doc["kind"]: doc for doc in mine}
+    assert len(by_kind) == len(mine), "one resource named authproxy of each kind expected"
+    others = sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs if doc not in mine)
+    assert others == [("Secret", TLS_SECRET)], others
     return by_kind
+
+
+@pytest.fixture(scope="module")
+def tls_secret() -> dict[str, Any]:
+    docs = yaml.safe_load_all(KUBERNETES.read_text(encoding="utf-8"))
+    (found,) = [d for d in docs if d and d["metadata"]["name"] == TLS_SECRET]
+    assert isinstance(found, dict)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +112,12 @@ class TestComposeServices:
         """PostgreSQL, a one-shot migration, a sample upstream and authproxy itself."""
         assert set(services) == {"postgres", "migrate", "upstream", "authproxy"}
 
-    def test_valid_against_the_compose_spec(self) -> None:
-        """The file passes the compose-spec JSON schema (unknown keys and typos fail)."""
+    @pytest.mark.parametrize("path", [COMPOSE, COMPOSE_TLS], ids=lambda p: p.name)
+    def test_valid_against_the_compose_spec(self, path: Path) -> None:
+        """The file (and the TLS overlay) passes the compose-spec JSON schema (unknown keys
+        and typos fail)."""
         result = subprocess.run(
-            [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+            [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
             capture_output=True,
             text=True,
             check=False,
@@ -183,6 +205,27 @@ class TestComposeStartOrder:
         assert "AUTHPROXY_ADMIN_JWT_SECRET" in env
 
 
+class TestComposeTls:
+    """deploy/compose.tls.yaml: HTTPS on top of docker-compose.yml, from Compose secrets."""
+
+    def test_certificate_and_key_come_from_secrets(
+        self, overlay: dict[str, Any], services: dict[str, Any]
+    ) -> None:
+        """Only authproxy changes; its TLS variables name the secrets' mounted files."""
+        assert set(overlay["services"]) == {"authproxy"} <= set(services)
+        authproxy = overlay["services"]["authproxy"]
+        env = authproxy["environment"]
+        mounted = {f"/run/secrets/{name}" for name in authproxy["secrets"]}
+        assert {env["AUTHPROXY_TLS_CERT_FILE"], env["AUTHPROXY_TLS_KEY_FILE"]} == mounted
+        assert set(overlay["secrets"]) == set(authproxy["secrets"])
+        for secret in overlay["secrets"].values():
+            assert secret["file"].startswith("./deploy/tls/")
+
+    def test_healthcheck_asks_readyz_over_https(self, overlay: dict[str, Any]) -> None:
+        test = " ".join(overlay["services"]["authproxy"]["healthcheck"]["test"])
+        assert "https://127.0.0.1:8080/_authproxy/readyz" in test
+
+
 class TestKubernetesResources:
     def test_kinds(self, manifests: dict[str, dict[str, Any]]) -> None:
         """A Secret, the Deployment, a Service and a PodDisruptionBudget."""
@@ -202,7 +245,7 @@ class TestKubernetesResources:
     def test_service_targets_the_container_port(
         self, manifests: dict[str, dict[str, Any]], container: dict[str, Any]
     ) -> None:
-        """The Service's named target port is the container's 8080."""
+        """The Service's named target port is the container's 8080, speaking HTTPS."""
         (port,) = manifests["Service"]["spec"]["ports"]
         (container_port,) = container["ports"]
         assert port["targetPort"] == container_port["name"]
@@ -225,14 +268,20 @@ class TestKubernetesResources:
 
 class TestKubernetesProbes:
     def test_readiness_probe_asks_readyz(self, container: dict[str, Any]) -> None:
-        """The readiness probe is /_authproxy/readyz on the http port."""
+        """The readiness probe is /_authproxy/readyz over HTTPS."""
         probe = container["readinessProbe"]["httpGet"]
-        assert (probe["path"], probe["port"]) == ("/_authproxy/readyz", "http")
+        assert (probe["path"], probe["port"]) == ("/_authproxy/readyz", "https")
+        assert probe["scheme"] == "HTTPS"
 
     def test_liveness_probe_asks_healthz(self, container: dict[str, Any]) -> None:
         """The liveness probe is /_authproxy/healthz, which checks no dependency."""
-        probe = container["livenessProbe"]["httpGet"]
-        assert (probe["path"], probe["port"]) == ("/_authproxy/healthz", "http")
+        for name in ("livenessProbe", "startupProbe"):
+            probe = container[name]["httpGet"]
+            assert (probe["path"], probe["port"], probe["scheme"]) == (
+                "/_authproxy/healthz",
+                "https",
+                "HTTPS",
+            )
 
     def test_prestop_and_grace_period(self, pod: dict[str, Any], container: dict[str, Any]) -> None:
         """A preStop pause, then drain and stop, all inside terminationGracePeriodSeconds."""
@@ -281,4 +330,28 @@ class TestKubernetesSecretsAndUser:
             assert context["allowPrivilegeEscalation"] is False
             assert context["readOnlyRootFilesystem"] is True
             assert context["capabilities"]["drop"] == ["ALL"]
-        assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert set(mounts) == {"/tmp", "/etc/authproxy/tls"}
+        assert mounts["/etc/authproxy/tls"]["readOnly"] is True
+
+
+class TestKubernetesTls:
+    def test_the_listener_certificate_is_mounted_from_a_tls_secret(
+        self, pod: dict[str, Any], container: dict[str, Any], tls_secret: dict[str, Any]
+    ) -> None:
+        """AUTHPROXY_TLS_CERT_FILE/_KEY_FILE name the files of a kubernetes.io/tls Secret's
+        volume, readable by the pod's group only (fsGroup, defaultMode 0400)."""
+        assert tls_secret["type"] == "kubernetes.io/tls"
+        assert set(tls_secret["stringData"]) == {"tls.crt", "tls.key"}
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == TLS_SECRET
+        assert volume["secret"]["defaultMode"] == 0o400
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        env = env_of(container)
+        assert env["AUTHPROXY_TLS_CERT_FILE"]["value"] == mount["mountPath"] + "/tls.crt"
+        assert env["AUTHPROXY_TLS_KEY_FILE"]["value"] == mount["mountPath"] + "/tls.key"
+
+    def test_the_service_is_https(self, manifests: dict[str, dict[str, Any]]) -> None:
+        (port,) = manifests["Service"]["spec"]["ports"]
+        assert (port["name"], port["port"], port["targetPort"]) == ("https", 443, "https")

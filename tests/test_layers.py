@@ -20,7 +20,7 @@ import authproxy
 # Lowest first. A module may import its own layer and those below, never above.
 LAYERS: list[list[str]] = [
     ["authproxy.errors", "authproxy.config"],
-    ["authproxy.observability", "authproxy.db", "authproxy.keys"],
+    ["authproxy.observability", "authproxy.db", "authproxy.keys", "authproxy.tls"],
     ["authproxy.upstream", "authproxy.auth"],
     ["authproxy.http"],
     ["authproxy.admin", "authproxy.ui", "authproxy.server"],

@@ -50,7 +50,12 @@ def serve(cfg: Config, *, worker: bool = False, config_path: str | None = None) 
 def _serve(app: web.Application, *, reuse_port: bool = False) -> int:
     c = app[COMPONENTS]
     return server.serve(
-        app, c.config, readiness=c.readiness, answer=c.fast_front.answer, reuse_port=reuse_port
+        app,
+        c.config,
+        readiness=c.readiness,
+        answer=c.fast_front.answer,
+        reuse_port=reuse_port,
+        tls=c.listener_tls,
     )
 
 

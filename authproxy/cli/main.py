@@ -113,12 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_USAGE
+        return _config_problems(exc.problems)
     if args.command == "check-config":
-        print(json.dumps({"status": "ok", "config": redacted(cfg)}, indent=2))
-        return EXIT_OK
+        return _check_config(cfg)
     configure_logging(
         cfg.logging
         if args.command in ("serve", "demo")
@@ -126,8 +123,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args, cfg)
+    except ConfigError as exc:  # found at start: a TLS file that does not load
+        return _config_problems(exc.problems)
     except AuthProxyError as exc:
         return _report(exc)
+
+
+def _config_problems(problems: list[str]) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _check_config(cfg: Config) -> int:
+    """The effective config, and the TLS files loaded as serve would load them."""
+    from authproxy.tls.checkup import inspect_tls
+
+    tls, problems = inspect_tls(cfg)
+    if problems:
+        return _config_problems(problems)
+    report: dict[str, Any] = {"status": "ok", "config": redacted(cfg)}
+    if tls:
+        report["tls"] = tls
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:

@@ -25,6 +25,8 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "AUTHPROXY_UPSTREAM_URL": "upstream.url",
     "AUTHPROXY_LISTEN": "server.listen",
     "AUTHPROXY_ADMIN_JWT_SECRET": "admin.jwt_secret",
+    "AUTHPROXY_TLS_CERT_FILE": "server.tls_cert_file",
+    "AUTHPROXY_TLS_KEY_FILE": "server.tls_key_file",
 }
 CONFIG_PATH_ENV = "AUTHPROXY_CONFIG"
 
@@ -64,6 +66,16 @@ class ServerConfig:
     # lean front end (http/fast/); everything else, or everything when
     # false, by aiohttp.
     fast_path: bool = True
+    # HTTPS on the listener (PEM files; the certificate file may hold the chain). Both or
+    # neither. Reloaded for new handshakes on SIGHUP and when either file's modification
+    # time changes (checked every tls_reload_interval seconds; 0: SIGHUP only).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_reload_interval: float = field(default=5.0, metadata=_rule(0, 86400))
+
+    @property
+    def is_tls(self) -> bool:
+        return self.tls_cert_file is not None
 
     @property
     def host(self) -> str:
@@ -112,6 +124,17 @@ class UpstreamConfig:
     # Client headers whose names start with one of these (case-insensitive, "_" as "-")
     # never reach the upstream: room for identity headers the upstream may trust.
     strip_header_prefixes: tuple[str, ...] = ("X-Authproxy-",)
+    # For an https:// url: the CA certificates (PEM) that verify the upstream instead of the
+    # system's; a client certificate and key (PEM) for mutual TLS; and the name its
+    # certificate must carry (and SNI) when it is not the url's host, e.g. reached by IP.
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    server_name: str | None = None
+
+    @property
+    def is_https(self) -> bool:
+        return URL(self.url).scheme == "https"
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,15 +317,62 @@ def cross_checks(config: Config) -> list[str]:
             problems.append(
                 f"server.trusted_proxies: must be IP networks like 10.0.0.0/8 (got {show(cidr)})"
             )
-    for setting in ("jwt_public_key_file", "jwks_file"):
-        path = getattr(config.admin, setting)
+    problems.extend(_tls_checks(config, upstream))
+    server, up, admin = config.server, config.upstream, config.admin
+    for setting, path in (
+        ("admin.jwt_public_key_file", admin.jwt_public_key_file),
+        ("admin.jwks_file", admin.jwks_file),
+        ("server.tls_cert_file", server.tls_cert_file),
+        ("server.tls_key_file", server.tls_key_file),
+        ("upstream.ca_file", up.ca_file),
+        ("upstream.client_cert_file", up.client_cert_file),
+        ("upstream.client_key_file", up.client_key_file),
+    ):
         if path is not None and not os.path.isfile(os.path.expanduser(path)):
-            problems.append(f"admin.{setting}: must name a readable file (got {show(path)})")
+            problems.append(f"{setting}: must name a readable file (got {show(path)})")
     if not _is_frame_ancestors(config.ui.frame_ancestors):
         problems.append(
             "ui.frame_ancestors: must be 'none', or 'self' and origins like "
             "https://dashboard.example.com separated by spaces "
             f"(got {show(config.ui.frame_ancestors)})"
+        )
+    return problems
+
+
+def _tls_checks(config: Config, upstream: URL | None) -> list[str]:
+    """TLS files come in pairs; upstream TLS settings need an https url. Whether the files
+    parse and match is checked where they are loaded (authproxy/tls/)."""
+    problems = []
+    server, up = config.server, config.upstream
+    for (cert_setting, cert), (key_setting, key) in (
+        (
+            ("server.tls_cert_file", server.tls_cert_file),
+            ("server.tls_key_file", server.tls_key_file),
+        ),
+        (
+            ("upstream.client_cert_file", up.client_cert_file),
+            ("upstream.client_key_file", up.client_key_file),
+        ),
+    ):
+        if (cert is None) != (key is None):
+            missing, given = (
+                (key_setting, cert_setting) if key is None else (cert_setting, key_setting)
+            )
+            problems.append(f"{missing}: required with {given} (got None)")
+    upstream_tls = [
+        setting
+        for setting, value in (
+            ("upstream.ca_file", up.ca_file),
+            ("upstream.client_cert_file", up.client_cert_file),
+            ("upstream.client_key_file", up.client_key_file),
+            ("upstream.server_name", up.server_name),
+        )
+        if value is not None
+    ]
+    if upstream is not None and upstream.scheme != "https":
+        problems.extend(
+            f"{setting}: needs an https:// upstream.url (got {show(config.upstream.url)})"
+            for setting in upstream_tls
         )
     return problems
 

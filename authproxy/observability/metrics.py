@@ -186,6 +186,17 @@ class Metrics:
             registry=r,
         )
 
+        # Alerting on expiry is one rule: authproxy_tls_certificate_expiry_seconds - time().
+        # Per live worker the earliest: a worker whose reload failed still serves the old one.
+        self.tls_certificate_expiry = Gauge(
+            "authproxy_tls_certificate_expiry_seconds",
+            "When the certificate in use expires (notAfter, seconds since the epoch), by "
+            "certificate (listener, upstream_client).",
+            ["certificate"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+
         # Live connections (WebSocket tunnels, streaming responses): issue 16.
         self.tunnels_open = Gauge(
             "authproxy_tunnels_open",

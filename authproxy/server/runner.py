@@ -13,6 +13,7 @@ from aiohttp import web
 from authproxy.config.schema import Config
 from authproxy.http.aio.health import Readiness
 from authproxy.server.guards import FastAnswer, Guard, GuardedAppRunner
+from authproxy.tls.listener import ListenerCertificate
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +59,27 @@ def _install_drain_signals(readiness: Readiness, delay: float) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
+def _install_reload_signal(tls: ListenerCertificate | None) -> None:
+    """SIGHUP: load the listener's certificate again (without TLS there is nothing to
+    reload, and a stray SIGHUP must not end the daemon)."""
+    loop = asyncio.get_running_loop()
+
+    def on_sighup() -> None:
+        if tls is None:
+            log.info("reload_ignored", signal="SIGHUP", reason="no server.tls_cert_file")
+            return
+        tls.reload("sighup")
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+
+
 async def _run(
-    app: web.Application, cfg: Config, readiness: Readiness, answer: FastAnswer, reuse_port: bool
+    app: web.Application,
+    cfg: Config,
+    readiness: Readiness,
+    answer: FastAnswer,
+    reuse_port: bool,
+    tls: ListenerCertificate | None,
 ) -> None:
     runner = GuardedAppRunner(
         app,
@@ -71,12 +91,29 @@ async def _run(
     )
     await runner.setup()
     _install_drain_signals(readiness, cfg.server.drain_delay)  # replaces the runner's own
+    _install_reload_signal(tls)
     _freeze_startup_objects()
+    watcher = None
     try:
-        await web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_port=reuse_port).start()
-        log.info("listening", listen=cfg.server.listen, upstream=cfg.upstream.url)
+        await web.TCPSite(
+            runner,
+            cfg.server.host,
+            cfg.server.port,
+            reuse_port=reuse_port,
+            ssl_context=None if tls is None else tls.context,
+        ).start()
+        if tls is not None:
+            watcher = asyncio.create_task(tls.watch(cfg.server.tls_reload_interval))
+        log.info(
+            "listening",
+            listen=cfg.server.listen,
+            scheme="https" if tls else "http",
+            upstream=cfg.upstream.url,
+        )
         await asyncio.Event().wait()  # until the drain ends with GracefulExit
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await runner.cleanup()
 
 
@@ -87,8 +124,10 @@ def serve(
     readiness: Readiness,
     answer: FastAnswer,
     reuse_port: bool = False,
+    tls: ListenerCertificate | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; return 0 after a graceful stop.
+    """Serve until SIGTERM/SIGINT; return 0 after a graceful stop. With ``tls``, the
+    listener speaks only HTTPS, and SIGHUP reloads its certificate.
 
     This is web.run_app's loop, kept short, because run_app cannot take the runner that
     installs our connection layer (guards.py).
@@ -96,7 +135,7 @@ def serve(
     use_uvloop()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_run(app, cfg, readiness, answer, reuse_port))
+    main = loop.create_task(_run(app, cfg, readiness, answer, reuse_port, tls))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

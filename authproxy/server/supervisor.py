@@ -1,9 +1,10 @@
 """`serve --workers N`: N worker processes on one port (SO_REUSEPORT) under one parent.
 
 The parent resolves the database (and migrates) once, starts the workers with the same
-config, restarts a worker that dies, forwards SIGTERM/SIGINT, and exits when all workers
-have stopped. Each worker has its own cache and its own revocation listener; PostgreSQL
-keeps them consistent. Metrics are merged through PROMETHEUS_MULTIPROC_DIR.
+config, restarts a worker that dies, forwards SIGTERM/SIGINT (and SIGHUP, which reloads
+each worker's TLS certificate), and exits when all workers have stopped. Each worker has
+its own cache and its own revocation listener; PostgreSQL keeps them consistent. Metrics
+are merged through PROMETHEUS_MULTIPROC_DIR.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import structlog
 
 from authproxy.config.schema import CONFIG_PATH_ENV, Config
 from authproxy.observability.metrics import MULTIPROC_ENV
+from authproxy.tls.contexts import server_context
 
 log = structlog.get_logger(__name__)
 
@@ -59,10 +61,17 @@ def die_with_parent() -> None:
 
 
 def _spawn(slot: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # S603: argv is our own interpreter and module, no shell, no user input.
-    process = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "authproxy", "serve", "--worker"], env=env
-    )
+    # A worker starts with SIGHUP ignored (an ignored signal stays ignored across exec)
+    # until its loop handles it: a reload forwarded while it imports must not kill it.
+    # It loads the certificate files as they are then, so it misses no reload.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        # S603: argv is our own interpreter and module, no shell, no user input.
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "authproxy", "serve", "--worker"], env=env
+        )
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     log.info("worker_started", slot=slot, pid=process.pid)
     return process
 
@@ -83,7 +92,13 @@ def supervise(
     """Run cfg.server.workers workers until a signal stops them; 0 if all stopped cleanly.
 
     ``migrate`` (the CLI's) runs once here, before the workers start, not in each.
+
+    Raises:
+        ConfigError: the listener's certificate cannot be loaded (checked here once, so
+            that it is a start-up error rather than workers failing in a restart loop).
     """
+    if cfg.server.is_tls:
+        server_context(cfg.server)
     if cfg.db.should_migrate_on_start:
         asyncio.run(migrate(cfg))
     metrics_dir = tempfile.mkdtemp(prefix="authproxy-metrics-")
@@ -91,20 +106,28 @@ def supervise(
     if config_path:
         env[CONFIG_PATH_ENV] = os.path.abspath(config_path)
     stopping: list[int] = []
+    reloads: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signum)  # _watch forwards it on its next tick
+        # _watch forwards it on its next tick
+        (reloads if signum == signal.SIGHUP else stopping).append(signum)
 
     workers = [_Worker(slot, _spawn(slot, env)) for slot in range(cfg.server.workers)]
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
-        return _watch(workers, env, stopping, cfg)
+        return _watch(workers, env, stopping, reloads, cfg)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _watch(workers: list[_Worker], env: dict[str, str], stopping: list[int], cfg: Config) -> int:
+def _watch(
+    workers: list[_Worker],
+    env: dict[str, str],
+    stopping: list[int],
+    reloads: list[int],
+    cfg: Config,
+) -> int:
     """Supervise until stopped. Never sleeps longer than a tick, so a signal is acted on
     at once: restarts are scheduled (restart_at), not waited for."""
     deadline: float | None = None
@@ -123,6 +146,12 @@ def _watch(workers: list[_Worker], env: dict[str, str], stopping: list[int], cfg
                 killed = _kill_all(workers) or killed
         else:
             _reap_and_restart(workers, env)
+        if reloads:
+            reloads.clear()
+            log.info("workers_reloading", signal="SIGHUP")
+            for worker in workers:
+                if worker.running:
+                    worker.process.send_signal(signal.SIGHUP)
         time.sleep(0.1)
     # Workers that were waiting for a restart when the stop came are not failures.
     failed = killed or any(

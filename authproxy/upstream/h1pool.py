@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
@@ -21,12 +22,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from authproxy.config.schema import UpstreamConfig
+from authproxy.tls.contexts import client_context
 from authproxy.upstream.h1connection import Connection
 from authproxy.upstream.transport import (
     FramedBody,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
+    certificate_rejected,
     declared_length,
 )
 
@@ -48,11 +51,15 @@ def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:
 class H1Transport:
     """UpstreamTransport over pooled raw HTTP/1.1 connections (see the module docstring)."""
 
-    def __init__(self, cfg: UpstreamConfig) -> None:
+    def __init__(self, cfg: UpstreamConfig, *, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: the context for an https url (tls/contexts.py's client_context, made
+        here when not given)."""
         url = URL(cfg.url)
         self._host = url.host or ""
         self._port = url.port or (443 if url.scheme == "https" else 80)
-        self._ssl = url.scheme == "https"
+        self._ssl = (tls or client_context(cfg)[0]) if url.scheme == "https" else None
+        # The name the certificate must carry, sent as SNI: the url's host unless set.
+        self._server_name = (cfg.server_name or self._host) if self._ssl else None
         self._base_path = url.raw_path.rstrip("/")
         host_header = url.raw_host or ""
         if url.port is not None and not url.is_default_port():
@@ -67,7 +74,11 @@ class H1Transport:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    self._new_connection, self._host, self._port, ssl=self._ssl or None
+                    self._new_connection,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_name,
                 ),
                 self._cfg.connect_timeout,
             )
@@ -75,6 +86,8 @@ class H1Transport:
             raise UpstreamTimeout(
                 f"connect timed out after {self._cfg.connect_timeout} s"
             ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise certificate_rejected(self._server_name or self._host, exc) from exc
         except OSError as exc:
             raise UpstreamUnavailable(f"connect failed: {exc}") from exc
         return conn

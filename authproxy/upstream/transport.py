@@ -10,6 +10,7 @@ a connection is pooled again only after an exchange that completed exactly.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +36,21 @@ class UpstreamTimeout(Exception):
 class UpstreamUnavailable(Exception):
     """The upstream refused, reset or broke the connection, or answered what this hop
     never relays (502)."""
+
+
+class UpstreamCertificateRejected(UpstreamUnavailable):
+    """The upstream's TLS certificate did not verify (502, never a plain-text retry)."""
+
+
+def certificate_rejected(
+    name: str, exc: ssl.SSLCertVerificationError
+) -> UpstreamCertificateRejected:
+    """The error (and its log line's detail) for a certificate that did not verify."""
+    reason = f"certificate verify failed: {exc.verify_message}" if exc.verify_message else exc
+    return UpstreamCertificateRejected(
+        f"the upstream's TLS certificate did not verify for {name!r}: {reason} "
+        "(see upstream.ca_file and upstream.server_name)"
+    )
 
 
 def declared_length(headers: CIMultiDict[str]) -> int | None:
@@ -126,10 +142,14 @@ class UpstreamTransport(Protocol):
 class ClientSessionTransport:
     """UpstreamTransport on aiohttp.ClientSession: no redirects, no decompression, streaming."""
 
-    def __init__(self, cfg: UpstreamConfig) -> None:
+    def __init__(self, cfg: UpstreamConfig, *, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: the context for an https url (tls/contexts.py's client_context)."""
         self._cfg = cfg
+        self._tls = tls
         self._max_head_bytes = cfg.max_header_bytes
         base = URL(cfg.url)
+        self._server_name = cfg.server_name if base.scheme == "https" else None
+        self._verified_name = self._server_name or base.host or ""
         self._origin = str(base.origin())
         self._base_path = base.raw_path.rstrip("/")
         self._session_or_none: aiohttp.ClientSession | None = None
@@ -145,7 +165,9 @@ class ClientSessionTransport:
     def _new_session(self) -> aiohttp.ClientSession:
         cfg = self._cfg
         return aiohttp.ClientSession(
-            connector=_InStepConnector(limit=cfg.max_connections, ttl_dns_cache=60),
+            connector=_InStepConnector(
+                limit=cfg.max_connections, ttl_dns_cache=60, ssl=self._tls or True
+            ),
             # No total timeout: long downloads and uploads must not be cut, only stalls.
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=cfg.connect_timeout, sock_read=cfg.read_timeout
@@ -179,6 +201,7 @@ class ClientSessionTransport:
                 allow_redirects=False,
                 compress=None,
                 chunked=None,
+                server_hostname=self._server_name,
             ) as resp:
                 answered_early = sent is not None and not sent.whole  # as in h1connection
                 try:
@@ -206,6 +229,11 @@ class ClientSessionTransport:
                         or not resp.content.at_eof()
                     ):
                         resp.close()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            error = exc.certificate_error
+            if isinstance(error, ssl.SSLCertVerificationError):
+                raise certificate_rejected(self._verified_name, error) from exc
+            raise _upstream_error(exc) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             if consumer_failed:
                 raise

@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -69,3 +70,19 @@ def authproxy_cli(db_url: str, *args: str) -> str:
             f"authproxy {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[-500:]}"
         )
     return done.stdout
+
+
+def run_in_lab(prefix: str, keep_tmp: bool, measure: Callable[[Lab, str], None]) -> int:
+    """measure(lab, db_url) in a new lab with a scratch database (the environment's
+    server, else an embedded one); 1 after printing a BenchError, else 0. The lab is
+    closed (processes stopped, database dropped) either way."""
+    server = server_from_env() or embedded_server()
+    lab = Lab.create(prefix)
+    try:
+        measure(lab, scratch_database(lab, server, "authproxy_bench_"))
+    except BenchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lab.close(keep_tmp)
+    return 0

@@ -81,6 +81,7 @@ class FastConnection(asyncio.Protocol):
         self._limits = HeadLimits.near(cfg.max_url_bytes, cfg.max_header_bytes, cfg.max_headers)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.scheme = "http"  # "https" on a TLS listener (the transport is then TLS's)
         self._buffer = bytearray()
         self._fields = FieldMemo()
         self.upstream_memo = UpstreamFieldsMemo()
@@ -107,6 +108,8 @@ class FastConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
         self._server.fast_connections.add(self)
         self._timer = self._loop.call_later(self._server.guard.header_timeout, self._on_timer)
 

@@ -58,11 +58,10 @@ class FastExchange:
         "peer",
         "principal",
         "request_id",
+        "scheme",
         "target",
         "upstream_memo",
     )
-
-    scheme = "http"
 
     def __init__(self, conn: FastConnection, request: FastRequest) -> None:
         self._conn = conn
@@ -71,6 +70,7 @@ class FastExchange:
         self.headers: CIMultiDict[str] = request.headers
         self.host = request.headers["Host"]  # head.py takes only requests that have one
         self.peer = conn.peer
+        self.scheme = conn.scheme
         self.keep_alive = request.keep_alive and not conn.closing
         self.upstream_memo: UpstreamFieldsMemo | None = conn.upstream_memo
         self.request_id = ""

@@ -1,0 +1,1 @@
+"""TLS both ways: the listener's certificate (reloadable) and the upstream client's context."""
