@@ -81,6 +81,9 @@ def configure_logging(cfg: LoggingConfig, *, cache: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[cfg.level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (message and newline together): print() writes them apart,
+        # and with --workers N two processes' lines interleaved on the shared stderr
+        # ('{...}{...}\n\n', found by CI). A write of at most PIPE_BUF is atomic on a pipe.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=cache,
     )
