@@ -10,7 +10,9 @@ request as it parsed it. Tests assert on those records, never on the proxy's int
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -142,6 +144,19 @@ async def echo(ex: Exchange) -> bool:
     ).encode()
     await ex.send(response(200, answer, extra=b"Content-Type: application/json\r\n"))
     return True
+
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+
+
+def websocket_accept_head(request: Parsed) -> bytes:
+    """The 101 head that accepts ``request``'s WebSocket handshake (RFC 6455 §4.2.2)."""
+    nonce = request.header("Sec-WebSocket-Key") or ""
+    digest = hashlib.sha1((nonce + WS_GUID).encode(), usedforsecurity=False).digest()
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + base64.b64encode(digest) + b"\r\n"
+    )
 
 
 @dataclass

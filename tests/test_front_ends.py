@@ -11,9 +11,7 @@ metrics move by the same amounts.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from authproxy.app import COMPONENTS
 from authproxy.keys.audit import AuditContext
 from authproxy.server.guards import GuardedServer
-from tests.byte_upstream import ByteUpstream, Exchange, response
+from tests.byte_upstream import ByteUpstream, Exchange, response, websocket_accept_head
 from tests.conftest import AccessLines, AppClient, bearer, new_key
 
 BODY_LIMIT = 1024
@@ -78,22 +76,13 @@ async def _endless_download(ex: Exchange) -> bool:
 
 async def _websocket_echo_once(ex: Exchange) -> bool:
     """A WebSocket handshake accepted (101), one 2-byte frame echoed, then close 1000."""
-    key = ex.request.header("Sec-WebSocket-Key") or ""
-    accept = base64.b64encode(
-        hashlib.sha1((key + _WS_GUID).encode(), usedforsecurity=False).digest()
-    )  # noqa: S324 - RFC 6455 §4.2.2
-    await ex.send(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept + b"\r\nX-Upstream: 1\r\n\r\n"
-    )
+    await ex.send(websocket_accept_head(ex.request) + b"X-Upstream: 1\r\n\r\n")
     frame = await ex.reader.readexactly(2 + 4 + 2)  # a masked text frame of 2 bytes
     payload = bytes(b ^ frame[2 + i % 4] for i, b in enumerate(frame[6:]))
     await ex.send(b"\x81\x02" + payload + b"\x88\x02\x03\xe8")
     await ex.reader.read(100)  # the client's close frame
     return False
 
-
-_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 SCRIPTS = {
     "/ws": _websocket_echo_once,

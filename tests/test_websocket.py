@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from authproxy.app import COMPONENTS
 from authproxy.keys.audit import AuditContext
+from tests.byte_upstream import ByteUpstream, Exchange, websocket_accept_head
 from tests.conftest import AppClient, Upstream, bearer, new_key
 
 HANDSHAKE_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=10.0, ws_close=5.0)
@@ -62,6 +63,33 @@ class TestTunnel:
         assert got == [f"m{n}" for n in range(1000)]
         await ws.close()
         assert ws.close_code == 1000
+
+    async def test_frames_in_the_same_read_as_the_101_reach_the_client(
+        self, app_client: AppClient
+    ) -> None:
+        """An upstream that writes its 101 and 64 KiB of frames at once (a server pushing
+        data as soon as it accepts, as historians' live feeds do): every frame arrives,
+        including those past upstream.max_header_bytes in the read that held the head."""
+        frames = [bytes([n]) * 1024 for n in range(64)]
+
+        async def push_on_accept(ex: Exchange) -> bool:
+            pushed = b"".join(b"\x82\x7e\x04\x00" + frame for frame in frames)
+            await ex.send(websocket_accept_head(ex.request) + b"\r\n" + pushed)
+            await ex.reader.read(1)  # the client's close frame, relayed
+            await ex.send(b"\x88\x02\x03\xe8")  # close 1000 in reply
+            return False
+
+        upstream = ByteUpstream(scripts={"/live": push_on_accept})
+        url = await upstream.start()
+        try:
+            client = await app_client(upstream={"url": url, "max_header_bytes": 1024})
+            key = (await new_key(client)).key
+            ws = await ws_connect(client, "/live", key)
+            got = [(await ws.receive(timeout=10)).data for _ in frames]
+            assert got == frames
+            await ws.close()
+        finally:
+            await upstream.close()
 
     async def test_ping_pong_and_close_codes_pass_through(self, app_client: AppClient) -> None:
         """A ping reaches the upstream (its pong comes back) and its close code reaches us."""

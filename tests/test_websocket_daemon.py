@@ -134,12 +134,6 @@ class TestDaemonTunnels:
         assert growth < MAX_RSS_GROWTH_MIB
         ws.close()
 
-    @pytest.mark.xfail(
-        strict=False,
-        reason="known defect, issue 16 open: a tunnel held under backpressure for seconds "
-        "sometimes loses its upstream connection (reproduced in 2 of 7 to 6 of 8 runs on a "
-        "loaded 2-core machine); every byte must arrive once the client reads again",
-    )
     async def test_every_byte_arrives_once_a_stalled_client_reads_again(
         self, launcher: DaemonLauncher
     ) -> None:

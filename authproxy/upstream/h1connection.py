@@ -117,9 +117,13 @@ class Connection(asyncio.Protocol):
                 if self._head_fed is not None and not self.closed:
                     self._fail_oversize("response head")
                     return
-                data = data[room:]
-                if not data or self.closed:
-                    return
+                # The head ended inside the first ``room`` bytes; the rest is whatever
+                # follows it: body, bytes after a complete answer, or, after a 101, the
+                # tunnel's (never the parser's: it would take a WebSocket frame for a
+                # second response and close the tunnel's connection).
+                if not self.closed:
+                    self.data_received(data[room:])
+                return
             else:
                 self._head_fed += len(data)
         else:
