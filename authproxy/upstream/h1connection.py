@@ -18,7 +18,12 @@ from typing import cast
 import httptools
 
 from authproxy.errors import AuthProxyError
-from authproxy.upstream.transport import UpstreamTimeout, UpstreamUnavailable, refusal
+from authproxy.upstream.transport import (
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    refusal,
+)
 
 _HIGH_WATER = 256 * 1024  # buffered response bytes before we stop reading the socket
 _LOW_WATER = 64 * 1024
@@ -296,6 +301,17 @@ class Connection(asyncio.Protocol):
         if self.transport is None or self.closed:
             raise UpstreamUnavailable("connection closed while sending")
         self.transport.write(data)
+
+    def response(self, read_timeout: float) -> UpstreamResponse:
+        """The answer whose head arrived, its body read from here (``read_timeout`` s at
+        most between two pieces)."""
+        return UpstreamResponse(
+            status=self.status,
+            reason=self.reason,
+            raw_headers=self.headers,
+            body=self.body(read_timeout),
+            take_whole_body=self.take_complete_body,
+        )
 
     async def body(self, read_timeout: float) -> AsyncIterator[bytes]:
         while True:

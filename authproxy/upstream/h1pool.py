@@ -285,13 +285,7 @@ class _Exchange:
         except BaseException:
             transport._slots.release()
             raise
-        return UpstreamResponse(
-            status=conn.status,
-            reason=conn.reason,
-            raw_headers=conn.headers,
-            body=conn.body(transport._cfg.read_timeout),
-            take_whole_body=conn.take_complete_body,
-        )
+        return conn.response(transport._cfg.read_timeout)
 
     async def __aexit__(
         self,
@@ -339,13 +333,7 @@ class Upgrade:
         if conn.upgraded and conn.transport is not None:
             self.tunnel = Tunnel(conn.transport, conn.tunnel_bytes)
             conn.transport = None  # the tunnel's now; close() must not touch it
-        return UpstreamResponse(
-            status=conn.status,
-            reason=conn.reason,
-            raw_headers=conn.headers,
-            body=conn.body(transport._cfg.read_timeout),
-            take_whole_body=conn.take_complete_body,
-        )
+        return conn.response(transport._cfg.read_timeout)
 
     async def __aexit__(
         self,
