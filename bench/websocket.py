@@ -29,7 +29,7 @@ if not __package__:  # `python bench/websocket.py` puts bench/ on sys.path, not 
 import aiohttp
 from aiohttp import web
 
-from bench.lab.database import embedded_server, scratch_database, server_from_env
+from bench.lab.database import run_in_lab
 from bench.lab.install import ensure_debian_tools
 from bench.lab.nginx import start_nginx
 from bench.lab.probes import any_answer, ok, wait_up
@@ -166,17 +166,9 @@ def main(argv: list[str]) -> int:
     if args.short:
         args.seconds, args.revokes = 1.0, 20
     ensure_debian_tools()
-    server = server_from_env() or embedded_server()
-    lab = Lab.create("bench-websocket-")
-    try:
-        db_url = scratch_database(lab, server, "authproxy_bench_")
-        asyncio.run(measure(lab, db_url, args))
-    except BenchError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        lab.close(args.keep_tmp)
-    return 0
+    return run_in_lab(
+        "bench-websocket-", args.keep_tmp, lambda lab, db: asyncio.run(measure(lab, db, args))
+    )
 
 
 if __name__ == "__main__":
