@@ -203,7 +203,7 @@ class DaemonTestServer(TestServer):
         return GuardedAppRunner(
             self.app,
             guard=Guard.from_config(built.config.server),
-            answer=built.fast_front.answer,
+            answers=built.fast_front,
             **kwargs,
         )
 

@@ -71,6 +71,37 @@ class TestYes:
             resp = await client.get(VERIFY, headers=bearer(created.key))
             assert resp.status == 200
 
+    async def test_a_long_pipeline_is_answered_in_order(self, client: Client) -> None:
+        """3,000 requests in one write on one connection, every tenth with a key we never
+        made: each gets its own answer, in order (cached keys are answered at once, the
+        others wait for the database), and the connection carries them all."""
+        created = await new_key(client)
+        unknown = generate_key().full
+        count = 3000
+        heads = []
+        for n in range(count):
+            key = unknown if n % 10 == 9 else created.key
+            last = "Connection: close\r\n" if n == count - 1 else ""
+            heads.append(
+                f"GET {VERIFY} HTTP/1.1\r\nHost: h\r\nX-Request-Id: r{n}\r\n"
+                f"Authorization: Bearer {key}\r\n{last}\r\n"
+            )
+        reader, writer = await asyncio.open_connection(*hostport(client))
+        try:
+            writer.write("".join(heads).encode())
+            data = await asyncio.wait_for(reader.read(-1), 60)
+        finally:
+            writer.close()
+        answers = []  # (status, X-Request-Id) of each answer; bodies hold no "HTTP/1.1 "
+        for answer in data.split(b"HTTP/1.1 ")[1:]:
+            head = answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+            fields = dict(line.lower().split(b": ", 1) for line in head[1:])
+            answers.append((head[0][:3], fields[b"x-request-id"]))
+        assert [rid for _, rid in answers] == [b"r%d" % n for n in range(count)]
+        assert [code for code, _ in answers] == [
+            b"401" if n % 10 == 9 else b"200" for n in range(count)
+        ]
+
     async def test_served_by_the_lean_front_end(self, app_client: AppClient) -> None:
         """Cheap: with the fast path on (the default), verify never goes to aiohttp's
         server: the connection is still the lean front end's after the answer."""

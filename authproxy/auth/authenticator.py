@@ -137,9 +137,7 @@ class Authenticator:
         if len(raw) != KEY_LEN:
             parse_key(raw)  # raises: the precise reason, and no cache lookup to count
         # Only keys that parsed are ever cached, so a hit needs no format or checksum check.
-        digest = hashlib.blake2b(
-            raw.encode("utf-8", "surrogateescape"), key=self._digest_key, digest_size=_DIGEST_SIZE
-        ).digest()
+        digest = self._digest(raw)
         now = self._now()
         entry = self._cache.get(digest)
         if entry is not None and self._answers_alone(entry):
@@ -148,6 +146,35 @@ class Authenticator:
         if entry is None and not may_verify:
             raise NeedsVerification("no verified cache entry")
         return self._authenticate_with_io(parsed, digest, now, entry)
+
+    def cached(self, authorizations: Sequence[str]) -> Principal | None:
+        """The Principal of a key the cache holds as verified, fresh and unexpired,
+        counted and recorded as authenticate() would; else None, with nothing counted or
+        recorded (authenticate() then judges the credential, refusals included)."""
+        try:
+            raw = bearer_token(authorizations)
+        except AuthError:
+            return None
+        if len(raw) != KEY_LEN:
+            return None
+        entry = self._cache.get(self._digest(raw))
+        if entry is None or not isinstance(entry.value, Verified):
+            return None
+        principal = entry.value.principal
+        now = self._now()
+        if not self._cache.is_fresh(entry) or (
+            principal.expires_at is not None and principal.expires_at <= now
+        ):
+            return None
+        self._metrics.cache_hits.inc()
+        self._usage.record(principal.key_id, now)
+        return principal
+
+    def _digest(self, raw: str) -> bytes:
+        """The cache's key for a presented key: a keyed hash, so the cache never holds one."""
+        return hashlib.blake2b(
+            raw.encode("utf-8", "surrogateescape"), key=self._digest_key, digest_size=_DIGEST_SIZE
+        ).digest()
 
     async def _authenticate_with_io(
         self, parsed: ParsedKey, digest: bytes, now: datetime, entry: Entry[Verdict] | None

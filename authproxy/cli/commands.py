@@ -53,7 +53,7 @@ def _serve(app: web.Application, *, reuse_port: bool = False) -> int:
         app,
         c.config,
         readiness=c.readiness,
-        answer=c.fast_front.answer,
+        answers=c.fast_front,
         reuse_port=reuse_port,
         tls=c.listener_tls,
     )

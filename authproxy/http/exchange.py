@@ -91,6 +91,14 @@ class Exchange(Protocol):
         """Send the 101 ``head`` and hand the client connection over (to a Tunnel)."""
 
 
+class GrantsAtOnce(Exchange, Protocol):
+    """An Exchange whose front end can write forward-auth's yes without waiting (the lean
+    one: its writes go straight to the transport; see RequestLifecycle.verify_now)."""
+
+    def grant_now(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
+        """grant() for a client reading its answers: written at once, never awaited."""
+
+
 Handle = Callable[[Exchange], Awaitable[int]]
 
 

@@ -70,6 +70,11 @@ class LiveAnswers:
         self, x: Exchange, principal: Principal, up: UpstreamResponse, extra: Mapping[str, str]
     ) -> None:
         """Relay the answer; while it streams, a revoke or expiry of its key cuts it."""
+        if up.arrived is not None and up.arrived():
+            # The whole answer is here (most small ones): it goes in one write, nothing
+            # streams that a revoke could cut, and registering it costs every request.
+            await x.relay(up, extra)
+            return
         task = asyncio.current_task()
         live = self._live.track(
             principal.key_id, principal.expires_at, "stream", lambda _: _cut(x, task)

@@ -29,7 +29,10 @@ from authproxy.observability.logs import redact_text
 # Batches (logging.access_buffer_bytes each, 64 KiB by default) that may wait for a slow
 # reader before new lines are dropped.
 _MAX_QUEUED_BATCHES: Final = 16
-# Rendered (address, method, path, space, key) tuples remembered (see _render_same).
+# What repeats from line to line: remote, method, path, space id, key id, and
+# forward-auth's (method, URI) of the request a gateway asked about.
+_Repeating = tuple[str, str, str, str | None, str | None, tuple[str, str] | None]
+# Rendered _Repeating tuples remembered (see _render_same).
 _REMEMBERED: Final = 4096
 
 
@@ -49,7 +52,7 @@ class AccessLog:
         self._flush_interval = flush_interval
         self._dropped = dropped
         self._lines: list[str] = []
-        self._same: dict[tuple[str, str, str, str | None, str | None], str] = {}
+        self._same: dict[_Repeating, str] = {}
         self._size = 0
         self._sink: Sink | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -76,14 +79,13 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        fields = (remote, method, path, space_id, key_id)
+        fields = (remote, method, path, space_id, key_id, original)
         same = self._same.get(fields) or self._render_same(fields)
         line = (
             f'{{"status": {status}, "duration_ms": {duration * 1000:.3f}, '
             # Request ids are [A-Za-z0-9._:-] by construction (http/headers.py): nothing
             # to escape, but a client could send its key as one.
-            f'"request_id": "{redact_text(request_id)}", {same}, '
-            f"{'' if original is None else _original(original)}"
+            f'"request_id": "{redact_text(request_id)}", {same}'
             f'"timestamp": "{self._second_text}.{int((now - second) * 1e6):06d}Z"}}\n'
         )
         self._lines.append(line)
@@ -91,12 +93,12 @@ class AccessLog:
         if self._size >= self._buffer_bytes:
             self._hand_over()
 
-    def _render_same(self, fields: tuple[str, str, str, str | None, str | None]) -> str:
+    def _render_same(self, fields: _Repeating) -> str:
         """The fields that repeat, rendered once and remembered: an integration asks for
         the same few paths with the same key from the same address, request after
         request. All are forgotten when _REMEMBERED have gathered (a scan of random
         paths costs memory only up to there)."""
-        remote, method, path, space_id, key_id = fields
+        remote, method, path, space_id, key_id, original = fields
         who = (
             ""
             if space_id is None
@@ -104,7 +106,8 @@ class AccessLog:
         )
         same = (
             f'"remote": {_text(remote)}, "event": "request", "method": {_text(method)}, '
-            f'"path": {_text(path)}{who}, "level": "info"'
+            f'"path": {_text(path)}{who}, "level": "info", '
+            f"{'' if original is None else _original(original)}"
         )
         if len(self._same) >= _REMEMBERED:
             self._same.clear()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +29,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from authproxy.config.schema import ServerConfig
-from authproxy.http.fast.connection import FastConnection
-from authproxy.http.fast.head import FastRequest
-
-# Runs one request a FastConnection parsed (http/fast/exchange.py's FastFront.answer).
-FastAnswer = Callable[[FastConnection, FastRequest], Awaitable[bool]]
+from authproxy.http.fast.connection import Answers, FastConnection
 
 log = structlog.get_logger(__name__)
 
@@ -139,7 +134,7 @@ class GuardedServer(web.Server):
     """
 
     guard: Guard
-    answer: FastAnswer
+    answers: Answers
     fast_connections: set[FastConnection]
 
     def __call__(self) -> FastConnection | RequestHandler:  # type: ignore[override]
@@ -175,21 +170,21 @@ class GuardedServer(web.Server):
 
 
 class GuardedAppRunner(web.AppRunner):
-    """aiohttp's AppRunner serving connections through GuardedServer; ``answer`` serves
+    """aiohttp's AppRunner serving connections through GuardedServer; ``answers`` serves
     the lean front end's requests (used when ``guard.fast_path`` is on)."""
 
     def __init__(
-        self, app: web.Application, *, guard: Guard, answer: FastAnswer, **kwargs: Any
+        self, app: web.Application, *, guard: Guard, answers: Answers, **kwargs: Any
     ) -> None:
         super().__init__(app, **kwargs)
         self._guard = guard
-        self._answer = answer
+        self._answers = answers
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # Same object, our subclass: GuardedServer adds only __call__ and one attribute.
         server.__class__ = GuardedServer
         server.guard = self._guard  # type: ignore[attr-defined]
-        server.answer = self._answer  # type: ignore[attr-defined]
+        server.answers = self._answers  # type: ignore[attr-defined]
         server.fast_connections = set()  # type: ignore[attr-defined]
         return server

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from authproxy.config.schema import Config
 from authproxy.http.aio.health import Readiness
-from authproxy.server.guards import FastAnswer, Guard, GuardedAppRunner
+from authproxy.http.fast.connection import Answers
+from authproxy.server.guards import Guard, GuardedAppRunner
 from authproxy.tls.listener import ListenerCertificate
 
 log = structlog.get_logger(__name__)
@@ -77,14 +78,14 @@ async def _run(
     app: web.Application,
     cfg: Config,
     readiness: Readiness,
-    answer: FastAnswer,
+    answers: Answers,
     reuse_port: bool,
     tls: ListenerCertificate | None,
 ) -> None:
     runner = GuardedAppRunner(
         app,
         guard=Guard.from_config(cfg.server),
-        answer=answer,
+        answers=answers,
         handle_signals=True,
         access_log=None,
         shutdown_timeout=cfg.server.shutdown_timeout,
@@ -122,7 +123,7 @@ def serve(
     cfg: Config,
     *,
     readiness: Readiness,
-    answer: FastAnswer,
+    answers: Answers,
     reuse_port: bool = False,
     tls: ListenerCertificate | None = None,
 ) -> int:
@@ -135,7 +136,7 @@ def serve(
     use_uvloop()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_run(app, cfg, readiness, answer, reuse_port, tls))
+    main = loop.create_task(_run(app, cfg, readiness, answers, reuse_port, tls))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

@@ -311,6 +311,7 @@ class Connection(asyncio.Protocol):
             raw_headers=self.headers,
             body=self.body(read_timeout),
             take_whole_body=self.take_complete_body,
+            arrived=self.arrived,
         )
 
     async def body(self, read_timeout: float) -> AsyncIterator[bytes]:
@@ -356,10 +357,13 @@ class Connection(asyncio.Protocol):
         else:
             self._head_timer = self._loop.call_later(left, self._check_head_deadline)
 
+    def arrived(self) -> bool:
+        return self.complete and self.error is None
+
     def take_complete_body(self) -> bytes | None:
         """The whole body if the response is already complete (then ``body`` yields
         nothing more), else None."""
-        if not self.complete or self.error is not None:
+        if not self.arrived():
             return None
         data = b"".join(self._chunks)
         self._chunks.clear()

@@ -122,6 +122,8 @@ class UpstreamResponse:
     # usually do), after which ``body`` yields nothing; else None. Lets the proxy answer
     # with one write. Transports that cannot tell leave it None.
     take_whole_body: Callable[[], bytes | None] | None = None
+    # Whether the whole answer has arrived (nothing is left to stream); None: cannot tell.
+    arrived: Callable[[], bool] | None = None
 
     @property
     def headers(self) -> list[tuple[str, str]]:

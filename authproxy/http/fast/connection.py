@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 import structlog
@@ -55,6 +54,16 @@ class Limits(Protocol):
     def max_headers(self) -> int: ...
 
 
+class Answers(Protocol):
+    """What a FastConnection calls for each request it parsed (exchange.py's FastFront)."""
+
+    async def answer(self, conn: FastConnection, request: FastRequest) -> bool:
+        """Answer ``request``; whether the connection may carry another."""
+
+    def answer_now(self, conn: FastConnection, request: FastRequest) -> bool | None:
+        """Answer ``request`` at once if nothing needs a wait; None: nothing was done."""
+
+
 class ConnectionHost(Protocol):
     """What a FastConnection needs of the server that made it (server/guards.py)."""
 
@@ -63,8 +72,7 @@ class ConnectionHost(Protocol):
     @property
     def fast_connections(self) -> set[FastConnection]: ...
     @property
-    def answer(self) -> Callable[[FastConnection, FastRequest], Awaitable[bool]]:
-        """Runs one parsed request (exchange.py's FastFront.answer)."""
+    def answers(self) -> Answers: ...
 
     def open_connections(self) -> int: ...
     def aiohttp_handler(self) -> asyncio.Protocol: ...
@@ -75,7 +83,7 @@ class FastConnection(asyncio.Protocol):
 
     def __init__(self, server: ConnectionHost) -> None:
         self._server = server
-        self._answer = server.answer
+        self._answers = server.answers
         self._loop = asyncio.get_running_loop()
         cfg = server.guard
         self._limits = HeadLimits.near(cfg.max_url_bytes, cfg.max_header_bytes, cfg.max_headers)
@@ -136,9 +144,33 @@ class FastConnection(asyncio.Protocol):
 
     # -- request framing
     def _next_request(self) -> None:
-        """Serve the next complete request in the buffer, or hand the connection over."""
-        if self.transport is None:
-            return
+        """Serve the complete requests in the buffer: at once while each needs no wait,
+        then one in a task; or hand the connection over."""
+        answered_now = False
+        while self.transport is not None and not self.busy:
+            request = self._take_request()
+            if request is None:
+                break
+            keep_alive = self._answers.answer_now(self, request)
+            if keep_alive is None:
+                self.busy = True
+                # A fresh context: no log field of an earlier request (or of startup) can
+                # leak in.
+                self.task = self._loop.create_task(
+                    self._serve(request), context=contextvars.Context()
+                )
+                return
+            answered_now = True
+            if not self._may_continue(keep_alive):
+                return
+        # A loop, not a call per answer: a long pipeline of requests answered at once
+        # must not recurse.
+        if answered_now and not self.busy and self.transport is not None:
+            self._now_idle()
+
+    def _take_request(self) -> FastRequest | None:
+        """The next complete request head in the buffer, taken out of it; None when none
+        is complete yet, or when the connection went to aiohttp."""
         buffer = self._buffer
         # Only bytes not yet looked at (plus the 3 before them, for a split blank line):
         # a head trickling in one byte at a time must not be rescanned each time.
@@ -152,40 +184,48 @@ class FastConnection(asyncio.Protocol):
             # A bare LF line ending never makes our blank line: aiohttp refuses it (400).
             if len(buffer) > _MAX_HEAD_BUFFER or new.count(b"\n") != new.count(b"\r\n"):
                 self._hand_off()
-            return
+            return None
         request = parse_head(bytes(buffer[: end + 4]), self._limits, self._fields)
         if request is None:
             self._hand_off()
-            return
+            return None
         del buffer[: end + 4]
         self._scanned = 0
         self._served += 1
-        self.busy = True
-        # A fresh context: no log field of an earlier request (or of startup) can leak in.
-        self.task = self._loop.create_task(self._serve(request), context=contextvars.Context())
+        return request
 
     async def _serve(self, request: FastRequest) -> None:
         keep_alive = False
         try:
-            keep_alive = await self._answer(self, request)
+            keep_alive = await self._answers.answer(self, request)
         finally:
             self.busy = False
             self.task = None
             self._after_answer(keep_alive)
 
     def _after_answer(self, keep_alive: bool) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return  # closed or aborted (a cut stream): no pipelined request may follow
-        if not keep_alive or self.closing:
-            self.transport.close()
+        if not self._may_continue(keep_alive):
             return
-        if self._reading_paused:
-            self.transport.resume_reading()
-            self._reading_paused = False
         if self._buffer:
             self._next_request()
         if self.busy or self.transport is None:
             return  # the next request is being served, or the connection went to aiohttp
+        self._now_idle()
+
+    def _may_continue(self, keep_alive: bool) -> bool:
+        """After an answer: whether another request may follow on this connection (else
+        it is closed); reading resumes if a full pipeline had paused it."""
+        if self.transport is None or self.transport.is_closing():
+            return False  # closed or aborted (a cut stream): no pipelined request may follow
+        if not keep_alive or self.closing:
+            self.transport.close()
+            return False
+        if self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+        return True
+
+    def _now_idle(self) -> None:
         now = self._idle_since = self._loop.time()
         idle_deadline = now + self._server.guard.idle_timeout
         if self._timer is None or self._timer.when() > idle_deadline:
@@ -250,6 +290,15 @@ class FastConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("client closed the connection")
         self.transport.write(data)
+
+    def can_write_now(self) -> bool:
+        """Whether an answer written now goes out without a wait: the client is there and
+        reads what we send."""
+        return (
+            not self._writing_paused
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
 
     def must_drain(self) -> bool:
         """Whether drain() would wait or raise; checked first, since most answers need no

@@ -43,6 +43,17 @@ class FastFront:
             return False
         return exchange.keep_alive
 
+    def answer_now(self, conn: FastConnection, request: FastRequest) -> bool | None:
+        """A forward-auth request answered at once, without a task, when nothing needs a
+        wait (RequestLifecycle.verify_now): whether the connection may carry another.
+        None: nothing was done; answer() serves it."""
+        if not request.verify or not conn.can_write_now():
+            return None
+        exchange = FastExchange(conn, request)
+        if not self._lifecycle.verify_now(exchange):
+            return None
+        return exchange.keep_alive
+
 
 class FastExchange:
     """One request of a FastConnection as the lifecycle's Exchange."""
@@ -143,6 +154,12 @@ class FastExchange:
             await conn.drain()
 
     async def grant(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
+        self.grant_now(identity, extra)
+        conn = self._conn
+        if conn.must_drain():
+            await conn.drain()
+
+    def grant_now(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
         # A declared body (head.py let it through for verify only) is never read: the
         # connection closes after this answer (keep_alive is False for it).
         head, _ = response_head(
@@ -155,10 +172,7 @@ class FastExchange:
             self.keep_alive,
         )
         self.head_sent = True
-        conn = self._conn
-        conn.write(head)
-        if conn.must_drain():
-            await conn.drain()
+        self._conn.write(head)
 
     def abort(self) -> None:
         self.keep_alive = False
