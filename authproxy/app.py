@@ -199,8 +199,9 @@ def build_components(
         interval=cfg.keys.unused_gauge_interval,
         wall_clock=clock,
     )
+    # Its own session: through a transaction pooler, db.listen_url names PostgreSQL itself.
     listener = RevocationListener(
-        dsn=str(cfg.db.url),
+        dsn=str(cfg.db.listen_dsn),
         cache=cache,
         metrics=metrics,
         connect_timeout=cfg.db.connect_timeout,
@@ -320,6 +321,8 @@ def _executor_ctx(c: Components) -> CleanupContext:
 
 def _database_ctx(c: Components) -> CleanupContext:
     async def ctx(_: web.Application) -> AsyncIterator[None]:
+        if c.config.db.is_transaction_pooled and c.config.db.listen_url is None:
+            log.warning("revocation_listener_through_pooler", setting="db.listen_url")
         pool = await create_pool(c.config)
         c.store.open(pool)
         await prepare_schema(c.config, pool)

@@ -22,6 +22,7 @@ from authproxy.observability.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
+_IN_RECOVERY = "SELECT pg_is_in_recovery()"
 _UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -115,7 +116,11 @@ class RevocationListener:
                 try:
                     await asyncio.wait_for(lost.wait(), self._ping_interval)
                 except TimeoutError:
-                    # A half-open TCP connection never reports its death: ask it.
-                    await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
+                    # A half-open TCP connection never reports its death: ask it. A server
+                    # in recovery (a standby, an old primary after a failover) takes no
+                    # revokes, so it sends no NOTIFY: listen where they are made instead.
+                    if await conn.fetchval(_IN_RECOVERY, timeout=self._connect_timeout):
+                        log.warning("revocation_listener_on_standby")
+                        return
         finally:
             conn.terminate()
