@@ -103,8 +103,9 @@ class DbConfig:
     # transaction pooler such as PgBouncer, which cannot keep a LISTEN. None: url.
     listen_url: str | None = field(default=None, metadata=_SECRET)
     # transaction: url is a transaction pooler, so no named prepared statements and no
-    # session reset per query. auto: transaction when listen_url is set or url looks like
-    # a pooler (port 6432, a host naming pgbouncer or pooler, ?pgbouncer=true).
+    # session reset per query. auto: transaction when listen_url is set, url looks like a
+    # pooler (port 6432, a host naming pgbouncer or pooler, ?pgbouncer=true), or the first
+    # connection's cancel key is not its backend's (authproxy/db/pooler.py).
     pooler: PoolerMode = "auto"
 
     @property

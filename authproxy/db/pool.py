@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 import structlog
 
 from authproxy.config.schema import Config
 from authproxy.db.migrations import migrate
+from authproxy.db.pooler import Connector
 from authproxy.errors import StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -19,26 +18,12 @@ log = structlog.get_logger(__name__)
 CONNECTION_REFUSED = (asyncpg.InvalidCatalogNameError, asyncpg.ObjectNotInPrerequisiteStateError)
 
 
-def pooler_options(cfg: Config) -> dict[str, Any]:
-    """asyncpg settings for db.url: through a transaction pooler, what asyncpg documents
-    for PgBouncer (no named prepared statements: each one would live on one server
-    connection, and the next transaction may get another)."""
-    return {"statement_cache_size": 0} if cfg.db.is_transaction_pooled else {}
-
-
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """Release without asyncpg's reset query (pg_advisory_unlock_all, UNLISTEN *, RESET
-    ALL): through a transaction pooler it would run on whichever server connection is
-    free, maybe dropping another client's session lock, and cost a round trip per query.
-    Nothing of ours sets session state; an open transaction is still rolled back."""
-
-
 async def create_pool(cfg: Config) -> asyncpg.Pool:
     # min_size=0: the daemon starts (and serves cached keys, healthz) while PostgreSQL is
     # away, and connects as soon as it is back; readyz reports the difference. A URL with
     # several hosts (and target_session_attrs=read-write) follows a failover: a connection
     # the old primary dropped is replaced, on acquire, by one to the new primary.
-    pooled = cfg.db.is_transaction_pooled
+    connector = Connector(cfg)
     return await asyncpg.create_pool(
         cfg.db.url,
         min_size=0,
@@ -46,8 +31,8 @@ async def create_pool(cfg: Config) -> asyncpg.Pool:
         timeout=cfg.db.connect_timeout,
         command_timeout=cfg.db.query_timeout,
         max_inactive_connection_lifetime=300,
-        reset=_keep_session if pooled else None,
-        **pooler_options(cfg),
+        connect=connector.connect,
+        reset=connector.reset,
     )
 
 
