@@ -23,7 +23,15 @@ from authproxy.observability.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 _IN_RECOVERY = "SELECT pg_is_in_recovery()"
-_UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# TargetServerAttributeNotMatched (an InternalClientError): every host of a multi-host URL
+# answered, none is a primary (mid-failover); it must not end the listener for good.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,
+)
 
 
 def parse_notification(payload: str) -> tuple[str, float | None]:
