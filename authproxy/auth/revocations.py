@@ -22,7 +22,6 @@ from authproxy.observability.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
-_IN_RECOVERY = "SELECT pg_is_in_recovery()"
 # TargetServerAttributeNotMatched (an InternalClientError): every host of a multi-host URL
 # answered, none is a primary (mid-failover); it must not end the listener for good.
 _UNAVAILABLE = (
@@ -124,11 +123,7 @@ class RevocationListener:
                 try:
                     await asyncio.wait_for(lost.wait(), self._ping_interval)
                 except TimeoutError:
-                    # A half-open TCP connection never reports its death: ask it. A server
-                    # in recovery (a standby, an old primary after a failover) takes no
-                    # revokes, so it sends no NOTIFY: listen where they are made instead.
-                    if await conn.fetchval(_IN_RECOVERY, timeout=self._connect_timeout):
-                        log.warning("revocation_listener_on_standby")
-                        return
+                    # A half-open TCP connection never reports its death: ask it.
+                    await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
         finally:
             conn.terminate()
