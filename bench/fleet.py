@@ -31,7 +31,7 @@ if not __package__:  # `python bench/fleet.py` puts bench/ on sys.path, not the 
 
 import aiohttp
 
-from bench.lab.database import embedded_server, scratch_database, server_from_env
+from bench.lab.database import run_in_lab
 from bench.lab.probes import ok, wait_up
 from bench.lab.processes import BenchError, Lab
 from bench.revocation_lag import KEYS, flushes, metric, start_daemons, start_upstream, token
@@ -150,24 +150,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.short:
         args.sizes, args.revokes, args.seconds, args.flush_interval = "1,2", 5, 2.0, 0.5
-    server = server_from_env() or embedded_server()
-    lab = Lab.create("bench-fleet-")
-    try:
-        db_url = scratch_database(lab, server, "authproxy_bench_")
-        print(
-            f"{args.rate} requests/s over {LOAD_KEYS} keys, last_used flushed every "
-            f"{args.flush_interval} s\n"
-            " N | lags  | p50 ms  | p99 ms  | max ms  | req/s  | stmt/s | rows/s  | "
-            "rows/key/min/proc | heard"
-        )
+    print(
+        f"{args.rate} requests/s over {LOAD_KEYS} keys, last_used flushed every "
+        f"{args.flush_interval} s\n"
+        " N | lags  | p50 ms  | p99 ms  | max ms  | req/s  | stmt/s | rows/s  | "
+        "rows/key/min/proc | heard"
+    )
+
+    def measure(lab: Lab, db_url: str) -> None:
         for n in (int(size) for size in args.sizes.split(",")):
             asyncio.run(one_fleet(lab, db_url, n, args))
-    except BenchError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        lab.close(args.keep_tmp)
-    return 0
+
+    return run_in_lab("bench-fleet-", args.keep_tmp, measure)
 
 
 if __name__ == "__main__":

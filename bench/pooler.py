@@ -33,11 +33,11 @@ from authproxy.config.schema import Config, DbConfig, PoolerMode
 from authproxy.db.pool import create_pool
 from authproxy.keys.store import Store
 from bench.lab.daemons import NO_FAILURE_LIMIT, start_authproxy
-from bench.lab.database import embedded_server, scratch_database, server_from_env
+from bench.lab.database import run_in_lab
 from bench.lab.keys import bulk_create_keys
 from bench.lab.pgbouncer import PgBouncer
 from bench.lab.probes import ok, wait_up
-from bench.lab.processes import BenchError, Lab
+from bench.lab.processes import Lab
 from bench.revocation_lag import start_upstream
 
 KEYS = 32
@@ -134,17 +134,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.short:
         args.seconds = 1.0
-    server = server_from_env() or embedded_server()
-    lab = Lab.create("bench-pooler-")
-    try:
-        db_url = scratch_database(lab, server, "authproxy_bench_")
-        asyncio.run(measure(lab, db_url, args))
-    except BenchError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        lab.close(args.keep_tmp)
-    return 0
+    return run_in_lab(
+        "bench-pooler-", args.keep_tmp, lambda lab, db_url: asyncio.run(measure(lab, db_url, args))
+    )
 
 
 if __name__ == "__main__":
