@@ -41,7 +41,13 @@ def pgbouncer_binary() -> str:
     return shutil.which("pgbouncer") or BINARY
 
 
-def _unprivileged_user() -> str:
+def _unprivileged_user(server_host: str) -> str:
+    """Who pgbouncer runs as when we are root: the owner of the server's socket directory
+    (an embedded server's is private to its own user), else the first user that exists."""
+    if server_host.startswith("/"):
+        owner = Path(server_host).stat().st_uid
+        if owner != 0:
+            return pwd.getpwuid(owner).pw_name
     for name in UNPRIVILEGED_USERS:
         try:
             pwd.getpwnam(name)
@@ -51,8 +57,8 @@ def _unprivileged_user() -> str:
     raise BenchError(f"none of the users {UNPRIVILEGED_USERS} exists to run pgbouncer as")
 
 
-def _server_line(direct_url: str) -> str:
-    """The [databases] fallback entry: every database name, on the same server and user."""
+def _server_host_port(direct_url: str) -> tuple[str, int]:
+    """Where the server listens: a TCP host, or a unix socket directory; and the port."""
     parts = urlsplit(direct_url)
     host = parts.hostname or ""
     port = parts.port or 5432
@@ -60,7 +66,7 @@ def _server_line(direct_url: str) -> str:
         query = dict(item.partition("=")[::2] for item in parts.query.split("&") if item)
         host = query.get("host", "/var/run/postgresql")
         port = int(query.get("port", port))
-    return f"* = host={host} port={port} user={parts.username or 'postgres'}"
+    return host, port
 
 
 class PgBouncer:
@@ -77,7 +83,9 @@ class PgBouncer:
         binary = pgbouncer_binary()
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        run_as = f"user = {_unprivileged_user()}" if os.geteuid() == 0 else ""
+        host, server_port = _server_host_port(direct_url)
+        user = urlsplit(direct_url).username or "postgres"
+        run_as = f"user = {_unprivileged_user(host)}" if os.geteuid() == 0 else ""
         ini = workdir / "pgbouncer.ini"
         # auth_type any: the user name is ignored and the [databases] entry's is used
         # (the test servers trust local connections). No unix socket, no pid file, logs
@@ -85,7 +93,7 @@ class PgBouncer:
         ini.write_text(
             f"""\
 [databases]
-{_server_line(direct_url)}
+* = host={host} port={server_port} user={user}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
