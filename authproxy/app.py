@@ -321,8 +321,6 @@ def _executor_ctx(c: Components) -> CleanupContext:
 
 def _database_ctx(c: Components) -> CleanupContext:
     async def ctx(_: web.Application) -> AsyncIterator[None]:
-        if c.config.db.is_transaction_pooled and c.config.db.listen_url is None:
-            log.warning("revocation_listener_through_pooler", setting="db.listen_url")
         pool = await create_pool(c.config)
         c.store.open(pool)
         await prepare_schema(c.config, pool)

@@ -205,6 +205,19 @@ class TestThroughPgBouncer:
 
 
 class TestPoolerDetection:
+    async def test_listen_through_pgbouncer_is_logged(
+        self, pooled: DaemonLauncher, http: aiohttp.ClientSession
+    ) -> None:
+        """Without db.listen_url the listener's LISTEN goes through PgBouncer: the daemon
+        serves, and says so (revocation_listener_through_pooler naming db.listen_url)."""
+        daemon = await pooled.start(server=QUICK_STOP)
+        key = await pooled.create_key(SPACE)
+        assert await call(http, daemon, key["key"]) == 200
+        warned = [
+            e for e in daemon.log_events() if e.get("event") == "revocation_listener_through_pooler"
+        ]
+        assert warned and warned[0]["setting"] == "db.listen_url", daemon.stderr()[-2000:]
+
     async def test_cancel_key_tells_a_pooler_from_postgresql(
         self, database_url: str, bouncer: PgBouncer
     ) -> None:
