@@ -59,7 +59,7 @@ def bouncer(database_url: str, tmp_path: Path) -> Iterator[PgBouncer]:
 async def pooled(
     tmp_path: Path, database_url: str, bouncer: PgBouncer, upstream: Upstream
 ) -> AsyncIterator[DaemonLauncher]:
-    """Daemons and CLI with db.url on PgBouncer; ``direct`` is for db.listen_url."""
+    """Daemons and CLI with db.url on PgBouncer (db.listen_url: see listen_direct)."""
     async with DaemonLauncher(
         tmp_path, database_url=bouncer.pooled(database_url), upstream_url=upstream.url
     ) as launcher:
@@ -97,7 +97,6 @@ class TestThroughPgBouncer:
         self,
         pooled: DaemonLauncher,
         database_url: str,
-        bouncer: PgBouncer,
         http: aiohttp.ClientSession,
     ) -> None:
         """migrate, create, list, roll, revoke through the admin API and the CLI with
@@ -131,7 +130,7 @@ class TestThroughPgBouncer:
         cli_statuses = sorted(k["status"] for k in listed.json()["keys"] if k["name"] == "cli")
         assert cli_statuses == ["active", "revoked"]  # the roll's new key, the revoked one
         # The CLI's revoke went through PgBouncer; the daemon heard it on its direct LISTEN.
-        assert await refusal_lag(http, daemon, cli_key["key"], 5.0) is not None
+        assert await refusal_lag(http, daemon, cli_key["key"], REVOCATION_DEADLINE) is not None
         status, listing = await admin(http, daemon, "GET", "")
         assert status == 200
         assert len(listing["keys"]) == 4

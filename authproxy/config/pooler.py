@@ -2,8 +2,9 @@
 
 PgBouncer in transaction mode (and poolers like it) hand each transaction to any server
 connection, so a LISTEN through it is never heard and named prepared statements vanish.
-No protocol message tells a client it talks to a pooler, so these are educated guesses
-from the URL alone, used for ``db.pooler: auto`` and for ``check-config``'s warnings.
+These are guesses from the URL alone, for ``db.pooler: auto`` before any connection and
+for ``check-config``'s warnings (which never connect); authproxy/db/pooler.py asks the
+first connection when the URL says nothing.
 """
 
 from __future__ import annotations

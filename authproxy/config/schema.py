@@ -119,6 +119,7 @@ class DbConfig:
 
     @property
     def is_transaction_pooled(self) -> bool:
+        """db.url is a transaction pooler, as far as the config alone tells."""
         if self.pooler != "auto":
             return self.pooler == "transaction"
         return self.url is not None and (

@@ -64,5 +64,5 @@ class Connector:
         RESET ALL): it would run on whichever server connection is free, maybe dropping
         another client's session lock, and cost a round trip per query; nothing of ours
         sets session state, and asyncpg still rolls back an open transaction."""
-        if not self.pooled:
-            await conn.execute(conn.get_reset_query())
+        if not self.pooled and (query := conn.get_reset_query()):
+            await conn.execute(query)
