@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import Upstream
 from tests.daemon import Daemon, DaemonLauncher
-from tests.fleet import wait_for
+from tests.fleet import metric_total, wait_for
 from tests.stoppable_postgres import StoppablePostgres
 from tests.test_fleet import (
     ADMIN,
@@ -31,6 +31,7 @@ from tests.test_fleet import (
     get_json,
     refusal_lag,
     revoke_via_admin,
+    scrape,
     wait_listener_up,
 )
 
@@ -155,6 +156,13 @@ class TestFailover:
                 assert await wait_for(admitted, RECOVERY_TIMEOUT, 0.1) is not None
                 await wait_listener_up(daemon, times=2)
             print(f"\nboth daemons ready {time.monotonic() - promoted:.2f} s after the promotion")
+            for daemon in (a, b):  # revokes sent while nobody listened: the whole cache went
+                flushed = metric_total(
+                    await scrape(http, daemon),
+                    "authproxy_cache_evictions_total",
+                    reason="listener_reconnect",
+                )
+                assert flushed >= 1, "the cache was not flushed after the listener came back"
 
             assert await call(http, b, cached["key"]) == 200
             await revoke_via_admin(http, a, cached["id"])
