@@ -199,8 +199,9 @@ def build_components(
         interval=cfg.keys.unused_gauge_interval,
         wall_clock=clock,
     )
+    # Its own session: through a transaction pooler, db.listen_url names PostgreSQL itself.
     listener = RevocationListener(
-        dsn=str(cfg.db.url),
+        dsn=str(cfg.db.listen_dsn),
         cache=cache,
         metrics=metrics,
         connect_timeout=cfg.db.connect_timeout,

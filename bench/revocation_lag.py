@@ -149,9 +149,10 @@ async def start_upstream() -> tuple[web.AppRunner, str]:
 
 
 def start_daemons(
-    lab: Lab, db_url: str, upstream: str, flush_interval: float
+    lab: Lab, db_url: str, upstream: str, flush_interval: float, count: int = 2
 ) -> list[tuple[Proc, str]]:
-    """A and B: admin API on (the JWT secret above), last_used flushed every interval."""
+    """A and B (or ``count`` of them, bench/fleet.py): admin API on (the JWT secret
+    above), last_used flushed every interval."""
     return [
         start_authproxy(
             lab,
@@ -161,7 +162,7 @@ def start_daemons(
             extra_yaml=NO_FAILURE_LIMIT + f"usage: {{flush_interval: {flush_interval}}}\n",
             extra_env={"AUTHPROXY_ADMIN_JWT_SECRET": SECRET},
         )
-        for name in ("a", "b")
+        for name in (chr(ord("a") + i) for i in range(count))
     ]
 
 

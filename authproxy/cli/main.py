@@ -136,7 +136,9 @@ def _config_problems(problems: list[str]) -> int:
 
 
 def _check_config(cfg: Config) -> int:
-    """The effective config, and the TLS files loaded as serve would load them."""
+    """The effective config, and the TLS files loaded as serve would load them; warnings
+    (valid but likely wrong, exit 0) go to stderr, one ``warning: setting: …`` line each."""
+    from authproxy.config.pooler import database_warnings
     from authproxy.tls.checkup import inspect_tls
 
     tls, problems = inspect_tls(cfg)
@@ -145,6 +147,12 @@ def _check_config(cfg: Config) -> int:
     report: dict[str, Any] = {"status": "ok", "config": redacted(cfg)}
     if tls:
         report["tls"] = tls
+    db = cfg.db
+    warnings = database_warnings(db.url, db.listen_url, db.is_transaction_pooled)
+    if warnings:
+        report["warnings"] = warnings
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return EXIT_OK
 
@@ -225,8 +233,9 @@ def _print(payload: Any) -> None:
 def redacted(cfg: Config) -> dict[str, Any]:
     """The effective config as JSON, secrets masked (for check-config's report)."""
     data = dataclasses.asdict(cfg)
-    if data["db"]["url"]:
-        data["db"]["url"] = "<redacted>"
+    for name in ("url", "listen_url"):
+        if data["db"][name]:
+            data["db"][name] = "<redacted>"
     if data["admin"]["jwt_secret"]:
         data["admin"]["jwt_secret"] = "<redacted>"
     return data

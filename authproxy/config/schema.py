@@ -13,11 +13,13 @@ from typing import Any, Literal
 from yarl import URL
 
 from authproxy.config.coerce import build_section, read_yaml, show
+from authproxy.config.pooler import looks_like_pooler
 from authproxy.errors import ConfigError
 
 LogFormat = Literal["auto", "json", "console"]
 TransportKind = Literal["h1", "aiohttp"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+PoolerMode = Literal["auto", "none", "transaction"]
 
 # Environment variables from DESIGN.md and the setting each one overrides.
 ENV_OVERRIDES: Mapping[str, str] = {
@@ -27,6 +29,7 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "AUTHPROXY_ADMIN_JWT_SECRET": "admin.jwt_secret",
     "AUTHPROXY_TLS_CERT_FILE": "server.tls_cert_file",
     "AUTHPROXY_TLS_KEY_FILE": "server.tls_key_file",
+    "AUTHPROXY_DATABASE_LISTEN_URL": "db.listen_url",
 }
 CONFIG_PATH_ENV = "AUTHPROXY_CONFIG"
 
@@ -96,10 +99,33 @@ class DbConfig:
     max_pool: int = field(default=10, metadata=_rule(1, 1000))
     connect_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
     query_timeout: float = field(default=5.0, metadata=_rule(0.1, 300))
+    # A direct (session) connection used only for LISTEN, for when url goes through a
+    # transaction pooler such as PgBouncer, which cannot keep a LISTEN. None: url.
+    listen_url: str | None = field(default=None, metadata=_SECRET)
+    # transaction: url is a transaction pooler, so no named prepared statements and no
+    # session reset per query. auto: transaction when listen_url is set, url looks like a
+    # pooler (port 6432, a host naming pgbouncer or pooler, ?pgbouncer=true), or the first
+    # connection's cancel key is not its backend's (authproxy/db/pooler.py).
+    pooler: PoolerMode = "auto"
 
     @property
     def is_embedded(self) -> bool:
         return self.url is None
+
+    @property
+    def listen_dsn(self) -> str | None:
+        """Where the revocation listener connects: listen_url, else url."""
+        return self.listen_url or self.url
+
+    @property
+    def is_transaction_pooled(self) -> bool:
+        """db.url is a transaction pooler, as far as the config alone tells."""
+        if self.pooler != "auto":
+            return self.pooler == "transaction"
+        return self.url is not None and (
+            (self.listen_url is not None and self.listen_url != self.url)
+            or looks_like_pooler(self.url) is not None
+        )
 
     @property
     def should_migrate_on_start(self) -> bool:
@@ -310,6 +336,11 @@ def cross_checks(config: Config) -> list[str]:
         db_url is None or db_url.scheme not in ("postgresql", "postgres")
     ):
         problems.append("db.url: must be a postgresql:// URL (got <redacted>)")
+    listen_url = None if config.db.listen_url is None else _parse_url(config.db.listen_url)
+    if config.db.listen_url is not None and (
+        listen_url is None or listen_url.scheme not in ("postgresql", "postgres")
+    ):
+        problems.append("db.listen_url: must be a postgresql:// URL (got <redacted>)")
     for cidr in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)

@@ -7,6 +7,7 @@ import structlog
 
 from authproxy.config.schema import Config
 from authproxy.db.migrations import migrate
+from authproxy.db.pooler import Connector
 from authproxy.errors import StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -19,7 +20,10 @@ CONNECTION_REFUSED = (asyncpg.InvalidCatalogNameError, asyncpg.ObjectNotInPrereq
 
 async def create_pool(cfg: Config) -> asyncpg.Pool:
     # min_size=0: the daemon starts (and serves cached keys, healthz) while PostgreSQL is
-    # away, and connects as soon as it is back; readyz reports the difference.
+    # away, and connects as soon as it is back; readyz reports the difference. A URL with
+    # several hosts (and target_session_attrs=read-write) follows a failover: a connection
+    # the old primary dropped is replaced, on acquire, by one to the new primary.
+    connector = Connector(cfg)
     return await asyncpg.create_pool(
         cfg.db.url,
         min_size=0,
@@ -27,6 +31,8 @@ async def create_pool(cfg: Config) -> asyncpg.Pool:
         timeout=cfg.db.connect_timeout,
         command_timeout=cfg.db.query_timeout,
         max_inactive_connection_lifetime=300,
+        connect=connector.connect,
+        reset=connector.reset,
     )
 
 
