@@ -129,6 +129,26 @@ class TestPipelining:
         assert len({a.header("X-Request-Id") for a in answers}) == 5
         assert [r.raw_path for r in upstream.requests] == [f"/item/{n}" for n in range(5)]
 
+    async def test_heads_after_a_refused_upgrade_parse_anew(
+        self, client: Client, upstream: Upstream
+    ) -> None:
+        """A WebSocket handshake the upstream refused, in a pipeline: llhttp stopped at
+        its head, and the heads after it on the connection are still read exactly (the
+        request parser is kept from one head to the next: head.py's FieldMemo)."""
+        created = await new_key(client)
+        upgrade = ("Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13",
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")  # fmt: skip
+        payload = (
+            request("GET", "/a", created.key)
+            + request("GET", "/ws/refuse", created.key, *upgrade)
+            + request("GET", "/b", created.key)
+            + request("GET", "/c?d=e", created.key, "X-Trace: last")
+        )
+        answers = await exchange(client, payload, expect=4)
+        assert [a.status for a in answers] == [200, 403, 200, 200]
+        assert [r.raw_path for r in upstream.requests] == ["/a", "/ws/refuse", "/b", "/c?d=e"]
+        assert dict(upstream.requests[-1].headers)["X-Trace"] == "last"
+
     async def test_head_split_into_single_bytes(self, client: Client) -> None:
         created = await new_key(client)
         reader, writer = await asyncio.open_connection(client.host, client.port)

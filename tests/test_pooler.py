@@ -38,7 +38,7 @@ from tests.test_fleet import (
 from tests.tokens import auth, mint
 
 KEYS = f"/_authproxy/v1/spaces/{SPACE}/keys"
-OWNER = auth(mint({SPACE: "owner"}))
+OWNER_ROLES = {SPACE: "owner"}  # minted per call: a token minted at import would expire
 MISSES = 1000
 CONCURRENCY = 16
 # Signs that a statement met another server connection than the one it was prepared on.
@@ -88,7 +88,9 @@ def assert_no_pooling_errors(*daemons: Daemon) -> None:
 async def admin(
     session: aiohttp.ClientSession, daemon: Daemon, method: str, path: str, body: Any = None
 ) -> tuple[int, Any]:
-    async with session.request(method, daemon.url(KEYS + path), headers=OWNER, json=body) as r:
+    async with session.request(
+        method, daemon.url(KEYS + path), headers=auth(mint(OWNER_ROLES)), json=body
+    ) as r:
         return r.status, await r.json(content_type=None)
 
 
