@@ -160,15 +160,10 @@ class Authenticator:
         entry = self._cache.get(self._digest(raw))
         if entry is None or not isinstance(entry.value, Verified):
             return None
-        principal = entry.value.principal
-        now = self._now()
-        if not self._cache.is_fresh(entry) or (
-            principal.expires_at is not None and principal.expires_at <= now
-        ):
+        expires_at, now = entry.value.principal.expires_at, self._now()
+        if not self._cache.is_fresh(entry) or (expires_at is not None and expires_at <= now):
             return None
-        self._metrics.cache_hits.inc()
-        self._usage.record(principal.key_id, now)
-        return principal
+        return self._from_cache(entry, now)  # counted and recorded as authenticate() does
 
     def _digest(self, raw: str) -> bytes:
         """The cache's key for a presented key: a keyed hash, so the cache never holds one."""
