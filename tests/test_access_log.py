@@ -23,7 +23,7 @@ from typing import IO, Any
 import aiohttp
 import pytest
 
-from tests.daemon import REPO_ROOT, Daemon, DaemonLauncher, free_port
+from tests.daemon import REPO_ROOT, Daemon, DaemonLauncher, free_port, start_daemon
 from tests.fleet import metric_total
 
 
@@ -153,6 +153,51 @@ class TestStalledStderr:
             else:
                 never_read.close()
                 other_end.close()
+
+
+class TestRequestContext:
+    @pytest.mark.parametrize("fast_path", [True, False])
+    async def test_lines_logged_during_a_request_name_it(
+        self, launcher: DaemonLauncher, tmp_path: Path, fast_path: bool
+    ) -> None:
+        """A line logged while a request is served (here: its upstream is down) names the
+        request: the id the client was answered with, method, path without the query,
+        space and key. The next request on the same connection, refused before any key
+        is accepted, is named alone: nothing of the first one carries over."""
+        created = await launcher.create_key()
+        env = launcher.env(listen=f"127.0.0.1:{free_port()}", server={"fast_path": fast_path})
+        env["AUTHPROXY_UPSTREAM_URL"] = f"http://127.0.0.1:{free_port()}"  # nobody listens
+        daemon = await start_daemon(env, stderr_path=tmp_path / "daemon.stderr")
+        try:
+            async with daemon.session() as session:
+                auth = {"Authorization": f"Bearer {created['key']}"}
+                async with session.get(daemon.url("/points?from=1"), headers=auth) as failed:
+                    assert failed.status == 502
+                refused_auth = {"Authorization": "Bearer not-a-key"}
+                async with session.get(daemon.url("/other"), headers=refused_auth) as refused:
+                    assert refused.status == 401
+            assert await daemon.stop() == 0
+        finally:
+            await daemon.kill()
+        events = daemon.log_events()
+        [upstream_failed] = [e for e in events if e.get("event") == "upstream_failed"]
+        assert {
+            name: upstream_failed.get(name)
+            for name in ("request_id", "method", "path", "space_id", "key_id")
+        } == {
+            "request_id": failed.headers["X-Request-Id"],
+            "method": "GET",
+            "path": "/points",
+            "space_id": "plant-7",
+            "key_id": created["id"],
+        }
+        [auth_refused] = [e for e in events if e.get("event") == "auth_refused"]
+        assert auth_refused["request_id"] == refused.headers["X-Request-Id"]
+        assert auth_refused["path"] == "/other"
+        assert "key_id" not in auth_refused and "space_id" not in auth_refused
+        # Lines logged outside any request name none.
+        [stopped] = [e for e in events if e.get("event") == "stopped"]
+        assert "request_id" not in stopped and "path" not in stopped
 
 
 async def _metrics(daemon: Daemon) -> str:

@@ -211,6 +211,53 @@ class TestRepeatedFields:
         names = {name.lower() for name, _ in upstream.requests[-1].headers}
         assert not any(name.startswith("get ") for name in names), names
 
+    async def test_a_block_with_one_line_changed(self, client: Client, upstream: Upstream) -> None:
+        """A new block that shares most lines with the last (head.py keeps each line
+        parsed): the upstream gets each request's own fields, whitespace trimmed as
+        aiohttp trims it, and a field dropped only where a Connection header lists it."""
+        created = await new_key(client)
+        payload = b"".join(
+            request("GET", f"/{n}", created.key, "X-Pad:  padded \t", *extra)
+            for n, extra in enumerate(
+                [
+                    ("X-Seq: 0", "X-Hop: kept"),
+                    ("X-Seq: 1", "X-Hop: kept", "Connection: X-Hop"),
+                    ("X-Seq: 2", "X-Hop: kept"),
+                    ("X-Seq: 2", "X-Hop: kept", "X-Late: yes"),
+                ]
+            )
+        )
+        answers = await exchange(client, payload, expect=4)
+        assert [a.status for a in answers] == [200] * 4
+        ours = {"host", "x-space-id", "x-api-key-id", "x-api-key-prefix", "x-request-id"}
+        seen = [
+            [(k, v) for k, v in r.headers if k.lower() not in ours and not k.startswith("X-Fo")]
+            for r in upstream.requests
+        ]
+        pad = ("X-Pad", "padded")
+        assert seen == [
+            [pad, ("X-Seq", "0"), ("X-Hop", "kept")],
+            [pad, ("X-Seq", "1")],
+            [pad, ("X-Seq", "2"), ("X-Hop", "kept")],
+            [pad, ("X-Seq", "2"), ("X-Hop", "kept"), ("X-Late", "yes")],
+        ]
+        sent_ids = [dict(r.headers)["X-Request-Id"] for r in upstream.requests]
+        assert sent_ids == [a.header("X-Request-Id") for a in answers]
+
+    async def test_known_lines_in_a_new_combination_are_judged_again(
+        self, client: Client, upstream: Upstream
+    ) -> None:
+        """Each Host line was fine in its own head; together they are two Host fields,
+        which aiohttp refuses (400), though neither line is new to the connection."""
+        created = await new_key(client)
+        first = request("GET", "/a", created.key)
+        other = request("GET", "/b", None, "Host: other.test", f"Authorization: Bearer {created.key}")
+        other = other.replace(b"Host: proxy.test\r\n", b"")
+        both = request("GET", "/c", created.key, "Host: other.test")
+        answers = await exchange(client, first + other + both, expect=3)
+        assert [a.status for a in answers] == [200, 200, 400]
+        assert [r.raw_path for r in upstream.requests] == ["/a", "/b"]
+
     async def test_repeated_refused_block_is_refused_again(self, client: Client) -> None:
         """A block aiohttp must judge (two Host fields: 400) is never served from memory."""
         created = await new_key(client)

@@ -7,17 +7,28 @@ turns an exchange and its key into the fields the upstream receives.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
-from typing import Protocol
+import operator
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from typing import Final, Protocol
 
 from aiohttp import web
 from multidict import MultiMapping
 
 from authproxy.auth.verdict import Principal
 from authproxy.http.admission import Admission
-from authproxy.http.headers import upstream_request_fields
+from authproxy.http.headers import (
+    REQUEST_ID_FROM_END,
+    HeaderLine,
+    Identity,
+    kept_client_fields,
+    our_fields,
+    upstream_request_fields,
+)
 from authproxy.http.tunnel import ClientConnection
+from authproxy.upstream.h1pool import encode_fields
 from authproxy.upstream.transport import UpstreamResponse
+
+_WIRE: Final = operator.attrgetter("wire")
 
 
 class UpstreamFieldsMemo:
@@ -25,15 +36,20 @@ class UpstreamFieldsMemo:
 
     A keep-alive client repeats the same header fields (the fast front end hands over the
     same object for a repeated block) and the same key; the fields the upstream receives
-    then differ only in the request id, which is put back in its place.
+    then differ only in the request id, which is put back in its place. A block that is
+    new is most often the last one with a line changed: its lines come encoded from the
+    front end (Exchange.header_lines), and our fields are encoded again only when who is
+    calling, or from where, changed.
     """
 
-    __slots__ = ("after", "before", "headers", "principal")
+    __slots__ = ("after", "before", "headers", "ours", "ours_after", "ours_before", "principal")
 
     def __init__(self) -> None:
         self.headers: object = None
         self.principal: Principal | None = None
         self.before = self.after = b""
+        self.ours: Identity | None = None  # with request_id "": what ours_* encode
+        self.ours_before = self.ours_after = b""
 
 
 class Exchange(Protocol):
@@ -61,6 +77,11 @@ class Exchange(Protocol):
     @property
     def upstream_memo(self) -> UpstreamFieldsMemo | None:
         """Per-connection memo of encoded upstream fields, where the front end keeps one."""
+
+    @property
+    def header_lines(self) -> Sequence[HeaderLine] | None:
+        """``headers``' fields in order, each with its line encoded for the upstream, where
+        the front end keeps them (the lean one); else None."""
 
     @property
     def head_sent(self) -> bool:
@@ -119,3 +140,40 @@ def upstream_fields(
     return upstream_request_fields(
         headers.items(), who, headers.getall("Connection", []), strip_prefixes
     )
+
+
+def encoded_upstream_fields(
+    x: Exchange,
+    principal: Principal,
+    admission: Admission,
+    strip_prefixes: tuple[str, ...],
+    memo: UpstreamFieldsMemo,
+) -> bytes:
+    """upstream_fields' fields as the lines of an HTTP/1.1 head, made from ``memo`` where
+    it holds them (see UpstreamFieldsMemo), which then holds them for the next request."""
+    headers = x.headers
+    if memo.headers is not headers or memo.principal != principal:  # a cache hit makes a
+        lines = x.header_lines  # new, equal Principal
+        who = admission.identity(
+            principal, peer=x.peer, headers=headers, scheme=x.scheme, host=x.host, request_id=""
+        )
+        if lines is None:
+            fields = upstream_request_fields(
+                headers.items(), who, headers.getall("Connection", []), strip_prefixes
+            )
+            at = len(fields) + REQUEST_ID_FROM_END
+            memo.before, memo.after = encode_fields(fields[:at]), encode_fields(fields[at + 1 :])
+        else:
+            if who != memo.ours:
+                ours = our_fields(who)
+                at = len(ours) + REQUEST_ID_FROM_END
+                memo.ours_before, memo.ours_after = (
+                    encode_fields(ours[:at]),
+                    encode_fields(ours[at + 1 :]),
+                )
+                memo.ours = who
+            kept = kept_client_fields(lines, headers.getall("Connection", []), strip_prefixes)
+            memo.before = b"".join(map(_WIRE, kept)) + memo.ours_before
+            memo.after = memo.ours_after
+        memo.headers, memo.principal = headers, principal
+    return b"%sX-Request-Id: %s\r\n%s" % (memo.before, x.request_id.encode("ascii"), memo.after)

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Iterable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from multidict import CIMultiDict, MultiMapping
 
@@ -211,30 +211,13 @@ def upstream_request_fields(
 ) -> list[tuple[str, str]]:
     """upstream_request_headers as a list of fields, ours last (X-Request-Id at
     REQUEST_ID_FROM_END)."""
-    # "Connection: keep-alive" or "close" lists nothing that is not dropped anyway.
-    listed = connection_tokens(connection) - _ALWAYS_DROPPED - {"close"} if connection else None
-    kept: list[tuple[str, str]] = []
-    if listed:
-        dropped = _ALWAYS_DROPPED | listed
-        kept = [
-            (name, value)
-            for name, value in client
-            if not _is_dropped(name, dropped, strip_prefixes)
-        ]
-    else:
-        for name, value in client:
-            verdict = _verdicts.get((name, strip_prefixes))
-            if verdict is None:
-                if len(_verdicts) >= _MAX_VERDICTS:
-                    _verdicts.clear()
-                verdict = _verdicts[(name, strip_prefixes)] = _is_dropped(
-                    name, _ALWAYS_DROPPED, strip_prefixes
-                )
-            if not verdict:
-                kept.append((name, value))
-    # Added last; no client copy of these names is ever kept (_OURS), and a
-    # Connection-listed name cannot remove them.
-    kept += (
+    return kept_client_fields(client, connection, strip_prefixes) + our_fields(identity)
+
+
+def our_fields(identity: Identity) -> list[tuple[str, str]]:
+    """The fields we add: after the client's, where no client copy of their names is ever
+    kept (_OURS), and a Connection-listed name cannot remove them."""
+    return [
         (X_SPACE_ID, identity.space_id),
         (X_API_KEY_ID, identity.key_id),
         (X_API_KEY_PREFIX, identity.key_prefix),
@@ -242,8 +225,45 @@ def upstream_request_fields(
         (X_FORWARDED_FOR, identity.client_ip),
         (X_FORWARDED_PROTO, identity.scheme),
         (X_FORWARDED_HOST, identity.host),
-    )
+    ]
+
+
+Field = TypeVar("Field", bound=tuple[Any, ...])
+
+
+def kept_client_fields(
+    client: Iterable[Field], connection: Iterable[str], strip_prefixes: tuple[str, ...] = ()
+) -> list[Field]:
+    """The client's fields the upstream may see, in order; each field is a tuple whose
+    first item is its name: (name, value) pairs, or a front end's HeaderLines."""
+    # "Connection: keep-alive" or "close" lists nothing that is not dropped anyway.
+    listed = connection_tokens(connection) - _ALWAYS_DROPPED - {"close"} if connection else None
+    if listed:
+        dropped = _ALWAYS_DROPPED | listed
+        return [field for field in client if not _is_dropped(field[0], dropped, strip_prefixes)]
+    kept: list[Field] = []
+    for field in client:
+        name = field[0]
+        verdict = _verdicts.get((name, strip_prefixes))
+        if verdict is None:
+            if len(_verdicts) >= _MAX_VERDICTS:
+                _verdicts.clear()
+            verdict = _verdicts[(name, strip_prefixes)] = _is_dropped(
+                name, _ALWAYS_DROPPED, strip_prefixes
+            )
+        if not verdict:
+            kept.append(field)
     return kept
+
+
+class HeaderLine(NamedTuple):
+    """One header field as a front end read it, with the line the upstream receives for
+    it already encoded (the lean front end keeps these from one head to the next)."""
+
+    name: str  # latin-1, as aiohttp decodes names
+    value: str  # without surrounding whitespace; UTF-8, keeping any stray byte
+    lowered: bytes  # the name as sent, lower case
+    wire: bytes  # b"Name: value\r\n", exactly what encode_fields makes of (name, value)
 
 
 def client_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -28,9 +28,14 @@ from authproxy.auth.verdict import Principal
 from authproxy.errors import BodyTooLarge, TooManyRequests
 from authproxy.http.admission import Admission, refuse_target
 from authproxy.http.errormap import error_response, json_error
-from authproxy.http.exchange import Exchange, GrantsAtOnce, Handle, upstream_fields
+from authproxy.http.exchange import (
+    Exchange,
+    GrantsAtOnce,
+    Handle,
+    encoded_upstream_fields,
+    upstream_fields,
+)
 from authproxy.http.headers import (
-    REQUEST_ID_FROM_END,
     X_REQUEST_ID,
     identity_fields,
     original_request,
@@ -38,8 +43,9 @@ from authproxy.http.headers import (
 )
 from authproxy.http.live_answers import LiveAnswers
 from authproxy.observability.access_log import AccessLog
+from authproxy.observability.logs import current_request
 from authproxy.observability.metrics import Metrics
-from authproxy.upstream.h1pool import H1Transport, encode_fields
+from authproxy.upstream.h1pool import H1Transport
 from authproxy.upstream.transport import (
     UpstreamResponse,
     UpstreamTimeout,
@@ -99,26 +105,28 @@ class RequestLifecycle:
         left first). Whatever fails, the client gets a JSON answer or a cut connection,
         the log an access line, and the daemon keeps serving."""
         started = time.perf_counter()
-        x.request_id = request_id = request_id_from(x.headers.get(X_REQUEST_ID))
-        # The path only: a query string may carry anything, keys included.
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id, method=x.method, path=x.target.split("?", 1)[0]
-        )
+        x.request_id = request_id_from(x.headers.get(X_REQUEST_ID))
+        # Every line logged from here names the request (observability/logs.py).
+        logged_as = current_request.set(x)
         try:
-            status = await handle(x)
-        except ConnectionError:
-            # The client went away mid-answer (a closed tab, a load test ending): not ours.
-            log.info("client_disconnected")
-            status = CLIENT_CLOSED_REQUEST
-        except Exception as exc:  # noqa: BLE001 - the one catch-all; logged below
-            status = await _answer_error(x, exc)
-        except asyncio.CancelledError:
-            # Stopped from outside: a server set to cancel handlers when their client
-            # leaves, or a shutdown past its grace period. No answer will be sent.
-            self._access_line(CLIENT_CLOSED_REQUEST, started, x)
-            raise
-        self._access_line(status, started, x)
-        return status
+            try:
+                status = await handle(x)
+            except ConnectionError:
+                # The client went away mid-answer (a closed tab, a load test ending): not ours.
+                log.info("client_disconnected")
+                status = CLIENT_CLOSED_REQUEST
+            except Exception as exc:  # noqa: BLE001 - the one catch-all; logged below
+                status = await _answer_error(x, exc)
+            except asyncio.CancelledError:
+                # Stopped from outside: a server set to cancel handlers when their client
+                # leaves, or a shutdown past its grace period. No answer will be sent.
+                self._access_line(CLIENT_CLOSED_REQUEST, started, x)
+                raise
+            self._access_line(status, started, x)
+            return status
+        finally:
+            # aiohttp serves a connection's requests in one task: the next starts afresh.
+            current_request.reset(logged_as)
 
     def _access_line(self, status: int, started: float, x: Exchange) -> None:
         if not self._log_access:
@@ -164,7 +172,6 @@ class RequestLifecycle:
         if not isinstance(principal, Principal):
             principal = await principal
         x.principal = principal
-        structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
         outcome, status = "allowed", 502
         try:
             rate_headers = admission.take_rate(principal)
@@ -212,7 +219,6 @@ class RequestLifecycle:
         if not isinstance(principal, Principal):
             principal = await principal
         x.principal = principal
-        structlog.contextvars.bind_contextvars(space_id=principal.space_id, key_id=principal.key_id)
         outcome, status = "allowed", 200
         try:
             await x.grant(identity_fields(principal), admission.take_rate(principal))
@@ -261,37 +267,15 @@ class RequestLifecycle:
     def _upstream_request(
         self, x: Exchange, principal: Principal, body: AsyncIterable[bytes] | None
     ) -> AbstractAsyncContextManager[UpstreamResponse]:
-        headers, h1, memo = x.headers, self._h1, x.upstream_memo
-        if (
-            h1 is not None
-            and body is None
-            and memo is not None
-            and memo.headers is headers
-            and memo.principal == principal
-        ):  # a cache hit makes a new, equal Principal
+        h1, memo = self._h1, x.upstream_memo
+        if h1 is not None and body is None and memo is not None:
             return h1.request_encoded(
                 x.method,
                 x.target,
-                b"%sX-Request-Id: %s\r\n%s"
-                % (memo.before, x.request_id.encode("ascii"), memo.after),
+                encoded_upstream_fields(x, principal, self._admission, self._strip_prefixes, memo),
             )
         fields = upstream_fields(x, principal, self._admission, self._strip_prefixes)
-        if h1 is None or body is not None:
-            return self._transport.request(x.method, x.target, CIMultiDict(fields), body)
-        at = len(fields) + REQUEST_ID_FROM_END
-        before, after = encode_fields(fields[:at]), encode_fields(fields[at + 1 :])
-        if memo is not None:
-            memo.headers, memo.principal, memo.before, memo.after = (
-                headers,
-                principal,
-                before,
-                after,
-            )
-        return h1.request_encoded(
-            x.method,
-            x.target,
-            b"%sX-Request-Id: %s\r\n%s" % (before, x.request_id.encode("ascii"), after),
-        )
+        return self._transport.request(x.method, x.target, CIMultiDict(fields), body)
 
 
 async def _answer_error(x: Exchange, exc: Exception) -> int:

@@ -42,6 +42,7 @@ class AioExchange:
     __slots__ = ("_request_id", "_switched", "original", "principal", "request", "response")
 
     upstream_memo: UpstreamFieldsMemo | None = None  # aiohttp's requests are the rarer kind
+    header_lines: None = None  # (aiohttp's parser keeps no encoded lines)
 
     def __init__(self, request: web.Request) -> None:
         self.request = request

@@ -61,6 +61,7 @@ class FastExchange:
     __slots__ = (
         "_conn",
         "head_sent",
+        "header_lines",
         "headers",
         "host",
         "keep_alive",
@@ -79,6 +80,7 @@ class FastExchange:
         self.method = request.method
         self.target = request.target
         self.headers: CIMultiDict[str] = request.headers
+        self.header_lines = request.header_lines
         self.host = request.headers["Host"]  # head.py takes only requests that have one
         self.peer = conn.peer
         self.scheme = conn.scheme
