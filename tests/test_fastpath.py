@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httptools
@@ -20,6 +22,7 @@ from aiohttp.test_utils import TestClient
 
 from authproxy.config.schema import Config
 from authproxy.server.guards import GuardedServer
+from tests.byte_upstream import ByteUpstream, Exchange, response
 from tests.conftest import AppClient, MakeConfig, Upstream, new_key
 
 Client = TestClient[Any, Any]
@@ -251,7 +254,9 @@ class TestRepeatedFields:
         which aiohttp refuses (400), though neither line is new to the connection."""
         created = await new_key(client)
         first = request("GET", "/a", created.key)
-        other = request("GET", "/b", None, "Host: other.test", f"Authorization: Bearer {created.key}")
+        other = request(
+            "GET", "/b", None, "Host: other.test", f"Authorization: Bearer {created.key}"
+        )
         other = other.replace(b"Host: proxy.test\r\n", b"")
         both = request("GET", "/c", created.key, "Host: other.test")
         answers = await exchange(client, first + other + both, expect=3)
@@ -364,6 +369,41 @@ class TestFraming:
         assert answer.header("X-Kept") == "yes"
         assert answer.header("X-Upstream-Private") is None
         assert answer.header("Keep-Alive") is None and answer.header("Connection") is None
+
+
+class TestRememberedHeads:
+    """response_head.py remembers an answer's head per set of upstream fields."""
+
+    async def test_our_date_is_fresh_and_the_rest_the_same(self, app_client: AppClient) -> None:
+        """An upstream that sends no Date: each answer gets the current one from us,
+        never a remembered one; everything else in the head is the same answer after
+        answer, but the request id."""
+
+        async def no_date(ex: Exchange) -> bool:
+            await ex.send(response(200, b"ok", extra=b"Content-Type: text/plain\r\n"))
+            return True
+
+        upstream = ByteUpstream(scripts={"/plain": no_date})
+        url = await upstream.start()
+        try:
+            client = await app_client(upstream={"url": url})
+            key = (await new_key(client)).key
+            heads = []
+            for wait in (0.0, 1.1):
+                await asyncio.sleep(wait)
+                [answer] = await exchange(client, request("GET", "/plain", key), expect=1)
+                assert (answer.status, answer.body) == (200, b"ok")
+                heads.append(dict(answer.headers))
+                sent = parsedate_to_datetime(answer.header("Date") or "")
+                assert abs((datetime.now(UTC) - sent).total_seconds()) < 1.5
+        finally:
+            await upstream.close()
+        first, second = heads
+        assert first["Date"] != second["Date"]
+        assert first["X-Request-Id"] != second["X-Request-Id"]
+        same = {name for name in first if name not in ("Date", "X-Request-Id")}
+        assert same == {"Content-Length", "Content-Type", "Server"}
+        assert {n: first[n] for n in same} == {n: second[n] for n in same}
 
 
 class TestUpstreamReasonPhrase:
