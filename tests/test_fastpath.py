@@ -247,6 +247,33 @@ class TestRepeatedFields:
         sent_ids = [dict(r.headers)["X-Request-Id"] for r in upstream.requests]
         assert sent_ids == [a.header("X-Request-Id") for a in answers]
 
+    async def test_a_trusted_proxys_clients_change_on_one_connection(
+        self, app_client: AppClient, upstream: Upstream
+    ) -> None:
+        """A trusted proxy carries many clients on one keep-alive connection: each
+        request's X-Forwarded-* reach the upstream, never the last request's (our fields
+        are remembered per connection only while they cannot depend on the head)."""
+        client = await app_client(server={"trusted_proxies": ["127.0.0.0/8"]})
+        created = await new_key(client)
+        payload = b"".join(
+            request("GET", "/", created.key, f"X-Forwarded-For: {address}", *proto)
+            for address, proto in [
+                ("10.0.0.1", ()),
+                ("10.0.0.2", ()),
+                ("10.0.0.2", ("X-Forwarded-Proto: https",)),
+            ]
+        )
+        assert [a.status for a in await exchange(client, payload, expect=3)] == [200] * 3
+        seen = [
+            (dict(r.headers)["X-Forwarded-For"], dict(r.headers)["X-Forwarded-Proto"])
+            for r in upstream.requests
+        ]
+        assert seen == [
+            ("10.0.0.1, 127.0.0.1", "http"),
+            ("10.0.0.2, 127.0.0.1", "http"),
+            ("10.0.0.2, 127.0.0.1", "https"),
+        ]
+
     async def test_known_lines_in_a_new_combination_are_judged_again(
         self, client: Client, upstream: Upstream
     ) -> None:

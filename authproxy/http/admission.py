@@ -28,7 +28,13 @@ from authproxy.errors import (
     TooManyRequests,
 )
 from authproxy.http.errormap import json_error
-from authproxy.http.headers import Identity, Networks, client_address, forwarded_values
+from authproxy.http.headers import (
+    Identity,
+    Networks,
+    client_address,
+    forwarded_values,
+    is_trusted,
+)
 from authproxy.keys.format import KEY_PREFIX, KEY_REGEX
 from authproxy.observability.metrics import Metrics
 from authproxy.upstream.transport import UpstreamTimeout
@@ -193,6 +199,11 @@ class Admission:
         kind = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
         self._metrics.upstream_errors.labels(kind=kind).inc()
         log.warning("upstream_failed", error=type(exc).__name__, detail=str(exc))
+
+    def believes_forwarded(self, peer: str) -> bool:
+        """Whether X-Forwarded-* fields from ``peer`` are believed (it is a trusted proxy):
+        identity() then depends on them, not on the peer alone."""
+        return bool(self._trusted) and is_trusted(peer, self._trusted)
 
     def identity(
         self,

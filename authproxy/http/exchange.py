@@ -42,14 +42,25 @@ class UpstreamFieldsMemo:
     calling, or from where, changed.
     """
 
-    __slots__ = ("after", "before", "headers", "ours", "ours_after", "ours_before", "principal")
+    __slots__ = (
+        "after",
+        "before",
+        "caller",
+        "headers",
+        "ours_after",
+        "ours_before",
+        "principal",
+        "wires",
+    )
 
     def __init__(self) -> None:
         self.headers: object = None
         self.principal: Principal | None = None
         self.before = self.after = b""
-        self.ours: Identity | None = None  # with request_id "": what ours_* encode
+        # (principal, peer, scheme, host) that ours_* encode, around X-Request-Id.
+        self.caller: tuple[Principal, str, str, str] | None = None
         self.ours_before = self.ours_after = b""
+        self.wires: dict[HeaderLine, bytes] = {}  # see _client_lines
 
 
 class Exchange(Protocol):
@@ -154,26 +165,54 @@ def encoded_upstream_fields(
     headers = x.headers
     if memo.headers is not headers or memo.principal != principal:  # a cache hit makes a
         lines = x.header_lines  # new, equal Principal
-        who = admission.identity(
-            principal, peer=x.peer, headers=headers, scheme=x.scheme, host=x.host, request_id=""
-        )
         if lines is None:
+            who = _identity(x, principal, admission)
             fields = upstream_request_fields(
                 headers.items(), who, headers.getall("Connection", []), strip_prefixes
             )
             at = len(fields) + REQUEST_ID_FROM_END
             memo.before, memo.after = encode_fields(fields[:at]), encode_fields(fields[at + 1 :])
         else:
-            if who != memo.ours:
-                ours = our_fields(who)
+            # Our fields: encoded again only when who calls, or from where, changed. From a
+            # trusted proxy they depend on its X-Forwarded-* fields too: asked each time.
+            caller = (principal, x.peer, x.scheme, x.host)
+            if caller != memo.caller or admission.believes_forwarded(x.peer):
+                ours = our_fields(_identity(x, principal, admission))
                 at = len(ours) + REQUEST_ID_FROM_END
-                memo.ours_before, memo.ours_after = (
-                    encode_fields(ours[:at]),
-                    encode_fields(ours[at + 1 :]),
-                )
-                memo.ours = who
-            kept = kept_client_fields(lines, headers.getall("Connection", []), strip_prefixes)
-            memo.before = b"".join(map(_WIRE, kept)) + memo.ours_before
+                memo.ours_before = encode_fields(ours[:at])
+                memo.ours_after = encode_fields(ours[at + 1 :])
+                memo.caller = caller
+            memo.before = _client_lines(lines, headers, strip_prefixes, memo) + memo.ours_before
             memo.after = memo.ours_after
         memo.headers, memo.principal = headers, principal
     return b"%sX-Request-Id: %s\r\n%s" % (memo.before, x.request_id.encode("ascii"), memo.after)
+
+
+def _identity(x: Exchange, principal: Principal, admission: Admission) -> Identity:
+    return admission.identity(
+        principal, peer=x.peer, headers=x.headers, scheme=x.scheme, host=x.host, request_id=""
+    )
+
+
+def _client_lines(
+    lines: Sequence[HeaderLine],
+    headers: MultiMapping[str],
+    strip_prefixes: tuple[str, ...],
+    memo: UpstreamFieldsMemo,
+) -> bytes:
+    """The client's fields the upstream may see, as lines. Unless a Connection header
+    lists fields to drop, whether a line is kept depends on its name alone: each line's
+    outcome is remembered for the connection (its wire, or b"" when dropped)."""
+    connection = headers.getall("Connection", [])
+    if connection:
+        return b"".join(map(_WIRE, kept_client_fields(lines, connection, strip_prefixes)))
+    wires = memo.wires
+    parts = list(map(wires.get, lines))
+    if None in parts:
+        if len(wires) > 2 * len(lines) + 8:  # a few heads' worth at most
+            wires.clear()
+        kept = set(kept_client_fields(lines, (), strip_prefixes))
+        for line in lines:
+            wires[line] = line.wire if line in kept else b""
+        parts = list(map(wires.get, lines))
+    return b"".join(parts)  # type: ignore[arg-type]  # (every line now has its entry)

@@ -126,7 +126,7 @@ def parse_networks(cidrs: Iterable[str]) -> Networks:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
-def _is_trusted(peer: str, trusted: Networks) -> bool:
+def is_trusted(peer: str, trusted: Networks) -> bool:
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
@@ -143,7 +143,7 @@ def forwarded_values(
     nginx's proxy_add_x_forwarded_for does); from anyone else they are ignored, so a
     client cannot choose the address the upstream sees.
     """
-    if not trusted or not _is_trusted(peer, trusted):
+    if not trusted or not is_trusted(peer, trusted):
         return peer, scheme, host
     chain = [v.strip() for v in headers.getall(X_FORWARDED_FOR, []) if v.strip()]
     return (
@@ -155,7 +155,7 @@ def forwarded_values(
 
 def client_address(peer: str, headers: MultiMapping[str], trusted: Networks) -> str:
     """Whom to blame for failures: the peer, or the address a trusted proxy forwarded."""
-    if trusted and _is_trusted(peer, trusted):
+    if trusted and is_trusted(peer, trusted):
         chain = [v.strip() for h in headers.getall(X_FORWARDED_FOR, []) for v in h.split(",")]
         if chain and chain[-1]:
             return chain[-1]
