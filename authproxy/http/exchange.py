@@ -19,7 +19,6 @@ from authproxy.http.admission import Admission
 from authproxy.http.headers import (
     REQUEST_ID_FROM_END,
     HeaderLine,
-    Identity,
     kept_client_fields,
     our_fields,
     upstream_request_fields,
@@ -164,34 +163,27 @@ def encoded_upstream_fields(
     it holds them (see UpstreamFieldsMemo), which then holds them for the next request."""
     headers = x.headers
     if memo.headers is not headers or memo.principal != principal:  # a cache hit makes a
-        lines = x.header_lines  # new, equal Principal
-        if lines is None:
-            who = _identity(x, principal, admission)
-            fields = upstream_request_fields(
-                headers.items(), who, headers.getall("Connection", []), strip_prefixes
+        # new, equal Principal. Our fields: encoded again only when who calls, or from
+        # where, changed. From a trusted proxy they depend on its X-Forwarded-* too.
+        caller = (principal, x.peer, x.scheme, x.host)
+        if caller != memo.caller or admission.believes_forwarded(x.peer):
+            who = admission.identity(
+                principal, peer=x.peer, headers=headers, scheme=x.scheme, host=x.host, request_id=""
             )
-            at = len(fields) + REQUEST_ID_FROM_END
-            memo.before, memo.after = encode_fields(fields[:at]), encode_fields(fields[at + 1 :])
+            ours = our_fields(who)
+            at = len(ours) + REQUEST_ID_FROM_END
+            memo.ours_before = encode_fields(ours[:at])
+            memo.ours_after = encode_fields(ours[at + 1 :])
+            memo.caller = caller
+        lines = x.header_lines
+        if lines is None:
+            connection = headers.getall("Connection", [])
+            client = encode_fields(kept_client_fields(headers.items(), connection, strip_prefixes))
         else:
-            # Our fields: encoded again only when who calls, or from where, changed. From a
-            # trusted proxy they depend on its X-Forwarded-* fields too: asked each time.
-            caller = (principal, x.peer, x.scheme, x.host)
-            if caller != memo.caller or admission.believes_forwarded(x.peer):
-                ours = our_fields(_identity(x, principal, admission))
-                at = len(ours) + REQUEST_ID_FROM_END
-                memo.ours_before = encode_fields(ours[:at])
-                memo.ours_after = encode_fields(ours[at + 1 :])
-                memo.caller = caller
-            memo.before = _client_lines(lines, headers, strip_prefixes, memo) + memo.ours_before
-            memo.after = memo.ours_after
+            client = _client_lines(lines, headers, strip_prefixes, memo)
+        memo.before, memo.after = client + memo.ours_before, memo.ours_after
         memo.headers, memo.principal = headers, principal
     return b"%sX-Request-Id: %s\r\n%s" % (memo.before, x.request_id.encode("ascii"), memo.after)
-
-
-def _identity(x: Exchange, principal: Principal, admission: Admission) -> Identity:
-    return admission.identity(
-        principal, peer=x.peer, headers=x.headers, scheme=x.scheme, host=x.host, request_id=""
-    )
 
 
 def _client_lines(
