@@ -418,6 +418,20 @@ class TestAccessLog:
         # Redacted as every other log line is: a key-shaped path, a JWT-shaped id.
         assert line["path"] == "/a/asc_<redacted>" and line["request_id"] == "<jwt redacted>"
 
+    async def test_a_key_sent_as_request_id_is_redacted_and_a_plain_id_kept(
+        self, access_lines: Callable[[str], AccessLines], app_client: AppClient
+    ) -> None:
+        access = access_lines("request-ids")
+        client = await app_client(access_log=access)
+        key_shaped = "asc_0123456789abcdefghij"
+        uuid = "3f2b8c1e-9d4a-4f6b-8e2a-1c5d7e9f0a3b"
+        for rid in (key_shaped, uuid, "trace:7.1"):
+            resp = await client.get("/a", headers={"X-Request-Id": rid})
+            assert resp.headers["X-Request-Id"] == rid  # echoed as sent
+        lines = await access.wait_for(3)
+        assert [line["request_id"] for line in lines] == ["asc_<redacted>", uuid, "trace:7.1"]
+        assert key_shaped not in access.path.read_text()
+
     async def test_logging_access_false_writes_none(
         self, access_lines: Callable[[str], AccessLines], app_client: AppClient
     ) -> None:
