@@ -21,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from authproxy.config.schema import Config
+from authproxy.http.reserved import VERIFY_PATH
 from authproxy.server.guards import GuardedServer
 from tests.byte_upstream import ByteUpstream, Exchange, response
 from tests.conftest import AppClient, MakeConfig, Upstream, new_key
@@ -131,6 +132,42 @@ class TestPipelining:
         assert [a.body.count(f"/item/{n}".encode()) for n, a in enumerate(answers)] == [1] * 5
         assert len({a.header("X-Request-Id") for a in answers}) == 5
         assert [r.raw_path for r in upstream.requests] == [f"/item/{n}" for n in range(5)]
+
+    async def test_waits_and_pauses_on_one_connection(
+        self, client: Client, upstream: Upstream
+    ) -> None:
+        """Proxied requests (answered after a wait for the upstream) and forward-auth ones
+        (answered at once), sent one at a time with pauses between them, then pipelined:
+        one connection, every answer, in order."""
+        created = await new_key(client)
+        verify = request("GET", VERIFY_PATH, created.key)
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        collector = _Collector()
+
+        async def send(payload: bytes, answered: int) -> None:
+            writer.write(payload)
+            while len(collector.done) < answered:
+                data = await asyncio.wait_for(reader.read(65536), 10.0)
+                assert data, "the connection was closed"
+                collector.parser.feed_data(data)
+
+        try:
+            await send(request("GET", "/one", created.key), 1)
+            await asyncio.sleep(0.05)  # the connection idles between requests
+            await send(verify, 2)
+            await asyncio.sleep(0.05)
+            await send(request("GET", "/two", created.key), 3)
+            await send(
+                request("GET", "/three", created.key)
+                + verify
+                + request("GET", "/four", created.key),
+                6,
+            )
+        finally:
+            await close(writer)
+        assert [a.status for a in collector.done] == [200] * 6
+        assert [r.raw_path for r in upstream.requests] == ["/one", "/two", "/three", "/four"]
+        assert [b"/four" in a.body for a in collector.done] == [False] * 5 + [True]
 
     async def test_heads_after_a_refused_upgrade_parse_anew(
         self, client: Client, upstream: Upstream

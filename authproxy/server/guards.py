@@ -158,7 +158,9 @@ class GuardedServer(web.Server):
         """Give answers in progress ``timeout`` seconds in all, then cut what is left."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        tasks = [c.task for c in self.fast_connections if c.task is not None]
+        # Busy ones only: an idle connection's task waits for a request that will not come
+        # (pre_shutdown closed it), and ends with it.
+        tasks = [c.task for c in self.fast_connections if c.busy and c.task is not None]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=timeout)
             for task in late:  # stop talking to the upstream and the database too

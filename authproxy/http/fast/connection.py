@@ -96,7 +96,9 @@ class FastConnection(asyncio.Protocol):
         self._scanned = 0  # bytes of _buffer already searched for the end of a head
         self.busy = False  # a request is being answered
         self.closing = False  # close once the answer in progress is out
+        # The serving task (see _serve), and the future it waits on between requests.
         self.task: asyncio.Task[None] | None = None
+        self._waiting: asyncio.Future[FastRequest | None] | None = None
         self._reading_paused = False
         self._write_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
@@ -124,7 +126,9 @@ class FastConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if not self.busy:
-            self._next_request()
+            request = self._next_request()
+            if request is not None:
+                self._hand_to_task(request)
         elif len(self._buffer) > _MAX_PIPELINE_BUFFER and self.transport is not None:
             self.transport.pause_reading()
             self._reading_paused = True
@@ -134,6 +138,7 @@ class FastConnection(asyncio.Protocol):
         self._cancel_timer()
         self.transport = None
         self._wake_writer(ConnectionResetError("client closed the connection"))
+        self._end_task()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -143,9 +148,10 @@ class FastConnection(asyncio.Protocol):
         self._wake_writer(None)
 
     # -- request framing
-    def _next_request(self) -> None:
-        """Serve the complete requests in the buffer: at once while each needs no wait,
-        then one in a task; or hand the connection over."""
+    def _next_request(self) -> FastRequest | None:
+        """Serve the complete requests in the buffer at once while each needs no wait;
+        the first that needs one (the connection is then busy), or None when none is
+        left or the connection went to aiohttp."""
         answered_now = False
         while self.transport is not None and not self.busy:
             request = self._take_request()
@@ -154,19 +160,26 @@ class FastConnection(asyncio.Protocol):
             keep_alive = self._answers.answer_now(self, request)
             if keep_alive is None:
                 self.busy = True
-                # A fresh context: no log field of an earlier request (or of startup) can
-                # leak in.
-                self.task = self._loop.create_task(
-                    self._serve(request), context=contextvars.Context()
-                )
-                return
+                return request
             answered_now = True
             if not self._may_continue(keep_alive):
-                return
+                return None
         # A loop, not a call per answer: a long pipeline of requests answered at once
         # must not recurse.
         if answered_now and not self.busy and self.transport is not None:
             self._now_idle()
+        return None
+
+    def _hand_to_task(self, request: FastRequest) -> None:
+        """``request`` to the connection's serving task: the one waiting for it, or a new
+        one."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(request)
+            return
+        # A fresh context: no log field of startup can leak in; serve() resets what each
+        # request sets, so none leaks into the next request either.
+        self.task = self._loop.create_task(self._serve(request), context=contextvars.Context())
 
     def _take_request(self) -> FastRequest | None:
         """The next complete request head in the buffer, taken out of it; None when none
@@ -195,22 +208,45 @@ class FastConnection(asyncio.Protocol):
         return request
 
     async def _serve(self, request: FastRequest) -> None:
-        keep_alive = False
-        try:
-            keep_alive = await self._answers.answer(self, request)
-        finally:
+        """The connection's serving task: answers ``request``, then each later one that
+        needs a wait, waiting between them while the connection is idle. One task per
+        connection, not per request: creating and registering a task cost about 5% of a
+        proxied request (py-spy, issue 15)."""
+        next_request: FastRequest | None = request
+        while next_request is not None:
+            try:
+                keep_alive = await self._answers.answer(self, next_request)
+            except BaseException:
+                # Cancelled (a shutdown past its grace period): this connection ends here.
+                self.busy = False
+                self.task = None
+                self._may_continue(False)
+                raise
             self.busy = False
-            self.task = None
-            self._after_answer(keep_alive)
+            next_request = self._after_answer(keep_alive)
+            if next_request is None and self.transport and not self.transport.is_closing():
+                waiting = self._waiting = self._loop.create_future()
+                # connection_lost and _hand_off end the wait with None.
+                next_request = await waiting
+        self.task = None
 
-    def _after_answer(self, keep_alive: bool) -> None:
+    def _end_task(self) -> None:
+        """The serving task, if it waits for a request, ends: none will come."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def _after_answer(self, keep_alive: bool) -> FastRequest | None:
+        """After an answer in the task: the next request that needs the task, if any."""
         if not self._may_continue(keep_alive):
-            return
+            return None
         if self._buffer:
-            self._next_request()
-        if self.busy or self.transport is None:
-            return  # the next request is being served, or the connection went to aiohttp
-        self._now_idle()
+            request = self._next_request()
+            if request is not None or self.transport is None:
+                return request  # the next request needs the task, or aiohttp has it
+        if not self.busy:
+            self._now_idle()
+        return None
 
     def _may_continue(self, keep_alive: bool) -> bool:
         """After an answer: whether another request may follow on this connection (else
@@ -242,6 +278,7 @@ class FastConnection(asyncio.Protocol):
         self._server.fast_connections.discard(self)
         self._cancel_timer()
         self.transport = None
+        self._end_task()
         handler = self._server.aiohttp_handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
