@@ -71,6 +71,7 @@ class WrkTargets:
     # target -> the pids serving it, the upstream a left out (every target shares it):
     # their CPU per request is what the proxy layer costs, whatever else runs meanwhile.
     serving: dict[str, list[int]]
+    upstream: int = 0  # (a)'s pid: pinned with wrk in the one-core rounds
 
 
 def start_upstream(lab: Lab) -> tuple[Proc, int]:
@@ -248,6 +249,7 @@ def start_wrk_targets(lab: Lab, db_url: str, key: CreatedKey) -> WrkTargets:
         {target: new_heads for target in NEW_HEADS},
         daemons,
         serving,
+        a.process.pid,
     )
 
 

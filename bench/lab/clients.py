@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import time
@@ -30,9 +31,15 @@ _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
 def run_wrk(
-    url: str, key: str, seconds: float, connections: int = 32, script: Path | None = None
+    url: str,
+    key: str,
+    seconds: float,
+    connections: int = 32,
+    script: Path | None = None,
+    cpus: set[int] | None = None,
 ) -> WrkResult:
-    """wrk -t1 --latency with the key; any non-2xx answer fails it."""
+    """wrk -t1 --latency with the key (on ``cpus`` only, when given); any non-2xx answer
+    fails it."""
     argv = [
         "wrk",
         "-t1",
@@ -45,7 +52,13 @@ def run_wrk(
     ]
     if script is not None:
         argv[1:1] = ["-s", str(script)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+    )
     out = done.stdout
     if done.returncode != 0:
         raise BenchError(f"wrk {url}: exit {done.returncode}: {done.stderr.strip()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -69,3 +70,15 @@ def process_trees_cpu(pids: list[int]) -> float:
                     times = p.cpu_times()
                     total += times.user + times.system
     return total
+
+
+def pin_process_trees(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of the pids and their descendants onto ``cpus`` (sched_setaffinity is
+    per thread: pinning a pid alone would leave its other threads where they were)."""
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error, OSError):
+                    for thread in p.threads():
+                        os.sched_setaffinity(thread.id, cpus)

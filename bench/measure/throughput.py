@@ -1,11 +1,14 @@
 """requests/s: wrk -t1 against b to q (bench.targets) with one valid key, a warm-up run
 per target, then interleaved rounds so drift hits every target alike. Prints each round,
-then the medians (requests/s, p50, p99) and the ratio to c, nginx + auth_request."""
+then the medians (requests/s, p50, p99) and the ratio to c, nginx + auth_request. Then
+the same comparison with one core each (ONE_CORE)."""
 
 from __future__ import annotations
 
+import os
+
 from bench.lab.clients import WrkResult, run_wrk
-from bench.lab.host import process_tree_rss, process_trees_cpu
+from bench.lab.host import pin_process_trees, process_tree_rss, process_trees_cpu
 from bench.report import fmt_bytes, median
 from bench.targets import TARGETS, WrkTargets
 
@@ -19,6 +22,7 @@ def measure(targets: WrkTargets, key: str, rounds: int, seconds: float, connecti
                 print(f"  {target}: {one_run.errors}")
     print_medians(raw)
     print_rss(targets)
+    one_core(targets, key, rounds, seconds, connections)
 
 
 def warm_up(targets: WrkTargets, key: str, seconds: float, connections: int) -> None:
@@ -114,3 +118,57 @@ def print_rss(targets: WrkTargets) -> None:
         f"RSS after the runs: d {fmt_bytes(rss_d)}; "
         f"e {fmt_bytes(rss_e)} in {procs_e} processes (supervisor + workers)"
     )
+
+
+# (authproxy, its peer): the rows compared again with one core each.
+ONE_CORE = (("d", "c"), ("h", "g"))
+
+
+def one_core(targets: WrkTargets, key: str, rounds: int, seconds: float, connections: int) -> None:
+    """The main rows' bars compare one authproxy process with nginx and its verifier, two
+    processes that spread over both cores while authproxy has one. Here the processes
+    serving each target get the first CPU alone, and wrk and the upstream the second:
+    the same work on the same CPU, whatever else the machine does."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        print("one core each: skipped (fewer than 2 CPUs)")
+        return
+    serving_cpu, client_cpu, every_cpu = {cpus[0]}, {cpus[1]}, set(cpus)
+    raw: dict[str, list[WrkResult]] = {t: [] for pair in ONE_CORE for t in pair}
+    pin_process_trees([targets.upstream], client_cpu)
+    try:
+        for _ in range(rounds):
+            for target in raw:
+                pids = targets.serving[target]
+                pin_process_trees(pids, serving_cpu)
+                try:
+                    before = process_trees_cpu(pids)
+                    result = run_wrk(
+                        targets.urls[target],
+                        key,
+                        seconds,
+                        connections,
+                        targets.scripts.get(target),
+                        cpus=client_cpu,
+                    )
+                    result.cpu_us = (
+                        (process_trees_cpu(pids) - before) * 1e6 / max(1, result.requests)
+                    )
+                finally:
+                    pin_process_trees(pids, every_cpu)
+                raw[target].append(result)
+    finally:
+        pin_process_trees([targets.upstream], every_cpu)
+    print(
+        f"\none core each (the serving processes on CPU {cpus[0]}, wrk and the upstream on "
+        f"CPU {cpus[1]}; {rounds} interleaved round(s), medians):"
+    )
+    for ours, peer in ONE_CORE:
+        rps = {t: median([r.rps for r in raw[t]]) for t in (ours, peer)}
+        cpu = {t: median([r.cpu_us for r in raw[t]]) for t in (ours, peer)}
+        p99 = {t: median([r.p99_ms for r in raw[t]]) for t in (ours, peer)}
+        print(
+            f"  {ours} {rps[ours]:.0f} req/s against {peer} {rps[peer]:.0f}: "
+            f"{rps[ours] / rps[peer]:.2f}x; CPU per request {cpu[ours]:.1f} against "
+            f"{cpu[peer]:.1f} us ({cpu[ours] / cpu[peer]:.2f}x); p99 {p99[ours] / p99[peer]:.2f}x"
+        )
