@@ -335,6 +335,41 @@ class TestRepeatedFields:
         assert [a.status for a in answers] == [200, 400]
 
 
+class TestCachedKeyWithoutATask:
+    """A cached key's request with a pooled upstream connection free goes out at once
+    (RequestLifecycle.proxy_now); what needs a wait after that is finished in the
+    connection's task. test_front_ends compares its answers, lines and metrics with
+    aiohttp's; these are what only the at-once path could get wrong."""
+
+    async def test_a_pooled_connection_the_upstream_dropped_is_retried(
+        self, app_client: AppClient
+    ) -> None:
+        """The upstream closes an idle pooled connection as the next request arrives on
+        it: the GET goes again on a fresh connection, once, as any request would."""
+
+        async def answer_then_drop(ex: Exchange) -> bool:
+            await ex.send(response(200, b"first"))
+            await ex.next_head()  # the next request on this connection: dropped unanswered
+            return False
+
+        upstream = ByteUpstream(scripts={"/first": answer_then_drop})
+        url = await upstream.start()
+        try:
+            client = await app_client(upstream={"url": url})
+            key = (await new_key(client)).key
+            [first] = await exchange(client, request("GET", "/first", key), expect=1)
+            [second] = await exchange(client, request("GET", "/second", key), expect=1)
+        finally:
+            await upstream.close()
+        assert (first.status, first.body) == (200, b"first")
+        assert second.status == 200 and b'"target": "/second"' in second.body
+        assert [(r.conn, r.target) for r in upstream.requests] == [
+            (1, "/first"),
+            (1, "/second"),
+            (2, "/second"),
+        ]
+
+
 class TestHandOff:
     async def test_body_then_bodiless_on_one_connection(
         self, client: Client, upstream: Upstream

@@ -8,8 +8,8 @@ turns an exchange and its key into the fields the upstream receives.
 from __future__ import annotations
 
 import operator
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
-from typing import Final, Protocol
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -60,6 +60,10 @@ class UpstreamFieldsMemo:
         self.caller: tuple[Principal, str, str, str] | None = None
         self.ours_before = self.ours_after = b""
         self.wires: dict[HeaderLine, bytes] = {}  # see _client_lines
+
+
+# nginx's "client closed request": logged and counted, never sent.
+CLIENT_CLOSED_REQUEST: Final = 499
 
 
 class Exchange(Protocol):
@@ -128,6 +132,39 @@ class GrantsAtOnce(Exchange, Protocol):
 
     def grant_now(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
         """grant() for a client reading its answers: written at once, never awaited."""
+
+
+class RelaysAtOnce(Exchange, Protocol):
+    """An Exchange whose front end can relay a whole upstream answer without waiting and
+    carry on without a task (the lean one; see RequestLifecycle.proxy_now)."""
+
+    keep_alive: bool  # the connection may carry another request after this one
+
+    def can_write_now(self) -> bool:
+        """Whether an answer written now goes out without a wait."""
+
+    def must_drain(self) -> bool:
+        """Whether what was written waits for the client to read it (flow control)."""
+
+    def relay_now(
+        self,
+        status: int,
+        reason: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        extra: Mapping[str, str],
+    ) -> None:
+        """relay() for an answer that arrived whole: written at once, never awaited."""
+
+    async def drain_written(self) -> None:
+        """Wait until the client has read enough of what was written (flow control)."""
+
+    def finish(self, keep_alive: bool) -> None:
+        """The request is over; whether the connection may carry another."""
+
+    def resume(self, rest: Coroutine[Any, Any, bool]) -> None:
+        """The rest of the request needs waits: run ``rest`` (whether the connection may
+        carry another) in the connection's task."""
 
 
 Handle = Callable[[Exchange], Awaitable[int]]

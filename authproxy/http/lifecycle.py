@@ -3,6 +3,8 @@
     front end (http/aio/, http/fast/)   parses and frames; hands over an Exchange
       RequestLifecycle.serve            request id, log context, 499/500 catch-all, access line
         RequestLifecycle.proxy          admission, upstream exchange, relay; outcome metrics
+      RequestLifecycle.proxy_now        the same without a task when nothing waits but the
+                                        upstream (the lean front end's common case)
           LiveAnswers (live_answers.py) streams and WebSocket tunnels, ended with their key
         RequestLifecycle.verify         forward-auth: the same admission, answered 200 + who
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
@@ -27,11 +29,14 @@ from multidict import CIMultiDict
 from authproxy.auth.verdict import Principal
 from authproxy.errors import BodyTooLarge, TooManyRequests
 from authproxy.http.admission import Admission, refuse_target
+from authproxy.http.at_once import ProxiedAtOnce, raising
 from authproxy.http.errormap import error_response, json_error
 from authproxy.http.exchange import (
+    CLIENT_CLOSED_REQUEST,
     Exchange,
     GrantsAtOnce,
     Handle,
+    RelaysAtOnce,
     encoded_upstream_fields,
     upstream_fields,
 )
@@ -45,7 +50,7 @@ from authproxy.http.live_answers import LiveAnswers
 from authproxy.observability.access_log import AccessLog
 from authproxy.observability.logs import current_request
 from authproxy.observability.metrics import Metrics
-from authproxy.upstream.h1pool import H1Transport
+from authproxy.upstream.h1pool import H1Transport, Upgrade
 from authproxy.upstream.transport import (
     UpstreamResponse,
     UpstreamTimeout,
@@ -55,8 +60,6 @@ from authproxy.upstream.transport import (
 
 log = structlog.get_logger(__name__)
 
-# nginx's "client closed request": logged and counted, never sent.
-CLIENT_CLOSED_REQUEST: Final = 499
 INTERNAL_ERROR_MESSAGE: Final = "Internal error; the request id identifies it in the logs."
 
 
@@ -100,12 +103,18 @@ class RequestLifecycle:
         self._max_body_bytes = max_body_bytes
         self._live_answers = live_answers  # streams and tunnels, ended with their key
 
-    async def serve(self, x: Exchange, handle: Handle) -> int:
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    async def serve(self, x: Exchange, handle: Handle, started: float | None = None) -> int:
         """Run ``handle`` in the request's context; the status answered (499: the client
         left first). Whatever fails, the client gets a JSON answer or a cut connection,
-        the log an access line, and the daemon keeps serving."""
-        started = time.perf_counter()
-        x.request_id = request_id_from(x.headers.get(X_REQUEST_ID))
+        the log an access line, and the daemon keeps serving. ``started``: the request
+        began earlier (proxy_now) and has its request id already."""
+        if started is None:
+            started = time.perf_counter()
+            x.request_id = request_id_from(x.headers.get(X_REQUEST_ID))
         # Every line logged from here names the request (observability/logs.py).
         logged_as = current_request.set(x)
         try:
@@ -120,15 +129,15 @@ class RequestLifecycle:
             except asyncio.CancelledError:
                 # Stopped from outside: a server set to cancel handlers when their client
                 # leaves, or a shutdown past its grace period. No answer will be sent.
-                self._access_line(CLIENT_CLOSED_REQUEST, started, x)
+                self.access_line(CLIENT_CLOSED_REQUEST, started, x)
                 raise
-            self._access_line(status, started, x)
+            self.access_line(status, started, x)
             return status
         finally:
             # aiohttp serves a connection's requests in one task: the next starts afresh.
             current_request.reset(logged_as)
 
-    def _access_line(self, status: int, started: float, x: Exchange) -> None:
+    def access_line(self, status: int, started: float, x: Exchange) -> None:
         if not self._log_access:
             return
         duration = time.perf_counter() - started
@@ -172,17 +181,40 @@ class RequestLifecycle:
         if not isinstance(principal, Principal):
             principal = await principal
         x.principal = principal
-        outcome, status = "allowed", 502
         try:
             rate_headers = admission.take_rate(principal)
             body = self._capped_body(x)
+        except TooManyRequests:
+            self._metrics.count_request("rate_limited", "429")
+            raise
+        except BodyTooLarge:
+            self._metrics.count_request("allowed", "413")
+            raise
+        upgrade = None if body is not None else self._live_answers.upgrade(x, principal)
+        exchange = upgrade or self._upstream_request(x, principal, body)
+        return await self.forward(x, principal, rate_headers, exchange, upgrade, body)
+
+    async def forward(
+        self,
+        x: Exchange,
+        principal: Principal,
+        rate_headers: Mapping[str, str],
+        exchange: AbstractAsyncContextManager[UpstreamResponse],
+        upgrade: Upgrade | None = None,
+        body: _CappedBody | None = None,
+        sent: float | None = None,
+    ) -> int:
+        """An admitted request to the upstream through ``exchange`` and its answer to the
+        client; the status sent. Counted once per request as (allowed, status). ``sent``:
+        when proxy_now wrote the request (``exchange`` adopted it; http/at_once.py)."""
+        status = 502
+        try:
             if body is not None:
                 await x.send_continue()  # authorised: now the client may send its body
             live = self._live_answers
-            upgrade = None if body is not None else live.upgrade(x, principal)
-            sent = time.perf_counter()
+            sent = time.perf_counter() if sent is None else sent
             try:
-                async with upgrade or self._upstream_request(x, principal, body) as up:
+                async with exchange as up:
                     self._metrics.upstream_seconds.observe(time.perf_counter() - sent)
                     status = up.status  # what the client is told, even if it leaves
                     if upgrade is not None and upgrade.tunnel is not None:
@@ -192,20 +224,56 @@ class RequestLifecycle:
             except (UpstreamTimeout, UpstreamUnavailable) as exc:
                 if body is not None and body.exceeded and not x.head_sent:
                     raise BodyTooLarge() from None
-                admission.note_upstream_failure(exc, mid_stream=x.head_sent)
+                self._admission.note_upstream_failure(exc, mid_stream=x.head_sent)
                 if not x.head_sent:
                     status = 504 if isinstance(exc, UpstreamTimeout) else 502
                     raise
                 x.abort()
             return status
-        except TooManyRequests:
-            outcome, status = "rate_limited", 429
-            raise
         except BodyTooLarge:
             status = 413
             raise
         finally:
-            self._metrics.count_request(outcome, str(status))
+            self._metrics.count_request("allowed", str(status))
+
+    def proxy_now(self, x: RelaysAtOnce) -> bool:
+        """proxy() without a task for the request that waits for nothing but the
+        upstream: a key the cache holds as verified, within its rate, a free pooled
+        upstream connection, no WebSocket upgrade. The request is written now; its answer
+        is relayed from the callback of its head (http/at_once.py). False: nothing was
+        done (serve(x, proxy) answers, refusals included). Most proxied requests are
+        these, and a task per request was a tenth of their time (issue 15)."""
+        h1, memo = self._h1, x.upstream_memo
+        if h1 is None or memo is None or "Upgrade" in x.headers:
+            return False
+        if refuse_target(x.target) is not None:
+            return False
+        started = time.perf_counter()
+        admission = self._admission
+        principal = admission.cached(x.headers)
+        if principal is None:
+            return False
+        x.request_id = request_id_from(x.headers.get(X_REQUEST_ID))
+        x.principal = principal
+        try:
+            fields = encoded_upstream_fields(x, principal, admission, self._strip_prefixes, memo)
+        except Exception:  # noqa: BLE001 - proxy() meets it again and answers it
+            return False
+        conn = h1.take_now()
+        if conn is None:
+            return False
+        try:
+            rate_headers = admission.take_rate(principal)
+        except TooManyRequests as refusal:
+            # Answered here, not by proxy() from the start: that would authenticate (and
+            # count) the key twice.
+            h1.put_back(conn)
+            self._metrics.count_request("rate_limited", "429")
+            x.resume(self.answered_in_task(x, raising(refusal), started))
+            return True
+        at_once = ProxiedAtOnce(self, h1, x, principal, conn, fields, rate_headers, started)
+        h1.send_soon(conn, x.method, x.target, fields, at_once.on_head)
+        return True
 
     async def verify(self, x: Exchange) -> int:
         """Forward-auth: an nginx, Traefik or Envoy in front asks whether to admit a
@@ -249,8 +317,14 @@ class RequestLifecycle:
         x.principal = principal
         x.grant_now(identity_fields(principal), rate_headers)
         self._metrics.count_request("allowed", "200")
-        self._access_line(200, started, x)
+        self.access_line(200, started, x)
         return True
+
+    async def answered_in_task(self, x: RelaysAtOnce, handle: Handle, started: float) -> bool:
+        """The rest of a request proxy_now began, through serve() (log context, errors,
+        the access line); whether the connection may carry another."""
+        status = await self.serve(x, handle, started)
+        return status != CLIENT_CLOSED_REQUEST and x.keep_alive
 
     def close_tunnels(self) -> None:
         """Shutdown, after the drain: every tunnel gets a close frame 1001."""

@@ -158,13 +158,14 @@ class GuardedServer(web.Server):
         """Give answers in progress ``timeout`` seconds in all, then cut what is left."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        # Busy ones only: an idle connection's task waits for a request that will not come
-        # (pre_shutdown closed it), and ends with it.
-        tasks = [c.task for c in self.fast_connections if c.busy and c.task is not None]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=timeout)
-            for task in late:  # stop talking to the upstream and the database too
-                task.cancel()
+        # Answers in progress, with a task or not (LATER: under way in callbacks); idle
+        # connections' tasks wait for a request that will not come, and end with them.
+        busy = [c for c in self.fast_connections if c.busy]
+        if busy:
+            await asyncio.wait([c.until_idle() for c in busy], timeout=timeout)
+            for conn in busy:  # late: stop talking to the upstream and the database too
+                if conn.busy and conn.task is not None:
+                    conn.task.cancel()
         for conn in list(self.fast_connections):
             conn.abort()
         left = None if deadline is None else max(0.0, deadline - loop.time())

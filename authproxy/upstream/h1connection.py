@@ -138,7 +138,7 @@ class Connection(asyncio.Protocol):
             self._fail_oversize("chunk framing and trailers")
 
     def _fail_oversize(self, what: str) -> None:
-        self._fail(
+        self.fail(
             UpstreamUnavailable(f"{what} over upstream.max_header_bytes ({self._max_head_bytes})")
         )
 
@@ -147,7 +147,7 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _Refused):
-                self._fail(UpstreamUnavailable(str(exc.__context__)))
+                self.fail(UpstreamUnavailable(str(exc.__context__)))
             else:  # _OutOfStep: bytes after the answer
                 self.close()
         except httptools.HttpParserUpgrade as exc:
@@ -156,22 +156,22 @@ class Connection(asyncio.Protocol):
             elif self.complete:
                 self.close()
             else:
-                self._fail(UpstreamUnavailable(f"malformed response: {exc}"))
+                self.fail(UpstreamUnavailable(f"malformed response: {exc}"))
         except httptools.HttpParserError as exc:
             if self.upgraded:  # llhttp's answer to a 101 whose Connection lacks "upgrade"
                 self.upgraded = False
-                self._fail(UpstreamUnavailable("a 101 without Connection: upgrade"))
+                self.fail(UpstreamUnavailable("a 101 without Connection: upgrade"))
             elif self.complete:  # garbage after the answer: the connection goes
                 self.close()
             else:
-                self._fail(UpstreamUnavailable(f"malformed response: {exc}"))
+                self.fail(UpstreamUnavailable(f"malformed response: {exc}"))
 
     def eof_received(self) -> bool:
         if self.head.done() and not self.complete and self._until_close():
             self._finish()  # a body delimited by the end of the connection (RFC 9112 §6.3)
             self.keep_alive = False
         elif not self.complete:
-            self._fail(UpstreamUnavailable("upstream closed the connection"))
+            self.fail(UpstreamUnavailable("upstream closed the connection"))
         return False
 
     def _until_close(self) -> bool:
@@ -182,7 +182,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self._can_write.set()
         if not self.complete:
-            self._fail(UpstreamUnavailable(f"connection lost: {exc or 'closed'}"))
+            self.fail(UpstreamUnavailable(f"connection lost: {exc or 'closed'}"))
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -276,7 +276,11 @@ class Connection(asyncio.Protocol):
         self.complete = True
         self._wake()
 
-    def _fail(self, error: Exception) -> None:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def fail(self, error: Exception) -> None:
         """The exchange cannot complete: the error goes to whoever waits, the connection
         closes (no more bytes are read into a parser that is out of step)."""
         if self.error is None:

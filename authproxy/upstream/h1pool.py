@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from types import TracebackType
 from typing import NamedTuple
 
@@ -124,22 +124,91 @@ class H1Transport:
         (``encode_fields``): the fast front end keeps them per connection."""
         return _Exchange(self, method, target, fields, None)
 
+    def take_now(self) -> Connection | None:
+        """A pool slot and an idle connection, both free now, for ``send_now``; None (and
+        nothing taken) when either would need a wait. Give them back with ``put_back``
+        unused, ``release_now`` after the answer, or ``adopt`` for an answer that needs
+        one."""
+        if not self._slots.try_take():
+            return None
+        conn = self._take_idle()
+        if conn is None:
+            self._slots.release()
+        return conn
+
+    def put_back(self, conn: Connection) -> None:
+        """A connection from take_now, unused: idle again, its slot free."""
+        self._idle.append(conn)
+        self._slots.release()
+
+    def send_soon(
+        self,
+        conn: Connection,
+        method: str,
+        target: str,
+        fields: bytes,
+        on_head: Callable[[asyncio.Future[None]], None],
+    ) -> None:
+        """Write a request without a body on a connection from take_now at the end of
+        this turn of the event loop; ``on_head`` is called once its head is in (or failed:
+        ``conn.head``). Not at once: the requests read in one turn then reach the upstream
+        together and wake it once, not once each; written one by one, the bench's
+        every-head-new row cost 10% more CPU per request (kernel wake-ups, perf)."""
+        conn.loop.call_soon(self._send_now, conn, method, target, fields, on_head)
+
+    def _send_now(
+        self,
+        conn: Connection,
+        method: str,
+        target: str,
+        fields: bytes,
+        on_head: Callable[[asyncio.Future[None]], None],
+    ) -> None:
+        try:
+            self._send(conn, method, target, fields, None)
+        except UpstreamUnavailable as exc:
+            conn.fail(exc)  # closed while idle: on_head's caller retries as for any request
+        conn.head.add_done_callback(on_head)
+
+    def release_now(self, conn: Connection) -> None:
+        """After the whole answer to send_now's request was taken: the connection back to
+        the pool (under the one rule) and its slot free, as ``async with`` would."""
+        conn.unwatch_head()
+        try:
+            self._release(conn)
+        finally:
+            self._slots.release()
+
+    def adopt(self, method: str, target: str, fields: bytes, conn: Connection) -> _Exchange:
+        """``request_encoded`` for the request send_now wrote on ``conn``: ``async with``
+        waits for its head (a dead reused connection retried as for any request) and
+        releases the slot take_now took."""
+        return _Exchange(self, method, target, fields, None, sent=conn)
+
     def upgrade(self, target: str, fields: bytes) -> Upgrade:
         """Send a WebSocket opening handshake (GET) on a connection of its own, never
         pooled; ``async with`` it for the upstream's answer (Upgrade.tunnel on a 101)."""
         return Upgrade(self, target, fields)
 
     async def _send_with_retry(
-        self, method: str, target: str, headers: Fields, body: AsyncIterable[bytes] | None
+        self,
+        method: str,
+        target: str,
+        headers: Fields,
+        body: AsyncIterable[bytes] | None,
+        sent: Connection | None = None,
     ) -> Connection:
-        """Send the request (the body in the background) and wait for the response head."""
-        conn = self._take_idle()
+        """Send the request (the body in the background) and wait for the response head;
+        ``sent``: a pooled connection the request was already written on (send_now)."""
+        conn = sent or self._take_idle()
         reused = conn is not None
         if conn is None:
             conn = await self._connect()
         while True:
             try:
-                self._send(conn, method, target, headers, body)
+                if sent is None:
+                    self._send(conn, method, target, headers, body)
+                sent = None
                 await conn.head
                 if conn.error is not None and not conn.status:
                     raise conn.error
@@ -262,7 +331,7 @@ class _Exchange:
     the response's lifetime. A class, not @asynccontextmanager: this is on every request,
     and the generator machinery cost more than the rest of the exchange's Python."""
 
-    __slots__ = ("_args", "_conn", "_transport")
+    __slots__ = ("_args", "_conn", "_sent", "_transport")
 
     def __init__(
         self,
@@ -271,17 +340,19 @@ class _Exchange:
         target: str,
         headers: Fields,
         body: AsyncIterable[bytes] | None,
+        sent: Connection | None = None,
     ) -> None:
         self._transport = transport
         self._args = (method, target, headers, body)
         self._conn: Connection | None = None
+        self._sent = sent  # already written on, its slot taken (H1Transport.adopt)
 
     async def __aenter__(self) -> UpstreamResponse:
         transport = self._transport
-        if not transport._slots.try_take():
+        if self._sent is None and not transport._slots.try_take():
             await transport._slots.take()
         try:
-            conn = self._conn = await transport._send_with_retry(*self._args)
+            conn = self._conn = await transport._send_with_retry(*self._args, self._sent)
         except BaseException:
             transport._slots.release()
             raise

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Protocol, cast
+import enum
+from collections.abc import Coroutine
+from typing import Any, Final, Protocol, cast
 
 import structlog
 
@@ -54,14 +56,28 @@ class Limits(Protocol):
     def max_headers(self) -> int: ...
 
 
+class Later(enum.Enum):
+    """answer_now's word for a request under way without a task: the connection hears
+    how it ended through ``finish``, or gets the rest to run through ``resume``."""
+
+    LATER = "later"
+
+
+LATER: Final = Later.LATER
+# What the connection's serving task awaits: a request's answer (or its rest); whether the
+# connection may carry another request.
+Job = Coroutine[Any, Any, bool]
+
+
 class Answers(Protocol):
     """What a FastConnection calls for each request it parsed (exchange.py's FastFront)."""
 
     async def answer(self, conn: FastConnection, request: FastRequest) -> bool:
         """Answer ``request``; whether the connection may carry another."""
 
-    def answer_now(self, conn: FastConnection, request: FastRequest) -> bool | None:
-        """Answer ``request`` at once if nothing needs a wait; None: nothing was done."""
+    def answer_now(self, conn: FastConnection, request: FastRequest) -> bool | Later | None:
+        """Answer ``request`` at once if nothing needs a wait (whether the connection may
+        carry another); LATER: under way without a task; None: nothing was done."""
 
 
 class ConnectionHost(Protocol):
@@ -98,7 +114,8 @@ class FastConnection(asyncio.Protocol):
         self.closing = False  # close once the answer in progress is out
         # The serving task (see _serve), and the future it waits on between requests.
         self.task: asyncio.Task[None] | None = None
-        self._waiting: asyncio.Future[FastRequest | None] | None = None
+        self._waiting: asyncio.Future[Job | None] | None = None
+        self._until_idle: asyncio.Future[None] | None = None  # for a shutdown (until_idle)
         self._reading_paused = False
         self._write_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
@@ -128,7 +145,7 @@ class FastConnection(asyncio.Protocol):
         if not self.busy:
             request = self._next_request()
             if request is not None:
-                self._hand_to_task(request)
+                self._hand_to_task(self._answers.answer(self, request))
         elif len(self._buffer) > _MAX_PIPELINE_BUFFER and self.transport is not None:
             self.transport.pause_reading()
             self._reading_paused = True
@@ -139,6 +156,7 @@ class FastConnection(asyncio.Protocol):
         self.transport = None
         self._wake_writer(ConnectionResetError("client closed the connection"))
         self._end_task()
+        self._now_not_busy()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -161,6 +179,9 @@ class FastConnection(asyncio.Protocol):
             if keep_alive is None:
                 self.busy = True
                 return request
+            if keep_alive is LATER:
+                self.busy = True  # until finish() or the rest resume() runs
+                return None
             answered_now = True
             if not self._may_continue(keep_alive):
                 return None
@@ -170,16 +191,15 @@ class FastConnection(asyncio.Protocol):
             self._now_idle()
         return None
 
-    def _hand_to_task(self, request: FastRequest) -> None:
-        """``request`` to the connection's serving task: the one waiting for it, or a new
-        one."""
+    def _hand_to_task(self, job: Job) -> None:
+        """``job`` to the connection's serving task: the one waiting for it, or a new one."""
         waiting, self._waiting = self._waiting, None
         if waiting is not None and not waiting.done():
-            waiting.set_result(request)
+            waiting.set_result(job)
             return
         # A fresh context: no log field of startup can leak in; serve() resets what each
         # request sets, so none leaks into the next request either.
-        self.task = self._loop.create_task(self._serve(request), context=contextvars.Context())
+        self.task = self._loop.create_task(self._serve(job), context=contextvars.Context())
 
     def _take_request(self) -> FastRequest | None:
         """The next complete request head in the buffer, taken out of it; None when none
@@ -207,28 +227,58 @@ class FastConnection(asyncio.Protocol):
         self._served += 1
         return request
 
-    async def _serve(self, request: FastRequest) -> None:
-        """The connection's serving task: answers ``request``, then each later one that
-        needs a wait, waiting between them while the connection is idle. One task per
-        connection, not per request: creating and registering a task cost about 5% of a
-        proxied request (py-spy, issue 15)."""
-        next_request: FastRequest | None = request
-        while next_request is not None:
+    async def _serve(self, job: Job) -> None:
+        """The connection's serving task: runs ``job``, then each later one (a request
+        that needs a wait, or the rest of one under way: resume()), waiting between them.
+        One task per connection, not per request: creating and registering a task cost
+        about 5% of a proxied request (py-spy, issue 15)."""
+        next_job: Job | None = job
+        while next_job is not None:
             try:
-                keep_alive = await self._answers.answer(self, next_request)
+                keep_alive = await next_job
             except BaseException:
                 # Cancelled (a shutdown past its grace period): this connection ends here.
-                self.busy = False
                 self.task = None
+                self._now_not_busy()
                 self._may_continue(False)
                 raise
-            self.busy = False
-            next_request = self._after_answer(keep_alive)
-            if next_request is None and self.transport and not self.transport.is_closing():
+            self._now_not_busy()
+            request = self._after_answer(keep_alive)
+            next_job = None if request is None else self._answers.answer(self, request)
+            if next_job is None and self.transport and not self.transport.is_closing():
                 waiting = self._waiting = self._loop.create_future()
                 # connection_lost and _hand_off end the wait with None.
-                next_request = await waiting
+                next_job = await waiting
         self.task = None
+
+    def finish(self, keep_alive: bool) -> None:
+        """A request answer_now left under way (LATER) is over; whether the connection
+        may carry another."""
+        self._now_not_busy()
+        request = self._after_answer(keep_alive)
+        if request is not None:
+            self._hand_to_task(self._answers.answer(self, request))
+
+    def resume(self, rest: Job) -> None:
+        """What is left of a request under way (LATER) needs waits: ``rest`` runs in the
+        serving task, and says at its end whether the connection may carry another.
+        From the next turn of the loop: called while the task is still busy with the
+        request before (answer_now inside _after_answer), this must not start a second."""
+        self._loop.call_soon(self._hand_to_task, rest)
+
+    def until_idle(self) -> asyncio.Future[None]:
+        """Done once no answer is in progress (a shutdown waits for it)."""
+        if self._until_idle is None:
+            self._until_idle = self._loop.create_future()
+            if not self.busy:
+                self._until_idle.set_result(None)
+        return self._until_idle
+
+    def _now_not_busy(self) -> None:
+        self.busy = False
+        idle, self._until_idle = self._until_idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
     def _end_task(self) -> None:
         """The serving task, if it waits for a request, ends: none will come."""
@@ -237,7 +287,8 @@ class FastConnection(asyncio.Protocol):
             waiting.set_result(None)
 
     def _after_answer(self, keep_alive: bool) -> FastRequest | None:
-        """After an answer in the task: the next request that needs the task, if any."""
+        """After an answer (in the task, or finish()): the next request that needs the
+        task, if any."""
         if not self._may_continue(keep_alive):
             return None
         if self._buffer:

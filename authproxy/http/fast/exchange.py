@@ -15,9 +15,10 @@ from aiohttp.web import StreamResponse
 from multidict import CIMultiDict
 
 from authproxy.auth.verdict import Principal
-from authproxy.http.exchange import UpstreamFieldsMemo
+from authproxy.http.exchange import CLIENT_CLOSED_REQUEST, UpstreamFieldsMemo
+from authproxy.http.fast.connection import LATER, Job, Later
 from authproxy.http.fast.response_head import framed, response_head
-from authproxy.http.lifecycle import CLIENT_CLOSED_REQUEST, RequestLifecycle
+from authproxy.http.lifecycle import RequestLifecycle
 from authproxy.http.tunnel import ClientConnection
 from authproxy.upstream.transport import UpstreamResponse
 
@@ -43,13 +44,16 @@ class FastFront:
             return False
         return exchange.keep_alive
 
-    def answer_now(self, conn: FastConnection, request: FastRequest) -> bool | None:
-        """A forward-auth request answered at once, without a task, when nothing needs a
-        wait (RequestLifecycle.verify_now): whether the connection may carry another.
-        None: nothing was done; answer() serves it."""
-        if not request.verify or not conn.can_write_now():
+    def answer_now(self, conn: FastConnection, request: FastRequest) -> bool | Later | None:
+        """Without a task, when nothing needs a wait: a forward-auth request answered at
+        once (RequestLifecycle.verify_now; whether the connection may carry another), or a
+        proxied one sent upstream (RequestLifecycle.proxy_now; LATER: its answer follows
+        from callbacks). None: nothing was done; answer() serves it."""
+        if not conn.can_write_now():
             return None
         exchange = FastExchange(conn, request)
+        if not request.verify:
+            return LATER if self._lifecycle.proxy_now(exchange) else None
         if not self._lifecycle.verify_now(exchange):
             return None
         return exchange.keep_alive
@@ -154,6 +158,37 @@ class FastExchange:
         # most answers need no wait, and a coroutine per answer is measurable (issue 6).
         if conn.must_drain():
             await conn.drain()
+
+    def relay_now(
+        self,
+        status: int,
+        reason: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        extra: Mapping[str, str],
+    ) -> None:
+        """relay() for an upstream answer that arrived whole: one write, never awaited."""
+        head, chunked = response_head(
+            self.method, status, reason, raw_headers, extra, self.request_id, self.keep_alive
+        )
+        self.head_sent = True
+        self._conn.write(head + framed(body, chunked, last=True))
+
+    def can_write_now(self) -> bool:
+        return self._conn.can_write_now()
+
+    def must_drain(self) -> bool:
+        return self._conn.must_drain()
+
+    async def drain_written(self) -> None:
+        if self._conn.must_drain():
+            await self._conn.drain()
+
+    def finish(self, keep_alive: bool) -> None:
+        self._conn.finish(keep_alive and self.keep_alive)
+
+    def resume(self, rest: Job) -> None:
+        self._conn.resume(rest)
 
     async def grant(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
         self.grant_now(identity, extra)
