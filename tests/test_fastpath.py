@@ -25,6 +25,7 @@ from authproxy.http.reserved import VERIFY_PATH
 from authproxy.server.guards import GuardedServer
 from tests.byte_upstream import ByteUpstream, Exchange, response
 from tests.conftest import AppClient, MakeConfig, Upstream, new_key
+from tests.fleet import metric_total
 
 Client = TestClient[Any, Any]
 
@@ -368,6 +369,26 @@ class TestCachedKeyWithoutATask:
             (1, "/second"),
             (2, "/second"),
         ]
+
+    async def test_a_key_is_looked_up_once_when_no_pooled_connection_is_free(
+        self, client: Client
+    ) -> None:
+        """The upstream's only pooled connection is busy: the request goes through the
+        task, and its key is looked up (timed, counted as a cache hit) once, not twice."""
+        key = (await new_key(client)).key
+        assert [a.status for a in await exchange(client, request("GET", "/x", key), 1)] == [200]
+        before = await _cache_hits(client)
+        slow = asyncio.create_task(exchange(client, request("GET", "/slow/0.5", key), 1))
+        await asyncio.sleep(0.2)  # /slow holds the one pooled upstream connection
+        [answer] = await exchange(client, request("GET", "/y", key), 1)
+        assert [a.status for a in await slow] == [200]
+        assert answer.status == 200
+        assert await _cache_hits(client) - before == 2  # one lookup per request
+
+
+async def _cache_hits(client: Client) -> float:
+    resp = await client.get("/_authproxy/metrics", headers={"Connection": "close"})
+    return metric_total(await resp.text(), "authproxy_cache_hits_total")
 
 
 class TestHandOff:

@@ -96,9 +96,10 @@ class ProxiedAtOnce:
 
     def on_head(self, _: object) -> None:
         x, conn, lifecycle = self._x, self._conn, self._lifecycle
-        if not conn.arrived() or not x.can_write_now():
+        if not conn.arrived() or x.writes_wait():
             # A failure (the retry of a dead pooled connection, 502, 504), an answer that
-            # streams (a revoke must be able to cut it) or a client not reading.
+            # streams (a revoke must be able to cut it) or a client not reading. A client
+            # gone is settled below (499), with no task: it may be a shutdown's cut.
             self._resume(self._rest)
             return
         metrics = lifecycle.metrics

@@ -140,8 +140,8 @@ class RelaysAtOnce(Exchange, Protocol):
 
     keep_alive: bool  # the connection may carry another request after this one
 
-    def can_write_now(self) -> bool:
-        """Whether an answer written now goes out without a wait."""
+    def writes_wait(self) -> bool:
+        """Whether the client is there but not reading: an answer now would wait."""
 
     def must_drain(self) -> bool:
         """Whether what was written waits for the client to read it (flow control)."""

@@ -142,19 +142,12 @@ class RequestLifecycle:
             return
         duration = time.perf_counter() - started
         writer = self._access_log
-        if writer is None:
-            original = (
-                {}
-                if x.original is None
-                else {"original_method": x.original[0], "original_uri": x.original[1]}
-            )
-            log.info(
-                "request",
-                status=status,
-                duration_ms=round(duration * 1000, 3),
-                remote=x.peer,
-                **original,
-            )
+        if writer is None:  # the console format: fields from the request's log context
+            logged_as = current_request.set(x)  # unset on the paths without a task
+            try:
+                self._log_access_line(status, duration, x)
+            finally:
+                current_request.reset(logged_as)
             return
         who = x.principal
         writer.write(
@@ -167,6 +160,21 @@ class RequestLifecycle:
             None if who is None else who.space_id,
             None if who is None else who.key_id,
             x.original,
+        )
+
+    @staticmethod
+    def _log_access_line(status: int, duration: float, x: Exchange) -> None:
+        original = (
+            {}
+            if x.original is None
+            else {"original_method": x.original[0], "original_uri": x.original[1]}
+        )
+        log.info(
+            "request",
+            status=status,
+            duration_ms=round(duration * 1000, 3),
+            remote=x.peer,
+            **original,
         )
 
     async def proxy(self, x: Exchange) -> int:
@@ -249,27 +257,26 @@ class RequestLifecycle:
         if refuse_target(x.target) is not None:
             return False
         started = time.perf_counter()
+        # The upstream connection first: once the key is looked up (and counted), the
+        # request must not start over in proxy(), which would look it up again.
+        conn = h1.take_now()
+        if conn is None:
+            return False
         admission = self._admission
         principal = admission.cached(x.headers)
         if principal is None:
+            h1.put_back(conn)
             return False
         x.request_id = request_id_from(x.headers.get(X_REQUEST_ID))
         x.principal = principal
         try:
             fields = encoded_upstream_fields(x, principal, admission, self._strip_prefixes, memo)
-        except Exception:  # noqa: BLE001 - proxy() meets it again and answers it
-            return False
-        conn = h1.take_now()
-        if conn is None:
-            return False
-        try:
             rate_headers = admission.take_rate(principal)
-        except TooManyRequests as refusal:
-            # Answered here, not by proxy() from the start: that would authenticate (and
-            # count) the key twice.
+        except Exception as exc:  # noqa: BLE001 - answered by serve(), as proxy() would be
             h1.put_back(conn)
-            self._metrics.count_request("rate_limited", "429")
-            x.resume(self.answered_in_task(x, raising(refusal), started))
+            if isinstance(exc, TooManyRequests):
+                self._metrics.count_request("rate_limited", "429")
+            x.resume(self.answered_in_task(x, raising(exc), started))
             return True
         at_once = ProxiedAtOnce(self, h1, x, principal, conn, fields, rate_headers, started)
         h1.send_soon(conn, x.method, x.target, fields, at_once.on_head)

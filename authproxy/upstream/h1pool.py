@@ -166,9 +166,14 @@ class H1Transport:
     ) -> None:
         try:
             self._send(conn, method, target, fields, None)
-        except UpstreamUnavailable as exc:
-            conn.fail(exc)  # closed while idle: on_head's caller retries as for any request
-        conn.head.add_done_callback(on_head)
+        except Exception as exc:  # noqa: BLE001 - handed to on_head, never to the loop
+            # Closed while idle: on_head's caller retries as for any request (anything
+            # else fails there again, and is answered as the error it is).
+            conn.fail(
+                exc if isinstance(exc, UpstreamUnavailable) else UpstreamUnavailable(str(exc))
+            )
+        finally:
+            conn.head.add_done_callback(on_head)
 
     def release_now(self, conn: Connection) -> None:
         """After the whole answer to send_now's request was taken: the connection back to

@@ -268,10 +268,12 @@ class FastConnection(asyncio.Protocol):
 
     def until_idle(self) -> asyncio.Future[None]:
         """Done once no answer is in progress (a shutdown waits for it)."""
+        if not self.busy:
+            done: asyncio.Future[None] = self._loop.create_future()
+            done.set_result(None)
+            return done
         if self._until_idle is None:
             self._until_idle = self._loop.create_future()
-            if not self.busy:
-                self._until_idle.set_result(None)
         return self._until_idle
 
     def _now_not_busy(self) -> None:
@@ -387,6 +389,10 @@ class FastConnection(asyncio.Protocol):
             and self.transport is not None
             and not self.transport.is_closing()
         )
+
+    def writes_wait(self) -> bool:
+        """Whether the client is there but not reading what we send."""
+        return self._writing_paused and self.transport is not None
 
     def must_drain(self) -> bool:
         """Whether drain() would wait or raise; checked first, since most answers need no

@@ -174,8 +174,8 @@ class FastExchange:
         self.head_sent = True
         self._conn.write(head + framed(body, chunked, last=True))
 
-    def can_write_now(self) -> bool:
-        return self._conn.can_write_now()
+    def writes_wait(self) -> bool:
+        return self._conn.writes_wait()
 
     def must_drain(self) -> bool:
         return self._conn.must_drain()
