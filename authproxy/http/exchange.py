@@ -150,7 +150,7 @@ class RelaysAtOnce(Exchange, Protocol):
         self,
         status: int,
         reason: str,
-        raw_headers: list[tuple[bytes, bytes]],
+        raw_headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
         extra: Mapping[str, str],
     ) -> None:

@@ -247,8 +247,9 @@ class RequestLifecycle:
     def proxy_now(self, x: RelaysAtOnce) -> bool:
         """proxy() without a task for the request that waits for nothing but the
         upstream: a key the cache holds as verified, within its rate, a free pooled
-        upstream connection, no WebSocket upgrade. The request is written now; its answer
-        is relayed from the callback of its head (http/at_once.py). False: nothing was
+        upstream connection, no WebSocket upgrade. The request is written at the end of
+        the loop's turn; its answer is relayed from the callback of its head
+        (http/at_once.py). False: nothing was
         done (serve(x, proxy) answers, refusals included). Most proxied requests are
         these, and a task per request was a tenth of their time (issue 15)."""
         h1, memo = self._h1, x.upstream_memo

@@ -125,7 +125,7 @@ class H1Transport:
         return _Exchange(self, method, target, fields, None)
 
     def take_now(self) -> Connection | None:
-        """A pool slot and an idle connection, both free now, for ``send_now``; None (and
+        """A pool slot and an idle connection, both free now, for ``send_soon``; None (and
         nothing taken) when either would need a wait. Give them back with ``put_back``
         unused, ``release_now`` after the answer, or ``adopt`` for an answer that needs
         one."""
@@ -176,8 +176,8 @@ class H1Transport:
             conn.head.add_done_callback(on_head)
 
     def release_now(self, conn: Connection) -> None:
-        """After the whole answer to send_now's request was taken: the connection back to
-        the pool (under the one rule) and its slot free, as ``async with`` would."""
+        """After the whole answer to send_soon's request was taken: the connection back
+        to the pool (under the one rule) and its slot free; ``async with`` ends so too."""
         conn.unwatch_head()
         try:
             self._release(conn)
@@ -185,7 +185,7 @@ class H1Transport:
             self._slots.release()
 
     def adopt(self, method: str, target: str, fields: bytes, conn: Connection) -> _Exchange:
-        """``request_encoded`` for the request send_now wrote on ``conn``: ``async with``
+        """``request_encoded`` for the request send_soon wrote on ``conn``: ``async with``
         waits for its head (a dead reused connection retried as for any request) and
         releases the slot take_now took."""
         return _Exchange(self, method, target, fields, None, sent=conn)
@@ -204,7 +204,7 @@ class H1Transport:
         sent: Connection | None = None,
     ) -> Connection:
         """Send the request (the body in the background) and wait for the response head;
-        ``sent``: a pooled connection the request was already written on (send_now)."""
+        ``sent``: a pooled connection the request was already written on (send_soon)."""
         conn = sent or self._take_idle()
         reused = conn is not None
         if conn is None:
@@ -369,10 +369,9 @@ class _Exchange:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        try:
-            if self._conn is not None:
-                self._transport._release(self._conn)
-        finally:
+        if self._conn is not None:
+            self._transport.release_now(self._conn)
+        else:
             self._transport._slots.release()
 
 

@@ -7,7 +7,7 @@ frames them (response_head.py), to the socket.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp.helpers import must_be_empty_body
@@ -131,20 +131,20 @@ class FastExchange:
 
     async def relay(self, upstream: UpstreamResponse, extra: Mapping[str, str]) -> None:
         conn = self._conn
-        head, chunked = response_head(
-            self.method,
-            upstream.status,
-            upstream.reason,
-            upstream.raw_headers,
-            extra,
-            self.request_id,
-            self.keep_alive,
-        )
-        self.head_sent = True
         whole = upstream.take_whole_body() if upstream.take_whole_body is not None else None
         if whole is not None:  # the common small answer: one write
-            conn.write(head + framed(whole, chunked, last=True))
+            self.relay_now(upstream.status, upstream.reason, upstream.raw_headers, whole, extra)
         else:
+            head, chunked = response_head(
+                self.method,
+                upstream.status,
+                upstream.reason,
+                upstream.raw_headers,
+                extra,
+                self.request_id,
+                self.keep_alive,
+            )
+            self.head_sent = True
             conn.write(head)
             async for chunk in upstream.body:
                 if chunk:
@@ -163,7 +163,7 @@ class FastExchange:
         self,
         status: int,
         reason: str,
-        raw_headers: list[tuple[bytes, bytes]],
+        raw_headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
         extra: Mapping[str, str],
     ) -> None:
