@@ -20,6 +20,7 @@ from authproxy.keys.format import generate_key
 from authproxy.server.guards import GuardedServer
 from tests.conftest import AccessLines, AppClient, Upstream, bearer, new_key
 from tests.daemon import free_port
+from tests.fleet import metric_total
 from tests.rawhttp import raw_request
 
 Client = TestClient[Any, Any]
@@ -166,6 +167,12 @@ class TestNo:
         second = await client.get(VERIFY, headers=bearer(created.key))
         assert second.status == 429
         assert int(second.headers["Retry-After"]) >= 1
+        assert (await second.json())["error"]["code"] == "rate_limited"
+        # The refused request is counted once: its key looked up once (the first was
+        # verified by argon2, the second is the cache's only hit), its outcome once.
+        metrics = await (await client.get("/_authproxy/metrics")).text()
+        assert metric_total(metrics, "authproxy_cache_hits_total") == 1
+        assert metric_total(metrics, "authproxy_requests_total", outcome="rate_limited") == 1
 
     async def test_a_store_it_cannot_reach_is_503(self, app_client: AppClient) -> None:
         # A port nothing listens on: PostgreSQL is down, as far as the daemon can tell.

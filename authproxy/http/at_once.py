@@ -22,7 +22,13 @@ from typing import Protocol
 import structlog
 
 from authproxy.auth.verdict import Principal
-from authproxy.http.exchange import CLIENT_CLOSED_REQUEST, Exchange, Handle, RelaysAtOnce
+from authproxy.http.exchange import (
+    CLIENT_CLOSED_REQUEST,
+    AtOnce,
+    Exchange,
+    Handle,
+    RelaysAtOnce,
+)
 from authproxy.observability.logs import current_request
 from authproxy.observability.metrics import Metrics
 from authproxy.upstream.h1connection import Connection
@@ -50,7 +56,7 @@ class Lifecycle(Protocol):
         sent: float | None = None,
     ) -> int: ...
 
-    async def answered_in_task(self, x: RelaysAtOnce, handle: Handle, started: float) -> bool: ...
+    async def answered_in_task(self, x: AtOnce, handle: Handle, started: float) -> bool: ...
 
 
 class ProxiedAtOnce:

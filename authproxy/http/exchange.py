@@ -126,19 +126,28 @@ class Exchange(Protocol):
         """Send the 101 ``head`` and hand the client connection over (to a Tunnel)."""
 
 
-class GrantsAtOnce(Exchange, Protocol):
-    """An Exchange whose front end can write forward-auth's yes without waiting (the lean
-    one: its writes go straight to the transport; see RequestLifecycle.verify_now)."""
+class AtOnce(Exchange, Protocol):
+    """An Exchange the lean front end began without a task (RequestLifecycle.proxy_now,
+    verify_now): what is left to wait for runs in the connection's task."""
+
+    keep_alive: bool  # the connection may carry another request after this one
+
+    def resume(self, rest: Coroutine[Any, Any, bool]) -> None:
+        """The rest of the request needs waits: run ``rest`` (whether the connection may
+        carry another) in the connection's task."""
+
+
+class GrantsAtOnce(AtOnce, Protocol):
+    """An AtOnce exchange that can write forward-auth's yes without waiting (the lean
+    front end's writes go straight to the transport; see RequestLifecycle.verify_now)."""
 
     def grant_now(self, identity: list[tuple[bytes, bytes]], extra: Mapping[str, str]) -> None:
         """grant() for a client reading its answers: written at once, never awaited."""
 
 
-class RelaysAtOnce(Exchange, Protocol):
-    """An Exchange whose front end can relay a whole upstream answer without waiting and
-    carry on without a task (the lean one; see RequestLifecycle.proxy_now)."""
-
-    keep_alive: bool  # the connection may carry another request after this one
+class RelaysAtOnce(AtOnce, Protocol):
+    """An AtOnce exchange that can relay a whole upstream answer without waiting and
+    carry on without a task (see RequestLifecycle.proxy_now)."""
 
     def writes_wait(self) -> bool:
         """Whether the client is there but not reading: an answer now would wait."""
@@ -161,10 +170,6 @@ class RelaysAtOnce(Exchange, Protocol):
 
     def finish(self, keep_alive: bool) -> None:
         """The request is over; whether the connection may carry another."""
-
-    def resume(self, rest: Coroutine[Any, Any, bool]) -> None:
-        """The rest of the request needs waits: run ``rest`` (whether the connection may
-        carry another) in the connection's task."""
 
 
 Handle = Callable[[Exchange], Awaitable[int]]

@@ -33,6 +33,7 @@ from authproxy.http.at_once import ProxiedAtOnce, raising
 from authproxy.http.errormap import error_response, json_error
 from authproxy.http.exchange import (
     CLIENT_CLOSED_REQUEST,
+    AtOnce,
     Exchange,
     GrantsAtOnce,
     Handle,
@@ -307,30 +308,34 @@ class RequestLifecycle:
 
     def verify_now(self, x: GrantsAtOnce) -> bool:
         """verify() without a coroutine for the request that needs no wait: a key the
-        cache holds as verified, within its rate. The answer is written, counted and
-        logged as verify() and serve() would; False when nothing was done (serve(x,
-        verify) then answers, refusals included). Forward-auth asks once per request the
-        gateway serves, and this path is most of them (issue 17)."""
+        cache holds as verified. Within its rate, the yes is written, counted and logged
+        as verify() and serve() would; past it, the 429 is counted here and answered by
+        serve() in the connection's task (x.head_sent then still False), so the key is
+        looked up and counted once. False when nothing was done (serve(x, verify) then
+        answers, refusals included). Forward-auth asks once per request the gateway
+        serves, and this path is most of them (issue 17)."""
         started = time.perf_counter()
         admission = self._admission
         principal = admission.cached(x.headers)
         if principal is None:
             return False
-        try:
-            rate_headers = admission.take_rate(principal)
-        except TooManyRequests:
-            return False  # a refusal takes no token: verify() refuses it again, with a 429
         x.request_id = request_id_from(x.headers.get(X_REQUEST_ID))
         x.original = original_request(x.method, x.target, x.headers)
         x.principal = principal
+        try:
+            rate_headers = admission.take_rate(principal)
+        except TooManyRequests as exc:
+            self._metrics.count_request("rate_limited", "429")
+            x.resume(self.answered_in_task(x, raising(exc), started))
+            return True
         x.grant_now(identity_fields(principal), rate_headers)
         self._metrics.count_request("allowed", "200")
         self.access_line(200, started, x)
         return True
 
-    async def answered_in_task(self, x: RelaysAtOnce, handle: Handle, started: float) -> bool:
-        """The rest of a request proxy_now began, through serve() (log context, errors,
-        the access line); whether the connection may carry another."""
+    async def answered_in_task(self, x: AtOnce, handle: Handle, started: float) -> bool:
+        """The rest of a request proxy_now or verify_now began, through serve() (log
+        context, errors, the access line); whether the connection may carry another."""
         status = await self.serve(x, handle, started)
         return status != CLIENT_CLOSED_REQUEST and x.keep_alive
 

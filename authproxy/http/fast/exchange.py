@@ -46,9 +46,10 @@ class FastFront:
 
     def answer_now(self, conn: FastConnection, request: FastRequest) -> bool | Later | None:
         """Without a task, when nothing needs a wait: a forward-auth request answered at
-        once (RequestLifecycle.verify_now; whether the connection may carry another), or a
-        proxied one sent upstream (RequestLifecycle.proxy_now; LATER: its answer follows
-        from callbacks). None: nothing was done; answer() serves it."""
+        once (RequestLifecycle.verify_now; whether the connection may carry another;
+        LATER: a 429 answered in the task), or a proxied one sent upstream
+        (RequestLifecycle.proxy_now; LATER: its answer follows from callbacks). None:
+        nothing was done; answer() serves it."""
         if not conn.can_write_now():
             return None
         exchange = FastExchange(conn, request)
@@ -56,7 +57,8 @@ class FastFront:
             return LATER if self._lifecycle.proxy_now(exchange) else None
         if not self._lifecycle.verify_now(exchange):
             return None
-        return exchange.keep_alive
+        # A yes is written; a refusal (429) is answered in the task, LATER.
+        return exchange.keep_alive if exchange.head_sent else LATER
 
 
 class FastExchange:
