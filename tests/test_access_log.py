@@ -10,6 +10,7 @@ shipper) costs lines, counted, never the proxying.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 import subprocess
@@ -198,6 +199,48 @@ class TestRequestContext:
         # Lines logged outside any request name none.
         [stopped] = [e for e in events if e.get("event") == "stopped"]
         assert "request_id" not in stopped and "path" not in stopped
+
+
+class TestConsoleFormat:
+    @pytest.mark.parametrize("fast_path", [True, False])
+    async def test_every_request_gets_a_line_that_names_it(
+        self, launcher: DaemonLauncher, tmp_path: Path, fast_path: bool
+    ) -> None:
+        """logging.format console (what a person at a terminal gets): one line per request,
+        named as the JSON line is, whichever path served it. On the fast path a cached
+        key's proxied request and forward-auth's yes are answered without a task, and
+        their lines were once written without the request's fields."""
+        key = (await launcher.create_key())["key"]
+        env = launcher.env(
+            listen=f"127.0.0.1:{free_port()}",
+            server={"fast_path": fast_path},
+            logging={"format": "console"},
+        )
+        daemon = await start_daemon(env, stderr_path=tmp_path / "daemon.stderr")
+        answered: dict[str, tuple[int, str]] = {}
+        try:
+            async with daemon.session() as session:
+                auth = {"Authorization": f"Bearer {key}"}
+                for path in ("/cold", "/cached?q=1", "/_authproxy/v1/verify", "/refused"):
+                    headers = {} if path == "/refused" else auth
+                    async with session.get(daemon.url(path), headers=headers) as resp:
+                        await resp.read()
+                        answered[path.split("?")[0]] = (resp.status, resp.headers["X-Request-Id"])
+            assert await daemon.stop() == 0
+        finally:
+            await daemon.kill()
+        assert [status for status, _ in answered.values()] == [200, 200, 200, 401]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", daemon.stderr())  # the renderer's colours
+        lines = [line for line in text.splitlines() if re.search(r"\] request\s", line)]
+        for path, (status, request_id) in answered.items():
+            [line] = [line for line in lines if f"request_id={request_id}" in line]
+            assert f"path={path} " in line + " "
+            assert "method=GET" in line
+            assert f"status={status}" in line
+        # wait_healthy asks readyz and healthz.
+        ours = [line for line in lines if not re.search(r"path=/_authproxy/(readyz|healthz)", line)]
+        assert len(ours) == len(answered)
+        assert key not in text
 
 
 async def _metrics(daemon: Daemon) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -24,7 +26,7 @@ from authproxy.config.schema import Config
 from authproxy.http.reserved import VERIFY_PATH
 from authproxy.server.guards import GuardedServer
 from tests.byte_upstream import ByteUpstream, Exchange, response
-from tests.conftest import AppClient, MakeConfig, Upstream, new_key
+from tests.conftest import AccessLines, AppClient, MakeConfig, Upstream, new_key
 from tests.fleet import metric_total
 
 Client = TestClient[Any, Any]
@@ -385,6 +387,51 @@ class TestCachedKeyWithoutATask:
         assert answer.status == 200
         assert await _cache_hits(client) - before == 2  # one lookup per request
 
+    async def test_a_whole_answer_the_client_is_slow_to_read_waits_for_it(
+        self, app_client: AppClient, access_lines: Callable[[str], AccessLines]
+    ) -> None:
+        """A large answer that arrived whole is written at once; a client reading slowly
+        makes the connection wait (flow control) before its next pipelined request,
+        which is then answered in order, nothing lost or reordered."""
+        big = b"x" * 50_000  # one loopback segment: it arrives whole
+
+        async def whole(ex: Exchange) -> bool:
+            await ex.send(response(200, big))
+            return True
+
+        upstream = ByteUpstream(scripts={"/big": whole})
+        url = await upstream.start()
+        try:
+            lines = access_lines("slow")
+            client = await app_client(upstream={"url": url}, access_log=lines)
+            key = (await new_key(client)).key
+            [warm] = await exchange(client, request("GET", "/warm", key), expect=1)
+            assert warm.status == 200  # the key is cached now
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (client.host, client.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            collector = _Collector()
+            try:
+                # One answer fits our write buffer; 120 (6 MB) overflow the kernel's
+                # socket buffers (4 MB here) and then ours.
+                writer.write(request("GET", "/big", key) * 120 + request("GET", "/after", key))
+                await asyncio.sleep(0.3)  # not reading: the answers wait in our buffers
+                while len(collector.done) < 121:
+                    data = await asyncio.wait_for(reader.read(4096), 10)
+                    assert data, "the connection closed early"
+                    collector.parser.feed_data(data)
+            finally:
+                await close(writer)
+        finally:
+            await upstream.close()
+        *bigs, after = collector.done
+        assert [(a.status, a.body) for a in bigs] == [(200, big)] * 120
+        assert after.status == 200 and b'"target": "/after"' in after.body
+        logged = [(line["path"], line["status"]) for line in await lines.wait_for(122)]
+        assert sorted(logged) == sorted([("/warm", 200), ("/after", 200)] + [("/big", 200)] * 120)
+
 
 async def _cache_hits(client: Client) -> float:
     resp = await client.get("/_authproxy/metrics", headers={"Connection": "close"})
@@ -573,6 +620,41 @@ class TestFlowControl:
         ]
         assert buffered and max(buffered) < 512 * 1024
         writer.transport.abort()
+        await close(writer)
+
+
+class TestShutdown:
+    async def test_a_request_handed_over_as_the_task_is_cancelled_is_closed(
+        self, client: Client
+    ) -> None:
+        """A shutdown past its grace period cancels a connection's serving task; a request
+        handed to it in the same turn of the loop never starts. Its coroutine is closed
+        and the connection with it: nothing is left never awaited, nor busy for ever."""
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(request("GET", "/no-key"))  # a 401: answered in the serving task
+        assert (await asyncio.wait_for(reader.readuntil(b"}}"), 5)).startswith(b"HTTP/1.1 401")
+        runner = client.server.runner
+        assert runner is not None and isinstance(runner.server, GuardedServer)
+        [conn] = [c for c in runner.server.fast_connections if c.transport is not None]
+        task = conn.task
+        assert task is not None  # the task waits for the connection's next request
+
+        started: list[bool] = []
+
+        async def job() -> bool:
+            started.append(True)
+            return True
+
+        handed = job()
+        conn.busy = True  # as a request under way is
+        conn._hand_to_task(handed)  # noqa: SLF001 - the race needs both in one turn
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert started == []
+        assert inspect.getcoroutinestate(handed) == inspect.CORO_CLOSED
+        assert not conn.busy
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the connection is closed
         await close(writer)
 
 

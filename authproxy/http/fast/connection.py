@@ -233,23 +233,31 @@ class FastConnection(asyncio.Protocol):
         One task per connection, not per request: creating and registering a task cost
         about 5% of a proxied request (py-spy, issue 15)."""
         next_job: Job | None = job
-        while next_job is not None:
-            try:
+        waiting: asyncio.Future[Job | None] | None = None
+        try:
+            while next_job is not None:
                 keep_alive = await next_job
-            except BaseException:
-                # Cancelled (a shutdown past its grace period): this connection ends here.
-                self.task = None
                 self._now_not_busy()
-                self._may_continue(False)
-                raise
+                request = self._after_answer(keep_alive)
+                next_job = None if request is None else self._answers.answer(self, request)
+                if next_job is None and self.transport and not self.transport.is_closing():
+                    waiting = self._waiting = self._loop.create_future()
+                    # connection_lost and _hand_off end the wait with None.
+                    next_job = await waiting
+                    waiting = None
+        except BaseException:
+            # Cancelled (a shutdown past its grace period): this connection ends here. A
+            # job handed over in the same turn as the cancel never starts: closed, so that
+            # no coroutine is left never awaited.
+            if waiting is not None and waiting.done() and not waiting.cancelled():
+                handed = waiting.result()
+                if handed is not None:
+                    handed.close()
             self._now_not_busy()
-            request = self._after_answer(keep_alive)
-            next_job = None if request is None else self._answers.answer(self, request)
-            if next_job is None and self.transport and not self.transport.is_closing():
-                waiting = self._waiting = self._loop.create_future()
-                # connection_lost and _hand_off end the wait with None.
-                next_job = await waiting
-        self.task = None
+            self._may_continue(False)
+            raise
+        finally:
+            self.task = None
 
     def finish(self, keep_alive: bool) -> None:
         """A request answer_now left under way (LATER) is over; whether the connection
