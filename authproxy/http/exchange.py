@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Mapping, Sequence
+from itertools import compress
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -28,6 +29,9 @@ from authproxy.upstream.h1pool import encode_fields
 from authproxy.upstream.transport import UpstreamResponse
 
 _WIRE: Final = operator.attrgetter("wire")
+_LOWERED: Final = operator.attrgetter("lowered")
+# Header names whose verdict (kept or dropped) a connection remembers (_client_lines).
+_MAX_NAMES: Final = 64
 
 
 class UpstreamFieldsMemo:
@@ -48,8 +52,8 @@ class UpstreamFieldsMemo:
         "headers",
         "ours_after",
         "ours_before",
+        "kept",
         "principal",
-        "wires",
     )
 
     def __init__(self) -> None:
@@ -59,7 +63,7 @@ class UpstreamFieldsMemo:
         # (principal, peer, scheme, host) that ours_* encode, around X-Request-Id.
         self.caller: tuple[Principal, str, str, str] | None = None
         self.ours_before = self.ours_after = b""
-        self.wires: dict[HeaderLine, bytes] = {}  # see _client_lines
+        self.kept: dict[bytes, bool] = {}  # lower-cased name -> sent upstream; _client_lines
 
 
 # nginx's "client closed request": logged and counted, never sent.
@@ -235,18 +239,20 @@ def _client_lines(
     memo: UpstreamFieldsMemo,
 ) -> bytes:
     """The client's fields the upstream may see, as lines. Unless a Connection header
-    lists fields to drop, whether a line is kept depends on its name alone: each line's
-    outcome is remembered for the connection (its wire, or b"" when dropped)."""
+    lists fields to drop, whether a line is kept depends on its name alone: each name's
+    verdict is remembered for the connection, so a line never seen before (a request id,
+    a counter) is judged by its name, in C (map, compress), not in a Python loop."""
     connection = headers.getall("Connection", [])
     if connection:
         return b"".join(map(_WIRE, kept_client_fields(lines, connection, strip_prefixes)))
-    wires = memo.wires
-    parts = list(map(wires.get, lines))
-    if None in parts:
-        if len(wires) > 2 * len(lines) + 8:  # a few heads' worth at most
-            wires.clear()
-        kept = set(kept_client_fields(lines, (), strip_prefixes))
+    kept = memo.kept
+    names = list(map(_LOWERED, lines))
+    verdicts = list(map(kept.get, names))
+    if None in verdicts:
+        if len(kept) > _MAX_NAMES:  # a client inventing names costs memory up to here
+            kept.clear()
         for line in lines:
-            wires[line] = line.wire if line in kept else b""
-        parts = list(map(wires.get, lines))
-    return b"".join(parts)  # type: ignore[arg-type]  # (every line now has its entry)
+            if line.lowered not in kept:
+                kept[line.lowered] = bool(kept_client_fields((line,), (), strip_prefixes))
+        verdicts = list(map(kept.get, names))
+    return b"".join(compress(map(_WIRE, lines), verdicts))
