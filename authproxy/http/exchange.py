@@ -50,9 +50,9 @@ class UpstreamFieldsMemo:
         "before",
         "caller",
         "headers",
+        "kept",
         "ours_after",
         "ours_before",
-        "kept",
         "principal",
     )
 
