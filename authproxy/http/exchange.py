@@ -20,6 +20,7 @@ from authproxy.http.admission import Admission
 from authproxy.http.headers import (
     REQUEST_ID_FROM_END,
     HeaderLine,
+    is_kept,
     kept_client_fields,
     our_fields,
     upstream_request_fields,
@@ -253,6 +254,6 @@ def _client_lines(
             kept.clear()
         for line in lines:
             if line.lowered not in kept:
-                kept[line.lowered] = bool(kept_client_fields((line,), (), strip_prefixes))
+                kept[line.lowered] = is_kept(line.name, strip_prefixes)
         verdicts = list(map(kept.get, names))
     return b"".join(compress(map(_WIRE, lines), verdicts))

@@ -241,19 +241,21 @@ def kept_client_fields(
     if listed:
         dropped = _ALWAYS_DROPPED | listed
         return [field for field in client if not _is_dropped(field[0], dropped, strip_prefixes)]
-    kept: list[Field] = []
-    for field in client:
-        name = field[0]
-        verdict = _verdicts.get((name, strip_prefixes))
-        if verdict is None:
-            if len(_verdicts) >= _MAX_VERDICTS:
-                _verdicts.clear()
-            verdict = _verdicts[(name, strip_prefixes)] = _is_dropped(
-                name, _ALWAYS_DROPPED, strip_prefixes
-            )
-        if not verdict:
-            kept.append(field)
-    return kept
+    return [field for field in client if is_kept(field[0], strip_prefixes)]
+
+
+def is_kept(name: str, strip_prefixes: tuple[str, ...] = ()) -> bool:
+    """Whether the upstream may see a client field called ``name`` when no Connection
+    header lists fields to drop: the verdict depends on the name alone, and is
+    remembered."""
+    dropped = _verdicts.get((name, strip_prefixes))
+    if dropped is None:
+        if len(_verdicts) >= _MAX_VERDICTS:
+            _verdicts.clear()
+        dropped = _verdicts[(name, strip_prefixes)] = _is_dropped(
+            name, _ALWAYS_DROPPED, strip_prefixes
+        )
+    return not dropped
 
 
 class HeaderLine(NamedTuple):
